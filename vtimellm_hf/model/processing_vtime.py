@@ -1,0 +1,531 @@
+"""VTimeProcessor: text, frame sampling, CLIP preprocessing and encoding, and the `<video>` expansion of VTimeLLM.
+
+Also the public timestamp helpers: VTimeLLM writes a moment as two-digit indices into the 100 sampled frames
+("from 05 to 23"); these helpers convert between seconds and indices and parse generated text.
+
+This file travels to the Hub with every checkpoint (`trust_remote_code=True`): it imports only torch, numpy
+and transformers (decord is imported when a video file is decoded).
+"""
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BatchFeature, ProcessorMixin
+
+VIDEO_TOKEN = "<video>"
+DEFAULT_FRAME_ENCODER = "openai/clip-vit-large-patch14"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The Vicuna v1 prompt of the original, byte for byte: "SYSTEM USER: <video>\n... ASSISTANT: answer</s>USER: ...".
+# The `generation` markers let `apply_chat_template(return_assistant_tokens_mask=True)` find the trained tokens.
+VICUNA_V1_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
+    "else messages[0]['content'][0]['text'] -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_message = 'A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{{- system_message + ' ' -}}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['content'] is string -%}"
+    "{%- set content = message['content'] -%}"
+    "{%- else -%}"
+    "{%- set parts = namespace(text='') -%}"
+    "{%- for block in message['content'] -%}"
+    "{%- if block['type'] in ['video', 'image'] -%}{%- set parts.text = parts.text + '<video>\\n' -%}"
+    "{%- elif block['type'] == 'text' -%}{%- set parts.text = parts.text + block['text'] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set content = parts.text -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- 'USER: ' + content + ' ' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- content + eos_token -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    "{{- raise_exception('VTimeLLM conversations hold user and assistant turns after an optional system message, "
+    "got role ' + message['role']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+GROUNDING = "grounding"
+CAPTIONING = "captioning"
+_MOMENT_PATTERN = re.compile(r"(?<!\d)(\d{2})\s+(?:to|and)\s+(\d{2})(?!\d)", re.IGNORECASE)
+_EVENT_PATTERN = re.compile(
+    r"(?<!\d)(\d{2})\s+(?:to|and)\s+(\d{2})(?!\d)\s*[,:]?\s*(.*?)(?=(?:\s*\b(?:from|between)\s+\d{2}\s+(?:to|and)\s+\d{2}\b)|$)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def seconds_to_index(seconds: float, duration: float, num_frames: int = 100) -> int:
+    """
+    The frame index VTimeLLM writes for a moment: `min(round(seconds / duration * num_frames), num_frames - 1)`.
+
+    Python's `round` (half to even) is kept on purpose: the original training text was built with it.
+    """
+    if duration <= 0:
+        raise ValueError(f"The duration must be positive to place a moment in it, got {duration}.")
+    return min(round(seconds / duration * num_frames), num_frames - 1)
+
+
+def format_index(index: int) -> str:
+    """An index as the model writes it: two digits, zero-padded (`5 -> "05"`)."""
+    return f"{index:02d}"
+
+
+def indices_to_seconds(
+    start_index: int, end_index: int, duration: float, convention: str = GROUNDING, num_frames: int = 100
+) -> tuple[float, float]:
+    """
+    Seconds of a predicted moment, with one of the two conventions of the original evaluation.
+
+    - `"grounding"` (temporal grounding): `start = s / num_frames * duration`, `end = e / num_frames * duration`.
+    - `"captioning"` (dense captioning): `start = s * duration / num_frames`, `end = (e + 1) * duration / num_frames`,
+      i.e. the end index counts its whole frame.
+    """
+    if convention == GROUNDING:
+        return start_index / num_frames * duration, end_index / num_frames * duration
+    if convention == CAPTIONING:
+        return start_index * duration / num_frames, (end_index + 1) * duration / num_frames
+    raise ValueError(f"Unknown timestamp convention {convention!r}; use {GROUNDING!r} or {CAPTIONING!r}.")
+
+
+def parse_moment_indices(text: str) -> list[tuple[int, int]]:
+    """
+    Every `(start, end)` index pair written as two two-digit numbers joined by "to" or "and" ("from 05 to 23").
+
+    Never raises: junk gives an empty list. A pair whose start comes after its end is dropped, as it names no
+    moment.
+    """
+    if not isinstance(text, str):
+        return []
+    pairs = [(int(start), int(end)) for start, end in _MOMENT_PATTERN.findall(text)]
+    return [(start, end) for start, end in pairs if start <= end]
+
+
+def parse_moments(text: str, duration: float, convention: str = GROUNDING) -> list[tuple[float, float]]:
+    """The moments of a generated answer in seconds (see [`indices_to_seconds`] for `convention`)."""
+    return [indices_to_seconds(s, e, duration, convention) for s, e in parse_moment_indices(text)]
+
+
+def parse_events(text: str, duration: float, convention: str = CAPTIONING) -> list[tuple[float, float, str]]:
+    """
+    Dense-captioning events of a generated answer ("From 00 to 12, a man enters. From 13 to 40, he ...") as
+    `(start_seconds, end_seconds, sentence)`. Never raises; reversed pairs are dropped.
+    """
+    if not isinstance(text, str):
+        return []
+    events = []
+    for start, end, sentence in _EVENT_PATTERN.findall(text):
+        start, end = int(start), int(end)
+        if start <= end:
+            events.append((*indices_to_seconds(start, end, duration, convention), sentence.strip(" ,.\n")))
+    return events
+
+
+def sample_frame_indices(
+    total_frames: int, num_frames: int = 100, fps: float | None = None, window: Sequence[float] | None = None
+) -> np.ndarray:
+    """
+    The original sampling: `np.linspace(first, last, num_frames)` as int32, first and last frame included.
+
+    Args:
+        total_frames: frames in the video.
+        num_frames: frames to sample (indices repeat when the video has fewer).
+        fps: average frame rate, needed with `window`.
+        window: `(start_seconds, end_seconds)` of a clip cut from the video; its frame bounds are
+            `round(seconds * fps)`, clamped to the last frame.
+    """
+    if total_frames < 1:
+        raise ValueError("The video has no frames.")
+    first, last = 0, total_frames - 1
+    if window is not None:
+        start_seconds, end_seconds = window
+        if fps is None or fps <= 0:
+            raise ValueError(f"A window needs the video's frame rate, got fps={fps}.")
+        duration = total_frames / fps
+        if not 0 <= start_seconds < end_seconds or start_seconds >= duration:
+            raise ValueError(
+                f"Window [{start_seconds}, {end_seconds}] s lies outside the video ({duration:.2f} s) or is empty."
+            )
+        first = min(round(start_seconds * fps), last)
+        last = min(round(end_seconds * fps), last)
+    return np.linspace(first, last, num_frames, dtype=np.int32)
+
+
+def load_video_frames(
+    path: str | Path, num_frames: int = 100, window: Sequence[float] | None = None
+) -> tuple[np.ndarray, float]:
+    """
+    Decodes only the sampled frames of a video with decord.
+
+    Returns:
+        `(frames, duration)`: uint8 array of shape `(num_frames, height, width, 3)` and the duration in seconds of
+        the video, or of the window when one is given.
+    """
+    try:
+        from decord import VideoReader, cpu
+    except ImportError as error:
+        raise ImportError("Decoding videos needs decord: `pip install decord`.") from error
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Video not found: {path}")
+    try:
+        reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+        total_frames, fps = len(reader), reader.get_avg_fps()
+    except Exception as error:  # decord raises its own DECORDError and RuntimeError subclasses
+        raise ValueError(f"Cannot decode video {path}: {error}") from error
+    if total_frames < 1:
+        raise ValueError(f"Cannot decode video {path}: it holds no frames.")
+    try:
+        indices = sample_frame_indices(total_frames, num_frames, fps, window)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    try:
+        frames = reader.get_batch(indices.tolist()).asnumpy()
+    except Exception as error:
+        raise ValueError(f"Cannot decode frames of video {path}: {error}") from error
+    duration = (window[1] - window[0]) if window is not None else total_frames / fps
+    return frames, float(duration)
+
+
+def get_video_duration(path: str | Path) -> float:
+    """Duration in seconds of a video file (frames / average fps), as the original computes it."""
+    from decord import VideoReader, cpu
+
+    reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+    return len(reader) / reader.get_avg_fps()
+
+
+def preprocess_frames(
+    frames: torch.Tensor | np.ndarray,
+    size: int = 224,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    chunk_size: int = 32,
+) -> torch.Tensor:
+    """
+    The original CLIP transform, batched on tensors: `/255`, bicubic resize of the short side to `size` (no
+    antialiasing, as torchvision did on tensors), center crop, normalise.
+
+    Args:
+        frames: uint8 RGB frames of shape `(num_frames, height, width, 3)`.
+    Returns:
+        float32 tensor of shape `(num_frames, 3, size, size)`.
+    """
+    frames = torch.as_tensor(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"Frames must have shape (num_frames, height, width, 3), got {tuple(frames.shape)}.")
+    height, width = frames.shape[1:3]
+    short, long = min(height, width), max(height, width)
+    long_resized = int(size * long / short)
+    resized_shape = (size, long_resized) if height <= width else (long_resized, size)
+    top = int(round((resized_shape[0] - size) / 2.0))
+    left = int(round((resized_shape[1] - size) / 2.0))
+    mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    # Chunks bound the float copy of high-resolution frames
+    outputs = []
+    for chunk in frames.split(chunk_size):
+        pixels = chunk.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        pixels = F.interpolate(pixels, size=resized_shape, mode="bicubic", align_corners=False, antialias=False)
+        pixels = pixels[:, :, top : top + size, left : left + size]
+        outputs.append((pixels - mean_tensor) / std_tensor)
+    return torch.cat(outputs)
+
+
+class VTimeProcessor(ProcessorMixin):
+    r"""
+    Turns text and videos into the inputs of [`VTimeLlamaForCausalLM`].
+
+    Each `<video>` in the text becomes as many placeholder tokens as its video has feature rows (100 frames, or 1
+    for an image). Videos are decoded (only the sampled frames), preprocessed and encoded by a CLIP image encoder,
+    loaded the first time raw videos or images are given; precomputed features skip all of that.
+
+    The text is tokenized piece by piece around each `<video>`, as the original did: the first piece with the
+    tokenizer's special tokens (BOS), the others without, each as a standalone string. A SentencePiece LLaMA
+    tokenizer prefixes every piece with a space marker, and a checkpoint trained on the original ids expects it.
+
+    Args:
+        tokenizer: a LLaMA tokenizer that knows the `<video>` token.
+        chat_template: defaults to the Vicuna v1 template of the original.
+        frame_encoder_name_or_path: the `CLIPVisionModelWithProjection` whose `image_embeds` are the frame features.
+        num_frames: frames sampled per video.
+        frame_size: side of the square crop fed to the encoder.
+        image_mean, image_std: normalisation of the encoder.
+        frame_encoder: an already loaded encoder (not saved; the name or path is).
+        encoder_batch_size: frames encoded per forward pass of the encoder.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        chat_template=None,
+        frame_encoder_name_or_path: str = DEFAULT_FRAME_ENCODER,
+        num_frames: int = 100,
+        frame_size: int = 224,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        encoder_batch_size: int = 64,
+        frame_encoder=None,
+        **kwargs,
+    ):
+        self.frame_encoder_name_or_path = str(frame_encoder_name_or_path)
+        self.num_frames = num_frames
+        self.frame_size = frame_size
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.encoder_batch_size = encoder_batch_size
+        self._frame_encoder = frame_encoder
+        super().__init__(tokenizer, chat_template=chat_template or VICUNA_V1_CHAT_TEMPLATE, **kwargs)
+
+    @property
+    def video_token(self) -> str:
+        return VIDEO_TOKEN
+
+    @property
+    def video_token_id(self) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(
+                f"The tokenizer has no {VIDEO_TOKEN} token. Add it with "
+                f"`tokenizer.add_special_tokens({{'additional_special_tokens': ['{VIDEO_TOKEN}']}})` and resize the "
+                "model's embeddings."
+            )
+        return token_id
+
+    @property
+    def frame_encoder(self):
+        """The CLIP image encoder, loaded on first use from `frame_encoder_name_or_path`."""
+        if self._frame_encoder is None:
+            from transformers import CLIPVisionModelWithProjection
+
+            self._frame_encoder = CLIPVisionModelWithProjection.from_pretrained(self.frame_encoder_name_or_path)
+            self._frame_encoder.eval()
+        return self._frame_encoder
+
+    def to_dict(self):
+        # The encoder is a model, not configuration: only its name or path is saved, and it must not be deep-copied
+        encoder, self._frame_encoder = self._frame_encoder, None
+        try:
+            return super().to_dict()
+        finally:
+            self._frame_encoder = encoder
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """
+        CLIP image embeddings of uint8 RGB frames `(num_frames, height, width, 3)` -> float32 `(num_frames, D)`.
+        """
+        encoder = self.frame_encoder
+        parameter = next(encoder.parameters())
+        pixels = preprocess_frames(frames, self.frame_size, self.image_mean, self.image_std)
+        embeddings = [
+            encoder(pixel_values=batch.to(parameter.device, parameter.dtype)).image_embeds.float().cpu()
+            for batch in pixels.split(self.encoder_batch_size)
+        ]
+        return torch.cat(embeddings)
+
+    def _visual_features(self, videos, images, video_features, video_windows) -> list[torch.Tensor]:
+        """One `(rows, D)` tensor per visual input, in order: precomputed features, else videos, else images."""
+        given = [name for name, value in (("videos", videos), ("images", images), ("video_features", video_features))
+                 if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"Pass one kind of visual input per call, got {', '.join(given)}.")
+        if video_features is not None:
+            if isinstance(video_features, (np.ndarray, torch.Tensor)) and video_features.ndim == 3:
+                video_features = list(video_features)
+            features = []
+            for index, feature in enumerate(_flatten(video_features)):
+                feature = torch.as_tensor(feature)
+                if feature.ndim == 1:
+                    feature = feature.unsqueeze(0)
+                if feature.ndim != 2:
+                    raise ValueError(
+                        f"video_features[{index}] must have shape (rows, hidden) or (hidden,), "
+                        f"got {tuple(feature.shape)}."
+                    )
+                features.append(feature.float())
+            return features
+        if videos is not None:
+            videos = _flatten(videos)
+            windows = list(video_windows) if video_windows is not None else [None] * len(videos)
+            if len(windows) != len(videos):
+                raise ValueError(f"Got {len(videos)} videos but {len(windows)} video_windows.")
+            frames = [self._decode(video, window) for video, window in zip(videos, windows)]
+        elif images is not None:
+            frames = [_image_as_frame(image) for image in _flatten(images)]
+        else:
+            return []
+        return [self.encode_frames(video_frames) for video_frames in frames]
+
+    def _decode(self, video, window) -> np.ndarray:
+        if isinstance(video, (str, Path)):
+            return load_video_frames(video, self.num_frames, window)[0]
+        frames = np.asarray(video)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"A decoded video must have shape (frames, height, width, 3), got {frames.shape}.")
+        return frames[sample_frame_indices(len(frames), self.num_frames)]
+
+    def _tokenize(self, text: str, add_special_tokens: bool, rows: int, return_offsets_mapping: bool) -> dict:
+        """Token ids of one text, each `<video>` replaced by `rows` placeholders, pieces tokenized as the original."""
+        input_ids, offsets, char_start = [], [], 0
+        pieces = text.split(VIDEO_TOKEN)
+        for index, piece in enumerate(pieces):
+            if index > 0:
+                input_ids += [self.video_token_id] * rows
+                offsets += [(char_start - len(VIDEO_TOKEN), char_start)] * rows
+            encoded = self.tokenizer(
+                piece,
+                add_special_tokens=add_special_tokens and index == 0,
+                return_offsets_mapping=return_offsets_mapping,
+            )
+            input_ids += encoded["input_ids"]
+            if return_offsets_mapping:
+                offsets += [(start + char_start, end + char_start) for start, end in encoded["offset_mapping"]]
+            char_start += len(piece) + len(VIDEO_TOKEN)
+        return {"input_ids": input_ids, "offset_mapping": offsets}
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        videos=None,
+        images=None,
+        video_features=None,
+        video_windows: Sequence[Sequence[float] | None] | None = None,
+        return_tensors: str | None = None,
+        padding: bool | str = True,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        return_offsets_mapping: bool = False,
+        audio=None,
+        **kwargs,
+    ) -> BatchFeature:
+        r"""
+        Args:
+            text: one prompt or a batch; each holds at most one `<video>`.
+            videos: one per `<video>`, in order: paths, or decoded uint8 frames `(frames, height, width, 3)`
+                (a nested list per sample, as `apply_chat_template` passes it, is accepted).
+            images: one per `<video>`: PIL images or uint8 arrays `(height, width, 3)`; each is a 1-frame video.
+            video_features: precomputed features, one per `<video>`: `(rows, mm_hidden_size)` or `(mm_hidden_size,)`.
+            video_windows: `(start_seconds, end_seconds)` per video, to sample a clip of it.
+            return_tensors: `"pt"` for tensors, else lists.
+            padding, padding_side: as for the tokenizer; left padding for batched generation.
+
+        Returns:
+            [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, and `video_features`
+            `(batch, rows, mm_hidden_size)` when visual inputs were given.
+        """
+        if audio is not None:
+            raise ValueError("VTimeLLM takes no audio input.")
+        unexpected = {key: value for key, value in kwargs.items() if value is not None}
+        unexpected.pop("load_audio_from_video", None)
+        unexpected.pop("audio_from_video_indices", None)
+        if unexpected:
+            raise TypeError(f"VTimeProcessor got unexpected arguments: {', '.join(sorted(unexpected))}.")
+        if text is None:
+            raise ValueError("VTimeProcessor needs text with a <video> placeholder for each visual input.")
+        texts = [text] if isinstance(text, str) else list(text)
+
+        features = self._visual_features(videos, images, video_features, video_windows)
+        placeholders = [sample.count(VIDEO_TOKEN) for sample in texts]
+        for index, count in enumerate(placeholders):
+            if count > 1:
+                raise ValueError(
+                    f"Text {index} holds {count} {VIDEO_TOKEN} placeholders; VTimeLLM takes one video per sample."
+                )
+        if sum(placeholders) != len(features):
+            raise ValueError(
+                f"The text holds {sum(placeholders)} {VIDEO_TOKEN} placeholders but {len(features)} visual inputs "
+                "were given; pass one video (or image, or features) per placeholder."
+            )
+        if features and not all(placeholders):
+            missing = [index for index, count in enumerate(placeholders) if count == 0]
+            raise ValueError(
+                f"Texts {missing} hold no {VIDEO_TOKEN}: in a batch with videos, every sample needs one video."
+            )
+        if len({tuple(feature.shape) for feature in features}) > 1:
+            shapes = [tuple(feature.shape) for feature in features]
+            raise ValueError(f"All videos of a batch need features of one shape, got {shapes}.")
+
+        rows = features[0].shape[0] if features else 0
+        encoded = [self._tokenize(sample, add_special_tokens, rows, return_offsets_mapping) for sample in texts]
+        batch = {"input_ids": [sample["input_ids"] for sample in encoded]}
+        if return_offsets_mapping:
+            batch["offset_mapping"] = [sample["offset_mapping"] for sample in encoded]
+        padding_side = padding_side or self.tokenizer.padding_side
+        data = dict(self.tokenizer.pad(batch, padding=padding, return_attention_mask=True, padding_side=padding_side))
+        if return_offsets_mapping:
+            data["offset_mapping"] = [
+                _pad_offsets(offsets, len(ids), padding_side)
+                for offsets, ids in zip(data["offset_mapping"], data["input_ids"])
+            ]
+        if features:
+            data["video_features"] = torch.stack(features) if return_tensors == "pt" else [f.numpy() for f in features]
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def parse_moments(self, text: str, duration: float, convention: str = GROUNDING) -> list[tuple[float, float]]:
+        """The moments of a generated answer in seconds; see [`parse_moments`]."""
+        return parse_moments(text, duration, convention)
+
+    def parse_events(self, text: str, duration: float, convention: str = CAPTIONING) -> list[tuple[float, float, str]]:
+        """The dense-captioning events of a generated answer; see [`parse_events`]."""
+        return parse_events(text, duration, convention)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "video_features"]
+
+
+def _flatten(items) -> list:
+    """Visual inputs as a flat list: one item, a list, or a list per sample (as `apply_chat_template` gives)."""
+    if isinstance(items, (str, Path, np.ndarray, torch.Tensor)) or not isinstance(items, Sequence):
+        return [items]
+    flat = []
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            flat.extend(item)
+        else:
+            flat.append(item)
+    return flat
+
+
+def _pad_offsets(offsets: list, length: int, padding_side: str) -> list:
+    """Offsets padded with empty spans to the padded length of their ids."""
+    padding = [(0, 0)] * (length - len(offsets))
+    return padding + offsets if padding_side == "left" else offsets + padding
+
+
+def _image_as_frame(image) -> np.ndarray:
+    """An image as one RGB frame `(1, height, width, 3)`; greyscale, alpha and CMYK PIL images are converted."""
+    if hasattr(image, "convert"):
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"An image must be RGB with shape (height, width, 3), got {array.shape}.")
+    return array[None]
+
+
+__all__ = [
+    "VTimeProcessor",
+    "indices_to_seconds",
+    "format_index",
+    "get_video_duration",
+    "load_video_frames",
+    "parse_events",
+    "parse_moment_indices",
+    "parse_moments",
+    "preprocess_frames",
+    "sample_frame_indices",
+    "seconds_to_index",
+]

@@ -1,0 +1,124 @@
+"""Tiny, randomly initialised stand-ins for Vicuna, its tokenizer and CLIP, built locally without network.
+
+They exercise the real loading code (`from_pretrained` on a folder) in the tests and in `make demo`: the tokenizer
+is a real SentencePiece LLaMA tokenizer trained on a small corpus, the encoder a real
+`CLIPVisionModelWithProjection`, the model a real `VTimeLlamaForCausalLM`.
+"""
+
+import json
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, LlamaTokenizer
+
+from .model import VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaConfig, VTimeLlamaForCausalLM
+from .model.processing_vtime import CLIP_MEAN, CLIP_STD
+
+_BASE_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "USER: When does it happen? ASSISTANT: From 05 to 23.",
+    "From 00 to 99, between 10 and 20, 0123456789.",
+]
+
+
+def build_tiny_tokenizer(
+    output_dir: str | Path, corpus: Iterable[str] = (), vocab_size: int = 512
+) -> LlamaTokenizer:
+    """
+    Trains a SentencePiece BPE model shaped like LLaMA's (byte fallback, split digits, identity normalisation,
+    BOS 1, EOS 2, UNK 0), saves it as a LLaMA tokenizer with the `<video>` token and returns it loaded back.
+
+    `vocab_size` is an upper bound: a small corpus yields fewer pieces.
+    """
+    import sentencepiece
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        corpus_file = Path(scratch) / "corpus.txt"
+        corpus_file.write_text("\n".join([*_BASE_CORPUS, *corpus]), encoding="utf-8")
+        sentencepiece.SentencePieceTrainer.train(
+            input=str(corpus_file),
+            model_prefix=str(output_dir / "tokenizer"),
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            model_type="bpe",
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            character_coverage=1.0,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            seed_sentencepiece_size=10_000,
+            num_threads=1,
+            minloglevel=2,
+        )
+    tokenizer = LlamaTokenizer.from_pretrained(output_dir, legacy=True, add_bos_token=True, add_eos_token=False)
+    # As the original: Vicuna has no pad token and pads with unk
+    tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
+    tokenizer.chat_template = VICUNA_V1_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output_dir)
+    return LlamaTokenizer.from_pretrained(output_dir)
+
+
+def build_tiny_frame_encoder(
+    output_dir: str | Path, embedding_size: int = 32, image_size: int = 32, seed: int = 0
+) -> CLIPVisionModelWithProjection:
+    """A random `CLIPVisionModelWithProjection` (2 layers) saved with its `preprocessor_config.json`."""
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=8,
+        projection_dim=embedding_size,
+    )
+    encoder = CLIPVisionModelWithProjection(config).eval()
+    output_dir = Path(output_dir)
+    encoder.save_pretrained(output_dir)
+    preprocessor = {
+        "crop_size": {"height": image_size, "width": image_size},
+        "size": {"shortest_edge": image_size},
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "image_processor_type": "CLIPImageProcessor",
+    }
+    (output_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    return encoder
+
+
+def build_tiny_vtime_model(
+    tokenizer, mm_hidden_size: int = 32, num_frames: int = 100, seed: int = 0, **llama_overrides
+) -> VTimeLlamaForCausalLM:
+    """A random `VTimeLlamaForCausalLM` (2 layers, hidden 64 unless overridden) sized to `tokenizer`."""
+    torch.manual_seed(seed)
+    settings = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    settings.update(llama_overrides)
+    config = VTimeLlamaConfig(
+        vocab_size=len(tokenizer),
+        mm_hidden_size=mm_hidden_size,
+        num_frames=num_frames,
+        video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **settings,
+    )
+    return VTimeLlamaForCausalLM(config).eval()
