@@ -58,6 +58,10 @@ VICUNA_V1_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
+# `ProcessorMixin.apply_chat_template` passes these to every processor; they concern audio and text-level
+# placeholder expansion, and this processor expands ids, so their values change nothing here.
+_CHAT_TEMPLATE_CALL_KWARGS = {"load_audio_from_video", "audio_from_video_indices", "return_text_replacement_offsets"}
+
 GROUNDING = "grounding"
 CAPTIONING = "captioning"
 _MOMENT_PATTERN = re.compile(r"(?<!\d)(\d{2})\s+(?:to|and)\s+(\d{2})(?!\d)", re.IGNORECASE)
@@ -252,9 +256,9 @@ class VTimeProcessor(ProcessorMixin):
     for an image). Videos are decoded (only the sampled frames), preprocessed and encoded by a CLIP image encoder,
     loaded the first time raw videos or images are given; precomputed features skip all of that.
 
-    The text is tokenized piece by piece around each `<video>`, as the original did: the first piece with the
-    tokenizer's special tokens (BOS), the others without, each as a standalone string. A SentencePiece LLaMA
-    tokenizer prefixes every piece with a space marker, and a checkpoint trained on the original ids expects it.
+    The text is tokenized piece by piece around each `<video>` and special token, as the original's slow
+    SentencePiece tokenizer did: each piece as a standalone string, so that a LLaMA tokenizer prefixes every piece
+    with its space marker, and the ids equal those a released checkpoint was trained on.
 
     Args:
         tokenizer: a LLaMA tokenizer that knows the `<video>` token.
@@ -378,22 +382,36 @@ class VTimeProcessor(ProcessorMixin):
         return frames[sample_frame_indices(len(frames), self.num_frames)]
 
     def _tokenize(self, text: str, add_special_tokens: bool, rows: int, return_offsets_mapping: bool) -> dict:
-        """Token ids of one text, each `<video>` replaced by `rows` placeholders, pieces tokenized as the original."""
+        """
+        Token ids of one text, each `<video>` replaced by `rows` placeholders.
+
+        As the original's slow SentencePiece tokenizer did, the text is cut at `<video>` and at every special token
+        (`</s>` between turns) and each piece is tokenized as a standalone string, so each gets SentencePiece's
+        leading space marker. A whole-string fast tokenization drops that marker after `<video>` and `</s>`, giving
+        ids a released checkpoint never saw.
+        """
+        special_tokens = sorted({VIDEO_TOKEN, *self.tokenizer.all_special_tokens}, key=len, reverse=True)
+        pieces = re.split("(" + "|".join(re.escape(token) for token in special_tokens) + ")", text)
         input_ids, offsets, char_start = [], [], 0
-        pieces = text.split(VIDEO_TOKEN)
-        for index, piece in enumerate(pieces):
-            if index > 0:
+        if add_special_tokens:
+            input_ids += self.tokenizer("", add_special_tokens=True)["input_ids"]
+            offsets += [(0, 0)] * len(input_ids)
+        for piece in pieces:
+            char_end = char_start + len(piece)
+            if piece == VIDEO_TOKEN:
                 input_ids += [self.video_token_id] * rows
-                offsets += [(char_start - len(VIDEO_TOKEN), char_start)] * rows
-            encoded = self.tokenizer(
-                piece,
-                add_special_tokens=add_special_tokens and index == 0,
-                return_offsets_mapping=return_offsets_mapping,
-            )
-            input_ids += encoded["input_ids"]
-            if return_offsets_mapping:
-                offsets += [(start + char_start, end + char_start) for start, end in encoded["offset_mapping"]]
-            char_start += len(piece) + len(VIDEO_TOKEN)
+                offsets += [(char_start, char_end)] * rows
+            elif piece in special_tokens:
+                input_ids.append(self.tokenizer.convert_tokens_to_ids(piece))
+                offsets.append((char_start, char_end))
+            elif piece:
+                encoded = self.tokenizer(
+                    piece, add_special_tokens=False, return_offsets_mapping=return_offsets_mapping
+                )
+                input_ids += encoded["input_ids"]
+                if return_offsets_mapping:
+                    offsets += [(start + char_start, end + char_start) for start, end in encoded["offset_mapping"]]
+            char_start = char_end
         return {"input_ids": input_ids, "offset_mapping": offsets}
 
     def __call__(
@@ -428,9 +446,7 @@ class VTimeProcessor(ProcessorMixin):
         """
         if audio is not None:
             raise ValueError("VTimeLLM takes no audio input.")
-        unexpected = {key: value for key, value in kwargs.items() if value is not None}
-        unexpected.pop("load_audio_from_video", None)
-        unexpected.pop("audio_from_video_indices", None)
+        unexpected = {key for key, value in kwargs.items() if value is not None} - _CHAT_TEMPLATE_CALL_KWARGS
         if unexpected:
             raise TypeError(f"VTimeProcessor got unexpected arguments: {', '.join(sorted(unexpected))}.")
         if text is None:
