@@ -381,9 +381,11 @@ class VTimeProcessor(ProcessorMixin):
             raise ValueError(f"A decoded video must have shape (frames, height, width, 3), got {frames.shape}.")
         return frames[sample_frame_indices(len(frames), self.num_frames)]
 
-    def _tokenize(self, text: str, add_special_tokens: bool, rows: int, return_offsets_mapping: bool) -> dict:
+    def encode_prompt(
+        self, text: str, rows: int, add_special_tokens: bool = True, return_offsets_mapping: bool = False
+    ) -> dict:
         """
-        Token ids of one text, each `<video>` replaced by `rows` placeholders.
+        Token ids (and, on request, character offsets) of one prompt, each `<video>` replaced by `rows` placeholders.
 
         As the original's slow SentencePiece tokenizer did, the text is cut at `<video>` and at every special token
         (`</s>` between turns) and each piece is tokenized as a standalone string, so each gets SentencePiece's
@@ -475,7 +477,9 @@ class VTimeProcessor(ProcessorMixin):
             raise ValueError(f"All videos of a batch need features of one shape, got {shapes}.")
 
         rows = features[0].shape[0] if features else 0
-        encoded = [self._tokenize(sample, add_special_tokens, rows, return_offsets_mapping) for sample in texts]
+        encoded = [
+            self.encode_prompt(sample, rows, add_special_tokens, return_offsets_mapping) for sample in texts
+        ]
         batch = {"input_ids": [sample["input_ids"] for sample in encoded]}
         if return_offsets_mapping:
             batch["offset_mapping"] = [sample["offset_mapping"] for sample in encoded]
