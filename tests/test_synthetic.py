@@ -1,0 +1,310 @@
+"""The synthetic moments dataset: reproducible, well-formed, held out properly, and visible in the pixels."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from decord import VideoReader, cpu
+from PIL import Image
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from vtimellm_hf.data.synthetic import (
+    COLOURS,
+    DENSE_CAPTIONING_TEMPLATES,
+    SHAPES,
+    SyntheticMomentsConfig,
+    generate_synthetic_moments,
+)
+
+PLACEHOLDER = re.compile(r"<[se]\d+>")
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+SMALL = {"num_videos": 4, "num_val_videos": 1, "config": SyntheticMomentsConfig(num_images=6)}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """The default dataset, as `make demo` generates it."""
+    return generate_synthetic_moments(tmp_path_factory.mktemp("synthetic") / "data")
+
+
+def time_index(seconds: float, duration: float) -> int:
+    """VTimeLLM's timestamp convention: seconds -> index into the 100 sampled frames."""
+    return min(round(seconds / duration * 100), 99)
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def decode_all_frames(path) -> tuple[np.ndarray, float]:
+    reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+    return reader.get_batch(list(range(len(reader)))).asnumpy(), reader.get_avg_fps()
+
+
+def frames_without_events(video) -> list[int]:
+    covered = set()
+    for event in video.events:
+        covered.update(video.event_frame_range(event))
+    return [index for index in range(video.num_frames) if index not in covered]
+
+
+def videos_with_quiet_frames(dataset, count: int) -> list:
+    """Videos having at least 4 frames with no event (most have many), the first `count` of them."""
+    chosen = [video for video in dataset.videos if len(frames_without_events(video)) >= 4][:count]
+    assert len(chosen) == count, "the default dataset should hold videos with event-free stretches"
+    return chosen
+
+
+def mean_difference(first: np.ndarray, second: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute pixel difference of two frames over a boolean `(height, width)` mask."""
+    return float(np.abs(first[mask].astype(np.float32) - second[mask].astype(np.float32)).mean())
+
+
+def test_same_seed_gives_identical_files_and_frames(tmp_path):
+    first = generate_synthetic_moments(tmp_path / "first", seed=3, **SMALL)
+    second = generate_synthetic_moments(tmp_path / "second", seed=3, **SMALL)
+    other = generate_synthetic_moments(tmp_path / "other", seed=4, **SMALL)
+
+    for name in (
+        "annotations.json",
+        "splits.json",
+        "stage1.json",
+        "stage2.json",
+        "stage3.json",
+        "grounding_val.jsonl",
+        "dense_captioning_val.json",
+        "synthetic_config.json",
+    ):
+        assert (first.root / name).read_bytes() == (second.root / name).read_bytes(), name
+    for image in sorted(first.image_dir.iterdir()):
+        assert image.read_bytes() == (second.image_dir / image.name).read_bytes(), image.name
+    for video_id in first.train_video_ids + first.val_video_ids:
+        frames, _ = decode_all_frames(first.video_path(video_id))
+        again, _ = decode_all_frames(second.video_path(video_id))
+        np.testing.assert_array_equal(frames, again, err_msg=video_id)
+    assert first.annotations_file.read_bytes() != other.annotations_file.read_bytes()
+
+
+def test_annotations_follow_activitynet_captions_and_the_timestamp_grid(dataset):
+    annotations = read_json(dataset.annotations_file)
+    config = dataset.config
+    assert list(annotations) == [video.video_id for video in dataset.videos]
+    for video_id, annotation in annotations.items():
+        assert set(annotation) == {"duration", "timestamps", "sentences"}, video_id
+        duration, timestamps, sentences = annotation["duration"], annotation["timestamps"], annotation["sentences"]
+        assert config.duration_range[0] <= duration <= config.duration_range[1]
+        assert config.events_per_video[0] <= len(timestamps) == len(sentences) <= config.events_per_video[1]
+        assert [start for start, _ in timestamps] == sorted(start for start, _ in timestamps)
+        for (start, end), sentence in zip(timestamps, sentences):
+            assert 0 <= start < end <= duration, video_id
+            assert (end - start) / duration >= 0.15 - 1e-9, f"{video_id}: event {sentence!r} is too short"
+            # Boundaries sit on the 100-bin grid, so the index conversion never meets a rounding tie.
+            for seconds in (start, end):
+                exact = seconds / duration * 100
+                assert abs(exact - round(exact)) < 1e-6, f"{video_id}: {seconds} s is off the grid"
+                assert time_index(seconds, duration) == min(round(exact), 99)
+            assert re.fullmatch(r"An? (\w+) (\w+) appears\.", sentence), sentence
+        words = [sentence.split()[1:3] for sentence in sentences]
+        assert all(colour in COLOURS and shape in SHAPES for colour, shape in words)
+        # No colour or shape repeats within a video, so every query names one event.
+        assert len({colour for colour, _ in words}) == len({shape for _, shape in words}) == len(words)
+
+    # Times are drawn independently of the captions: the same caption lands at many different places.
+    starts_by_shape = {}
+    for annotation in annotations.values():
+        for (start, _), sentence in zip(annotation["timestamps"], annotation["sentences"]):
+            starts_by_shape.setdefault(sentence.split()[2], set()).add(time_index(start, annotation["duration"]))
+    assert all(len(starts) >= 5 for starts in starts_by_shape.values()), starts_by_shape
+    event_counts = {len(annotation["timestamps"]) for annotation in annotations.values()}
+    assert event_counts == {1, 2, 3}
+
+
+def test_held_out_videos_appear_in_no_training_record(dataset):
+    splits = read_json(dataset.splits_file)
+    train, val = set(splits["train"]), set(splits["val"])
+    assert (len(train), len(val)) == (48, 16)
+    assert not train & val
+    assert train | val == set(read_json(dataset.annotations_file))
+    for stage_file in (dataset.stage2_file, dataset.stage3_file):
+        assert {record["id"] for record in read_json(stage_file)} == train
+    assert set(read_json(dataset.dense_captioning_val_file)) == val
+
+    annotations = read_json(dataset.annotations_file)
+    queries = [json.loads(line) for line in dataset.grounding_val_file.read_text().splitlines()]
+    assert len(queries) == sum(len(annotations[video_id]["timestamps"]) for video_id in val)
+    for query in queries:
+        assert set(query) == {"video_id", "query", "start", "end", "duration"}
+        annotation = annotations[query["video_id"]]
+        assert query["video_id"] in val
+        assert query["duration"] == annotation["duration"]
+        index = annotation["sentences"].index(query["query"][0].upper() + query["query"][1:] + ".")
+        assert [query["start"], query["end"]] == annotation["timestamps"][index]
+    for video_id in train | val:
+        assert dataset.video_path(video_id).is_file()
+
+
+def test_decoded_videos_match_annotations_and_show_events(dataset):
+    annotations = read_json(dataset.annotations_file)
+    for video in videos_with_quiet_frames(dataset, count=6):
+        frames, fps = decode_all_frames(dataset.video_path(video.video_id))
+        duration = annotations[video.video_id]["duration"]
+        assert fps == pytest.approx(video.fps)
+        assert abs(len(frames) - duration * fps) <= 1, video.video_id
+        assert frames.shape[1:] == (video.height, video.width, 3)
+
+        quiet = frames_without_events(video)
+        for event in video.events:
+            inside = video.event_frame_range(event)
+            # The shape is on the frames whose timestamps lie in [start, end).
+            assert (inside.start - 1) / video.fps < event.start <= inside.start / video.fps
+            assert (inside.stop - 1) / video.fps < event.end <= inside.stop / video.fps
+            mask = event.mask(video.width, video.height)
+            middle = frames[(inside.start + inside.stop) // 2]
+            # Another shape on screen at the same time hides at most a small part of this one.
+            in_colour = np.abs(middle[mask].astype(np.int32) - np.array(COLOURS[event.colour])).max(axis=-1) < 40
+            assert in_colour.mean() > 0.5, f"{video.video_id}: {event.caption} is hidden"
+            for index in (quiet[0], quiet[-1]):
+                assert mean_difference(middle, frames[index], mask) > 40, f"{video.video_id}: {event.caption}"
+            if inside.start > 0:
+                # The shape switches on at exactly its first frame: the largest change nearby is there.
+                window = [index for index in range(inside.start - 1, inside.start + 2) if index >= 1]
+                changes = {index: mean_difference(frames[index - 1], frames[index], mask) for index in window}
+                assert max(changes, key=changes.get) == inside.start, f"{video.video_id}: {event.caption} {changes}"
+        whole_frame = np.ones((video.height, video.width), dtype=bool)
+        assert mean_difference(frames[quiet[0]], frames[quiet[-1]], whole_frame) < 10, video.video_id
+
+
+def test_stage_records_use_placeholders_they_define(dataset):
+    annotations = read_json(dataset.annotations_file)
+    for stage_file in (dataset.stage2_file, dataset.stage3_file):
+        records = read_json(stage_file)
+        assert len(records) == 48 * 4
+        for record in records:
+            assert set(record) == {"source", "id", "conversations", "meta"}
+            annotation = annotations[record["id"]]
+            token = record["meta"]["token"]
+            assert record["meta"]["duration"] == annotation["duration"]
+            assert [[token[f"<s{k}>"], token[f"<e{k}>"]] for k in range(len(token) // 2)] == annotation["timestamps"]
+            turns = record["conversations"]
+            assert [turn["from"] for turn in turns] == ["human", "gpt"] * (len(turns) // 2)
+            assert turns[0]["value"].startswith("<video>\n")
+            assert all("<video>" not in turn["value"] for turn in turns[1:])
+            for turn in turns:
+                assert set(PLACEHOLDER.findall(turn["value"])) <= set(token), f"{stage_file.name}: {turn['value']}"
+                assert "{" not in turn["value"], turn["value"]
+
+    stage2 = read_json(dataset.stage2_file)
+    dense = [
+        record
+        for record in stage2
+        if record["conversations"][0]["value"].removeprefix("<video>\n") in DENSE_CAPTIONING_TEMPLATES
+    ]
+    assert all(len(record["conversations"]) == 2 for record in dense)
+    assert len(dense) == round(0.2 * len(stage2))
+    for record in dense:
+        annotation = annotations[record["id"]]
+        expected = " ".join(
+            f"From <s{k}> to <e{k}>, {sentence[0].lower()}{sentence[1:]}"
+            for k, sentence in enumerate(annotation["sentences"])
+        )
+        assert record["conversations"][1]["value"] == expected
+
+    # Grounding answers, once the placeholders are filled in, are what the evaluation parses.
+    for record in stage2:
+        token, duration = record["meta"]["token"], record["meta"]["duration"]
+
+        def fill(match):
+            return f"{time_index(token[match.group()], duration):02d}"
+
+        for answer in record["conversations"][1::2]:
+            if re.fullmatch(r"From <s\d+> to <e\d+>\.", answer["value"]):
+                filled = PLACEHOLDER.sub(fill, answer["value"])
+                assert re.fullmatch(r"From \d\d to \d\d\.", filled), filled
+    questions = {record["conversations"][0]["value"] for record in stage2 + read_json(dataset.stage3_file)}
+    assert len(questions) >= 30, "the question templates should vary"
+
+
+def test_stage1_stills_show_their_caption(dataset):
+    records = read_json(dataset.stage1_file)
+    assert len(records) == dataset.config.num_images
+    assert len({record["conversations"][1]["value"] for record in records}) == len(COLOURS) * len(SHAPES)
+    for record in records:
+        assert set(record) == {"id", "image", "conversations"}
+        human, gpt = record["conversations"]
+        assert (human["from"], gpt["from"]) == ("human", "gpt")
+        assert human["value"].startswith("<image>\n")
+        _, colour, shape = gpt["value"].split()
+        assert shape in SHAPES
+        image = np.asarray(Image.open(dataset.root / record["image"]).convert("RGB")).astype(np.int32)
+        assert (image.shape[1], image.shape[0]) in dataset.config.frame_sizes
+        # The shape covers a large part of the still, in its exact colour (PNG is lossless).
+        matches = np.all(image == np.array(COLOURS[colour]), axis=-1)
+        assert matches.mean() >= 0.15, f"{record['image']}: {colour} covers {matches.mean():.0%}"
+
+
+def test_random_clip_embedding_sees_the_events(dataset):
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+    )
+    encoder = CLIPVisionModelWithProjection(config).eval()
+
+    def embed(frames: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+        pixels = torch.nn.functional.interpolate(pixels, size=(32, 32), mode="bicubic", align_corners=False)
+        with torch.no_grad():
+            embeddings = encoder(pixel_values=(pixels - CLIP_MEAN) / CLIP_STD).image_embeds
+        return torch.nn.functional.normalize(embeddings, dim=-1)
+
+    def distance(first: torch.Tensor, second: torch.Tensor) -> float:
+        return float(1 - (first * second).sum())
+
+    for video in videos_with_quiet_frames(dataset, count=8):
+        frames, _ = decode_all_frames(dataset.video_path(video.video_id))
+        quiet = frames_without_events(video)
+        ranges = [video.event_frame_range(event) for event in video.events]
+        middles = [(frame_range.start + frame_range.stop) // 2 for frame_range in ranges]
+        quiet_first, quiet_last, *in_event = embed(frames[[quiet[0], quiet[-1], *middles]])
+        between_quiet = distance(quiet_first, quiet_last)
+        for event, embedding in zip(video.events, in_event):
+            to_event = min(distance(quiet_first, embedding), distance(quiet_last, embedding))
+            assert to_event > 10 * between_quiet, f"{video.video_id}: {event.caption} {to_event} vs {between_quiet}"
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    small = {"num_videos": 3, "num_val_videos": 1, "config": SyntheticMomentsConfig(num_images=2)}
+    generate_synthetic_moments(tmp_path, num_videos=5, num_val_videos=1, config=small["config"])
+    (tmp_path / "notes.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="annotations.json"):
+        generate_synthetic_moments(tmp_path, **small)
+    result = generate_synthetic_moments(tmp_path, overwrite=True, **small)
+    assert sorted(path.stem for path in result.video_dir.iterdir()) == result.train_video_ids + result.val_video_ids
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
+def test_needs_a_training_video(tmp_path):
+    with pytest.raises(ValueError, match="num_val_videos"):
+        generate_synthetic_moments(tmp_path, num_videos=4, num_val_videos=4)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"frame_sizes": ((63, 48),)}, "even"),
+        ({"events_per_video": (0, 2)}, "events_per_video"),
+        ({"event_span_range": (0.6, 0.3)}, "event_span_range"),
+        ({"duration_range": (0, 10)}, "duration_range"),
+    ],
+)
+def test_config_rejects_bad_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticMomentsConfig(**settings)
