@@ -1,15 +1,24 @@
-"""The `vtimellm-hf` command line."""
+"""The `vtimellm-hf` command line: one subcommand per task, each registered by the module that implements it."""
 
 import argparse
+import importlib
 import sys
 
 from . import __version__
 
+# Each module exposes `add_subcommand(subparsers)`, which sets `run(args) -> exit status` as the parser's default
+SUBCOMMAND_MODULES = [
+    "vtimellm_hf.data.synthetic",
+    "vtimellm_hf.data.extract",
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vtimellm-hf", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vtimellm-hf", description="VTimeLLM on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_subcommand(subparsers)
     return parser
 
 

@@ -936,6 +936,33 @@ def _write_json(path: Path, content) -> None:
     path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
 
 
+def add_subcommand(subparsers) -> None:
+    """`vtimellm-hf synth OUTPUT_DIR`: writes the synthetic moments dataset."""
+    parser = subparsers.add_parser("synth", help="write the synthetic moments dataset (videos, annotations, records)")
+    parser.add_argument("output_dir", help="folder to write into")
+    parser.add_argument("--num-videos", type=int, default=64, help="videos in all, held-out ones included")
+    parser.add_argument("--num-val-videos", type=int, default=16, help="held-out videos")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier dataset in OUTPUT_DIR")
+    parser.set_defaults(run=_run_subcommand)
+
+
+def _run_subcommand(args) -> int:
+    dataset = generate_synthetic_moments(
+        args.output_dir,
+        num_videos=args.num_videos,
+        num_val_videos=args.num_val_videos,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{len(dataset.train_video_ids)} training and {len(dataset.val_video_ids)} held-out videos, "
+        f"{dataset.num_stage1_records} stage-1, {dataset.num_stage2_records} stage-2 and "
+        f"{dataset.num_stage3_records} stage-3 records in {dataset.root}"
+    )
+    return 0
+
+
 __all__ = [
     "COLOURS",
     "SHAPES",

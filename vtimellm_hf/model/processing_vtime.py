@@ -7,6 +7,7 @@ This file travels to the Hub with every checkpoint (`trust_remote_code=True`): i
 and transformers (decord is imported when a video file is decoded).
 """
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -248,6 +249,39 @@ def preprocess_frames(
     return torch.cat(outputs)
 
 
+def read_frame_preprocessing(frame_encoder_name_or_path: str, default_size: int = 224) -> dict:
+    """
+    `{"frame_size", "image_mean", "image_std"}` of a CLIP checkpoint, read from its `preprocessor_config.json` as
+    plain JSON (no image processor class, hence no torchvision, is needed). Without that file: `default_size` and
+    CLIP's mean and std.
+    """
+    from transformers.utils import cached_file
+
+    # cached_file resolves local folders and Hub ids alike, offline included; a missing file gives None
+    config_file = cached_file(
+        frame_encoder_name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+    )
+    if config_file is None:
+        return {"frame_size": default_size, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)}
+    with open(config_file, encoding="utf-8") as handle:
+        config = json.load(handle)
+    crop = config.get("crop_size", default_size)
+    crop_height, crop_width = (crop["height"], crop["width"]) if isinstance(crop, dict) else (crop, crop)
+    size = config.get("size", crop_height)
+    shortest_edge = size.get("shortest_edge") if isinstance(size, dict) else size
+    # The original transform resizes the short side to the crop size, then crops a square
+    if not crop_height == crop_width == shortest_edge:
+        raise ValueError(
+            f"{config_file}: the VTimeLLM transform needs a square crop equal to the resized short side, got "
+            f"size {size} and crop_size {crop}."
+        )
+    return {
+        "frame_size": crop_height,
+        "image_mean": list(config.get("image_mean", CLIP_MEAN)),
+        "image_std": list(config.get("image_std", CLIP_STD)),
+    }
+
+
 class VTimeProcessor(ProcessorMixin):
     r"""
     Turns text and videos into the inputs of [`VTimeLlamaForCausalLM`].
@@ -291,7 +325,15 @@ class VTimeProcessor(ProcessorMixin):
         self.image_std = list(image_std)
         self.encoder_batch_size = encoder_batch_size
         self._frame_encoder = frame_encoder
+        # Where the encoder runs once loaded; not configuration, so not saved
+        self.frame_encoder_device = "cpu"
         super().__init__(tokenizer, chat_template=chat_template or VICUNA_V1_CHAT_TEMPLATE, **kwargs)
+
+    @classmethod
+    def for_frame_encoder(cls, tokenizer, frame_encoder_name_or_path: str = DEFAULT_FRAME_ENCODER, **kwargs):
+        """A processor whose crop size, mean and std are those of the encoder (see [`read_frame_preprocessing`])."""
+        settings = read_frame_preprocessing(frame_encoder_name_or_path)
+        return cls(tokenizer=tokenizer, frame_encoder_name_or_path=frame_encoder_name_or_path, **settings, **kwargs)
 
     @property
     def video_token(self) -> str:
@@ -315,7 +357,7 @@ class VTimeProcessor(ProcessorMixin):
             from transformers import CLIPVisionModelWithProjection
 
             self._frame_encoder = CLIPVisionModelWithProjection.from_pretrained(self.frame_encoder_name_or_path)
-            self._frame_encoder.eval()
+            self._frame_encoder.to(self.frame_encoder_device).eval()
         return self._frame_encoder
 
     def to_dict(self):
@@ -368,7 +410,7 @@ class VTimeProcessor(ProcessorMixin):
                 raise ValueError(f"Got {len(videos)} videos but {len(windows)} video_windows.")
             frames = [self._decode(video, window) for video, window in zip(videos, windows)]
         elif images is not None:
-            frames = [_image_as_frame(image) for image in _flatten(images)]
+            frames = [image_as_frame(image) for image in _flatten(images)]
         else:
             return []
         return [self.encode_frames(video_frames) for video_frames in frames]
@@ -526,7 +568,7 @@ def _pad_offsets(offsets: list, length: int, padding_side: str) -> list:
     return padding + offsets if padding_side == "left" else offsets + padding
 
 
-def _image_as_frame(image) -> np.ndarray:
+def image_as_frame(image) -> np.ndarray:
     """An image as one RGB frame `(1, height, width, 3)`; greyscale, alpha and CMYK PIL images are converted."""
     if hasattr(image, "convert"):
         image = image.convert("RGB")
@@ -546,6 +588,8 @@ __all__ = [
     "parse_moment_indices",
     "parse_moments",
     "preprocess_frames",
+    "image_as_frame",
+    "read_frame_preprocessing",
     "sample_frame_indices",
     "seconds_to_index",
 ]

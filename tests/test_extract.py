@@ -1,0 +1,456 @@
+"""Feature extraction (`vtimellm_hf.data.extract`) and the feature layout (`vtimellm_hf.data.features`).
+
+Videos are made with the ffmpeg binary of imageio-ffmpeg, the encoder is the tiny random CLIP of `tiny_models`
+(frame size 32), and the real videos of `../shared/data/videos` are used where present.
+"""
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vtimellm_hf.data import extract as extract_module
+from vtimellm_hf.data.extract import FAILURES_FILE, MediaItem, add_subcommand, collect_media, extract_features
+from vtimellm_hf.data.features import (
+    ConsolidatedFeatureStore,
+    FeatureNotFoundError,
+    NpyFeatureStore,
+    check_feature,
+    consolidate_features,
+    open_feature_store,
+    read_npy_header,
+    remove_stale_temporaries,
+    write_feature,
+)
+from vtimellm_hf.model.processing_vtime import VTimeProcessor, load_video_frames
+
+imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="the test videos are written with imageio-ffmpeg")
+
+DIM = 32  # projection size of the tiny encoder
+# (lavfi source, width x height, seconds): landscape, portrait, odd sizes and lengths
+SYNTHETIC_VIDEOS = {
+    "bars": ("smptebars", "80x44", 4.0),
+    "clock": ("testsrc2", "64x48", 3.0),
+    "portrait": ("testsrc", "64x96", 2.0),
+    "short": ("testsrc2", "50x70", 1.3),
+}
+IMAGES = ("photo.jpg", "diagram.png", "frame.webp")
+# Runs a CLI process that registers the subcommand on its own parser, as `vtimellm-hf` will
+CLI_CODE = (
+    "import argparse, sys\n"
+    "from vtimellm_hf.data.extract import add_subcommand\n"
+    "parser = argparse.ArgumentParser()\n"
+    "add_subcommand(parser.add_subparsers())\n"
+    "args = parser.parse_args()\n"
+    "sys.exit(args.run(args))\n"
+)
+
+
+def make_video(path: Path, source: str, size: str, seconds: float, faststart: bool = False) -> Path:
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+        "-f", "lavfi", "-i", f"{source}=size={size}:rate=10:duration={seconds}",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-threads", "1",
+        *(["-movflags", "+faststart"] if faststart else []),
+        str(path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    for name, (source, size, seconds) in SYNTHETIC_VIDEOS.items():
+        make_video(folder / f"{name}.mp4", source, size, seconds)
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(IMAGES):
+        pixels = rng.integers(0, 256, (40 + 8 * index, 60, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    # Not media: skipped by the folder scan
+    (folder / "notes.txt").write_text("not a video")
+    return folder
+
+
+def run_extraction(inputs, output_dir, clip, **options):
+    """`extract_features` without progress bar, decoding in this process unless the options say otherwise."""
+    options = {"workers": 0, "batch_size": 64, "progress": False, **options}
+    clip = clip if isinstance(clip, VTimeProcessor) else str(clip)
+    return extract_features(inputs, output_dir, clip=clip, **options)
+
+
+@pytest.fixture(scope="module")
+def baseline(media_dir, frame_encoder_path, tmp_path_factory) -> Path:
+    """The features of `media_dir`, extracted in this process (workers=0)."""
+    output_dir = tmp_path_factory.mktemp("baseline")
+    report = run_extraction(media_dir, output_dir, frame_encoder_path)
+    assert report.ok and report.extracted == len(SYNTHETIC_VIDEOS) + len(IMAGES)
+    return output_dir
+
+
+def feature_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("*.npy"))}
+
+
+def reference_features(processor, path: Path, window=None) -> np.ndarray:
+    return processor.encode_frames(load_video_frames(path, 100, window)[0]).to(torch.float16).numpy()
+
+
+def test_features_equal_the_processor_whatever_workers_and_batch_size(
+    media_dir, baseline, frame_encoder_path, processor, tmp_path
+):
+    expected = feature_bytes(baseline)
+    assert sorted(expected) == sorted(f"{Path(name).stem}.npy" for name in [*SYNTHETIC_VIDEOS, *IMAGES])
+    # Batches of 16 and 250 frames pack the 100-frame videos differently; workers return them in any order
+    for workers, batch_size in ((2, 16), (2, 250), (0, 7)):
+        output_dir = tmp_path / f"workers{workers}-batch{batch_size}"
+        report = run_extraction(media_dir, output_dir, frame_encoder_path, workers=workers, batch_size=batch_size)
+        assert report.ok and report.extracted == len(expected)
+        if batch_size >= 12:
+            assert feature_bytes(output_dir) == expected, (workers, batch_size)
+        else:
+            # Under 12 rows MKL switches matrix kernels: the last bits may differ, float16 values stay close
+            for name in feature_bytes(output_dir):
+                np.testing.assert_allclose(np.load(output_dir / name), np.load(baseline / name), rtol=2e-3, atol=2e-3)
+
+    # A processor brings its own encoder and preprocessing
+    run_extraction(media_dir, tmp_path / "processor", processor, workers=2)
+    assert feature_bytes(tmp_path / "processor") == expected
+
+    for name in SYNTHETIC_VIDEOS:
+        features = np.load(baseline / f"{name}.npy")
+        assert features.shape == (100, DIM) and features.dtype == np.float16
+        np.testing.assert_array_equal(features, reference_features(processor, media_dir / f"{name}.mp4"))
+
+
+def test_images_are_one_embedding(media_dir, baseline, processor):
+    from PIL import Image
+
+    for name in IMAGES:
+        features = np.load(baseline / f"{Path(name).stem}.npy")
+        assert features.shape == (DIM,) and features.dtype == np.float16
+        with Image.open(media_dir / name) as image:
+            frame = np.array(image.convert("RGB"))[None]
+        expected = processor.encode_frames(frame)[0].to(torch.float16).numpy()
+        # The processor encodes the lone frame as a 1-row matrix, extraction in a padded batch: other kernels
+        np.testing.assert_allclose(features, expected, rtol=2e-3, atol=2e-3)
+
+
+def test_real_videos_from_annotations(real_data, frame_encoder_path, processor, tmp_path):
+    video_root = real_data / "videos"
+    dialogues = [
+        {"id": "3MSZA", "source": "internvid", "meta": {"split": [5.0, 20.0], "duration": 15.0}, "conversations": []},
+        {"id": "demo", "conversations": []},
+        {"id": "demo", "conversations": []},  # a second dialogue on the same video: one feature
+    ]
+    annotation = tmp_path / "stage2.json"
+    annotation.write_text(json.dumps(dialogues))
+    report = run_extraction(annotation, tmp_path / "out", frame_encoder_path, video_root=video_root, workers=2)
+    assert report.ok and report.extracted == 2
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "out" / "3MSZA.npy"),
+        reference_features(processor, video_root / "3MSZA.mp4", window=(5.0, 20.0)),
+    )
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "out" / "demo.npy"), reference_features(processor, video_root / "demo.mp4")
+    )
+
+    # ActivityNet ids keep their "v_" prefix, and find videos stored with or without it
+    activitynet = tmp_path / "val_1.json"
+    activitynet.write_text(json.dumps({"v_3MSZA": {"duration": 31.0, "timestamps": [[0, 5]], "sentences": ["a"]}}))
+    items, failures = collect_media(activitynet, video_root=video_root)
+    assert items == [MediaItem("v_3MSZA", video_root / "3MSZA.mp4")] and not failures
+
+
+def test_collect_media_formats(media_dir, tmp_path):
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# test videos\n{media_dir / 'clock.mp4'}\n\n../{tmp_path.name}/local.mp4\n")
+    items, failures = collect_media(listing)
+    assert [(item.feature_id, item.path) for item in items] == [
+        ("clock", media_dir / "clock.mp4"),
+        ("local", tmp_path / ".." / tmp_path.name / "local.mp4"),
+    ]
+    assert not failures
+
+    folder_items, _ = collect_media(media_dir)
+    assert sorted(item.feature_id for item in folder_items) == sorted(
+        [*SYNTHETIC_VIDEOS, *(Path(name).stem for name in IMAGES)]
+    )
+    assert {item.feature_id for item in folder_items if item.is_image} == {Path(name).stem for name in IMAGES}
+
+    records = [
+        {"id": "clock", "meta": {"split": [0.5, 2.5]}},
+        {"id": "missing"},
+        {"id": "bars", "meta": {"split": "all"}},
+        {"id": "img-1", "image": "photo.jpg"},
+        {"id": "clock", "meta": {"split": [1.0, 2.0]}},  # the same id for another clip: one file cannot hold both
+    ]
+    annotation = tmp_path / "records.json"
+    annotation.write_text(json.dumps(records))
+    items, failures = collect_media(annotation, video_root=media_dir)
+    assert items == [
+        MediaItem("clock", media_dir / "clock.mp4", (0.5, 2.5)),
+        MediaItem("img-1", media_dir / "photo.jpg"),
+    ]
+    reasons = {failure.feature_id: failure.reason for failure in failures}
+    assert f"no video named missing.* in {media_dir}" == reasons["missing"]
+    assert "meta.split must be [start, end]" in reasons["bars"] and "record #2" in reasons["bars"]
+    assert "already used by" in reasons["clock"]
+
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({"annotations": [{"image_id": "v_bars.mp4", "caption": "x", "segments": [[0, 1]]}]}))
+    assert collect_media(coco, video_root=media_dir)[0] == [MediaItem("v_bars", media_dir / "bars.mp4")]
+    with pytest.raises(ValueError, match="video_root"):
+        collect_media(annotation)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        collect_media(tmp_path / "nowhere")
+
+
+def test_resume_skips_done_ids(media_dir, baseline, frame_encoder_path, tmp_path, monkeypatch):
+    output_dir = tmp_path / "out"
+    run_extraction(media_dir, output_dir, frame_encoder_path)
+    modified = {path.name: path.stat().st_mtime_ns for path in output_dir.glob("*.npy")}
+
+    decoded = []
+    original_load = extract_module.load_video_frames
+
+    def counting_load(path, *args):
+        decoded.append(Path(path).stem)
+        return original_load(path, *args)
+
+    monkeypatch.setattr(extract_module, "load_video_frames", counting_load)
+    report = run_extraction(media_dir, output_dir, frame_encoder_path)
+    assert (report.extracted, report.skipped, decoded) == (0, len(modified), [])
+    assert {path.name: path.stat().st_mtime_ns for path in output_dir.glob("*.npy")} == modified
+
+    # A deleted file and a truncated one (copied by a tool that is not atomic) are made again, nothing else
+    (output_dir / "clock.npy").unlink()
+    truncated = output_dir / "bars.npy"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    report = run_extraction(media_dir, output_dir, frame_encoder_path)
+    assert (report.extracted, report.skipped) == (2, len(modified) - 2)
+    assert sorted(decoded) == ["bars", "clock"]
+    assert feature_bytes(output_dir) == feature_bytes(baseline)
+    unchanged = {name for name in modified if name not in ("clock.npy", "bars.npy")}
+    assert all((output_dir / name).stat().st_mtime_ns == modified[name] for name in unchanged)
+
+
+def test_failures_are_reported_and_the_run_goes_on(media_dir, frame_encoder_path, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("clock", "portrait"):
+        shutil.copy(media_dir / f"{name}.mp4", inputs)
+    # A valid container whose frames are cut off, an empty file, and text posing as a video
+    whole = make_video(tmp_path / "whole.mp4", "testsrc2", "64x48", 3.0, faststart=True).read_bytes()
+    (inputs / "corrupt.mp4").write_bytes(whole[: len(whole) // 2])
+    (inputs / "empty.mp4").write_bytes(b"")
+    (inputs / "notes.mp4").write_text("These are my notes, not a video.\n" * 20)
+    output_dir = tmp_path / "out"
+
+    parser = argparse.ArgumentParser()
+    add_subcommand(parser.add_subparsers())
+    argv = ["extract-features", str(inputs), str(output_dir), "--clip", str(frame_encoder_path), "--workers", "2"]
+    args = parser.parse_args(argv + ["--batch-size", "32"])
+    assert args.run(args) == 1
+
+    records = [json.loads(line) for line in (output_dir / FAILURES_FILE).read_text().splitlines()]
+    bad = {"corrupt", "empty", "notes"}
+    assert {record["id"] for record in records} == bad
+    stderr = capsys.readouterr().err
+    for record in records:
+        assert record["path"] == str(inputs / f"{record['id']}.mp4")
+        assert "Cannot decode" in record["reason"] and record["path"] in record["reason"]
+        assert record["path"] in stderr
+    assert sorted(path.stem for path in output_dir.glob("*.npy")) == ["clock", "portrait"]
+
+    # The rerun retries the failures; once the inputs are fixed, it succeeds and the failure list is gone
+    for name in bad:
+        shutil.copy(media_dir / "short.mp4", inputs / f"{name}.mp4")
+    args = parser.parse_args(argv)
+    assert args.run(args) == 0
+    assert not (output_dir / FAILURES_FILE).exists()
+    assert len(list(output_dir.glob("*.npy"))) == 5
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv + ["--num-frames", "0"])
+
+
+def test_window_outside_the_video_is_a_failure(media_dir, frame_encoder_path, tmp_path):
+    annotation = tmp_path / "clips.json"
+    annotation.write_text(json.dumps([{"id": "clock", "meta": {"split": [30.0, 40.0]}}, {"id": "bars"}]))
+    report = run_extraction(annotation, tmp_path / "out", frame_encoder_path, video_root=media_dir)
+    assert report.extracted == 1 and [failure.feature_id for failure in report.failures] == ["clock"]
+    assert "outside the video" in report.failures[0].reason
+    assert json.loads((tmp_path / "out" / FAILURES_FILE).read_text())["path"] == str(media_dir / "clock.mp4")
+
+
+def test_killed_run_leaves_complete_files_and_resumes(media_dir, baseline, frame_encoder_path, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    copies = 3
+    for copy in range(copies):
+        for name in SYNTHETIC_VIDEOS:
+            shutil.copy(media_dir / f"{name}.mp4", inputs / f"{name}-{copy}.mp4")
+    total = copies * len(SYNTHETIC_VIDEOS)
+    output_dir = tmp_path / "out"
+    command = [sys.executable, "-c", CLI_CODE, "extract-features", str(inputs), str(output_dir)]
+    command += ["--clip", str(frame_encoder_path), "--workers", "0", "--batch-size", "16"]
+    # A session of its own, so that SIGKILL reaches the whole process group
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while process.poll() is None and not any(output_dir.glob("*.npy")) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = list(output_dir.glob("*.npy"))
+    assert 0 < len(done) < total
+    for path in done:
+        assert read_npy_header(path).complete
+        assert np.load(path).shape == (100, DIM)
+
+    report = run_extraction(inputs, output_dir, frame_encoder_path, workers=2)
+    assert report.ok and (report.skipped, report.extracted) == (len(done), total - len(done))
+    assert not [path.name for path in output_dir.iterdir() if path.name.startswith(".")]
+    # Every copy has the bytes of the uninterrupted baseline run on its original
+    expected = feature_bytes(baseline)
+    for name, data in feature_bytes(output_dir).items():
+        assert data == expected[name.rsplit("-", 1)[0] + ".npy"], name
+
+
+def test_consolidated_store_round_trip(media_dir, baseline, frame_encoder_path, tmp_path):
+    from safetensors.numpy import load_file
+
+    consolidated = consolidate_features(baseline, tmp_path / "features.safetensors")
+    folder_store, file_store = open_feature_store(baseline), open_feature_store(consolidated)
+    assert isinstance(folder_store, NpyFeatureStore) and isinstance(file_store, ConsolidatedFeatureStore)
+    assert file_store.ids() == folder_store.ids() and len(file_store) == len(SYNTHETIC_VIDEOS) + len(IMAGES)
+    # The stream-written file is one the safetensors library reads as its own
+    reference = load_file(str(consolidated))
+    restored = pickle.loads(pickle.dumps(file_store))  # as a DataLoader worker receives it
+    for feature_id in folder_store.ids():
+        array = folder_store.load(feature_id)
+        for store in (file_store, restored):
+            assert feature_id in store
+            loaded = store.load(feature_id)
+            assert loaded.dtype == array.dtype and loaded.tobytes() == array.tobytes()
+            assert store.shape(feature_id) == array.shape
+        np.testing.assert_array_equal(reference[feature_id], array)
+    assert "nope" not in file_store and "../clock" not in folder_store
+    with pytest.raises(FeatureNotFoundError, match=f"No feature 'nope' in {consolidated}"):
+        file_store.load("nope")
+    with pytest.raises(KeyError, match="nope.npy does not exist"):
+        folder_store.shape("nope")
+
+    report = run_extraction(media_dir, baseline, frame_encoder_path, consolidate=tmp_path / "again.safetensors")
+    assert report.consolidated == tmp_path / "again.safetensors" and report.skipped == len(file_store)
+    assert (tmp_path / "again.safetensors").read_bytes() == consolidated.read_bytes()
+
+
+def test_consolidation_refuses_damaged_features(tmp_path):
+    folder = tmp_path / "features"
+    folder.mkdir()
+    write_feature(folder / "good.npy", np.zeros((100, DIM), np.float16))
+    broken = np.zeros((100, DIM), np.float16)
+    broken[7, 3] = np.nan
+    write_feature(folder / "broken.npy", broken)
+    with pytest.raises(ValueError, match=r"'broken': 1 non-finite value\(s\).*index \(7, 3\)"):
+        consolidate_features(folder, tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob(".out.safetensors*"))
+
+    write_feature(folder / "broken.npy", np.zeros((100, DIM), np.float16))
+    (folder / "broken.npy").write_bytes((folder / "broken.npy").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="broken.npy: truncated feature 'broken'"):
+        consolidate_features(folder, tmp_path / "out.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("array", "rows", "message"),
+    [
+        (np.zeros((99, DIM), np.float16), 100, rf"Feature 'v1': shape \(99, {DIM}\), expected \(100, {DIM}\)\."),
+        (np.zeros((100, 16), np.float16), 100, rf"shape \(100, 16\), expected \(100, {DIM}\)"),
+        (np.zeros((DIM,), np.float16), 100, rf"shape \({DIM},\), expected \(100, {DIM}\)"),
+        (np.zeros((2, DIM), np.float16), 1, rf"expected \(1, {DIM}\) or \({DIM},\) for an image"),
+        (np.zeros((100, DIM), np.int64), 100, r"Feature 'v1': dtype int64, expected float16 .* or float32"),
+        (np.full((100, DIM), np.inf, np.float16), 100, rf"{100 * DIM} non-finite value\(s\) .*index \(0, 0\) \(inf\)"),
+        ([[0.0] * DIM] * 100, 100, "expected a numpy array, got list"),
+    ],
+)
+def test_check_feature_messages(array, rows, message):
+    with pytest.raises(ValueError, match=message):
+        check_feature(array, rows, DIM, "v1")
+
+
+def test_check_feature_accepts_the_original_layouts():
+    nan = np.zeros((100, DIM), np.float32)
+    nan[5, 12] = np.nan
+    message = r"'v1': 1 non-finite value\(s\) \(NaN or inf\), the first at index \(5, 12\)"
+    with pytest.raises(ValueError, match=message):
+        check_feature(nan, 100, DIM, "v1")
+    check_feature(np.zeros((100, DIM), np.float16), 100, DIM, "video")
+    check_feature(np.zeros((100, DIM), np.float32), None, None, "video")
+    check_feature(np.zeros((DIM,), np.float16), 1, DIM, "image")
+    check_feature(np.zeros((1, DIM), np.float16), 1, DIM, "image")
+
+
+def test_write_feature_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "clip.npy"
+    write_feature(path, np.ones((100, DIM), np.float16))
+    before = path.read_bytes()
+
+    def failing_save(file, array, allow_pickle):
+        file.write(b"\x93NUMPY partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_feature(path, np.zeros((100, DIM), np.float16))
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+    # The feature gets the mode of any new file (the umask's), not the private mode of a temporary file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, host = int(finished.stdout), socket.gethostname()
+    stale = tmp_path / f".a.npy.x1y2.{host}-{dead_pid}.tmp"
+    live = tmp_path / f".b.npy.x1y2.{host}-{os.getpid()}.tmp"
+    elsewhere = tmp_path / f".c.npy.x1y2.another-host-{dead_pid}.tmp"
+    for path in (stale, live, elsewhere):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert sorted(tmp_path.iterdir()) == sorted([live, elsewhere])
+
+
+def test_npy_store_reads_headers_and_names_bad_files(tmp_path):
+    write_feature(tmp_path / "full.npy", np.zeros((100, DIM), np.float16))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "full.npy").read_bytes()[:500])
+    (tmp_path / "junk.npy").write_text("junk")
+    store = NpyFeatureStore(tmp_path)
+    assert store.ids() == ["cut", "full", "junk"]
+    # The header is enough for the shape; the data is read by load, which names the file when it is damaged
+    assert store.shape("cut") == (100, DIM) and not read_npy_header(tmp_path / "cut.npy").complete
+    with pytest.raises(ValueError, match=r"cut\.npy: cannot read feature 'cut'"):
+        store.load("cut")
+    with pytest.raises(ValueError, match=r"junk\.npy: not a readable \.npy file"):
+        store.shape("junk")
+    with pytest.raises(ValueError, match="Invalid feature id '../full'"):
+        store.load("../full")
+    with pytest.raises(FileNotFoundError, match="No features at"):
+        open_feature_store(tmp_path / "absent")
