@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, LlamaTokenizer
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from .model import VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaConfig, VTimeLlamaForCausalLM
 from .model.processing_vtime import CLIP_MEAN, CLIP_STD
@@ -97,20 +97,37 @@ def build_tiny_frame_encoder(
     return encoder
 
 
+TINY_LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def build_tiny_llama(output_dir: str | Path, tokenizer, seed: int = 0, **llama_overrides) -> LlamaForCausalLM:
+    """A random plain `LlamaForCausalLM` saved with `tokenizer`: a stand-in for Vicuna that the recipes load by path."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{**TINY_LLAMA, **llama_overrides},
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return model
+
+
 def build_tiny_vtime_model(
     tokenizer, mm_hidden_size: int = 32, num_frames: int = 100, seed: int = 0, **llama_overrides
 ) -> VTimeLlamaForCausalLM:
     """A random `VTimeLlamaForCausalLM` (2 layers, hidden 64 unless overridden) sized to `tokenizer`."""
     torch.manual_seed(seed)
-    settings = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    settings.update(llama_overrides)
     config = VTimeLlamaConfig(
         vocab_size=len(tokenizer),
         mm_hidden_size=mm_hidden_size,
@@ -119,6 +136,6 @@ def build_tiny_vtime_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **settings,
+        **{**TINY_LLAMA, **llama_overrides},
     )
     return VTimeLlamaForCausalLM(config).eval()

@@ -1,0 +1,13 @@
+"""VTimeLLM stage 2: a new LoRA on the LLM learns boundaries from InternVid dialogues (projector from stage 1, frozen).
+
+    accelerate launch recipes/stage2.py --config recipes/configs/vicuna-7b/stage2.yaml
+    python recipes/stage2.py --config recipes/configs/tiny/stage2.yaml   # CPU
+
+Every knob is a field of VTimeModelArguments, VTimeDataArguments (vtimellm_hf.training.stages) or TRL's SFTConfig,
+set in the YAML and overridable on the command line (--learning_rate 2e-4).
+"""
+
+from vtimellm_hf.training.stages import stage_main
+
+if __name__ == "__main__":
+    stage_main(2)
