@@ -13,6 +13,8 @@ from vtimellm_hf.data.raw_annotations import (
     grounding_queries,
     read_activitynet_captions,
     read_charades_sta,
+    read_didemo,
+    read_internvid,
     split_sentences,
 )
 
@@ -278,3 +280,163 @@ def test_grounding_queries_carry_the_duration():
 )
 def test_split_sentences(caption, sentences):
     assert split_sentences(caption) == sentences
+
+
+# DiDeMo
+
+
+DIDEMO_RECORDS = [
+    {
+        "annotation_id": 1,
+        "description": "a girl walks to the right.",
+        "video": "12090392@N02_13482799053_87ef3c15d6.mp4",
+        "times": [[2, 2], [2, 3], [2, 3], [1, 1]],
+        "num_segments": 6,
+    },
+    # Two pairs given twice each: the first of them wins.
+    {
+        "description": " The dog jumps ",
+        "video": "12090392@N02_13482799053_87ef3c15d6.mp4",
+        "times": [[0, 1], [4, 5], [0, 1], [4, 5]],
+    },
+    {"description": "camera pans", "video": "999@N01_2_cd.mov", "times": [[5, 5]]},
+]
+
+
+def test_didemo_records_become_videos_with_the_most_common_moment(tmp_path):
+    path = write(tmp_path, "didemo.json", json.dumps(DIDEMO_RECORDS))
+    assert read_didemo(path) == [
+        Video(
+            "12090392@N02_13482799053_87ef3c15d6",
+            30.0,
+            (Event(10.0, 20.0, "a girl walks to the right."), Event(0.0, 10.0, "The dog jumps")),
+        ),
+        Video("999@N01_2_cd", 30.0, (Event(25.0, 30.0, "camera pans"),)),
+    ]
+
+
+def test_didemo_durations_shorten_but_never_lengthen_the_annotated_30_seconds(tmp_path):
+    path = write(tmp_path, "didemo.json", json.dumps(DIDEMO_RECORDS))
+    videos = read_didemo(path, durations={"12090392@N02_13482799053_87ef3c15d6": 27.5, "999@N01_2_cd": 45})
+    assert [video.duration for video in videos] == [27.5, 30.0]
+    with pytest.raises(ValueError, match=r"video '999@N01_2_cd' is not in `durations`"):
+        read_didemo(path, durations={"12090392@N02_13482799053_87ef3c15d6": 27.5})
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"description": "a", "times": [[0, 0]]}, r"record #1: missing field 'video'"),
+        ({"video": "v.mp4", "times": [[0, 0]]}, r"record #1 \('v.mp4'\): missing field 'description'"),
+        ({"video": "v.mp4", "description": "  ", "times": [[0, 0]]}, r"'description' must be a non-empty string"),
+        ({"video": "v.mp4", "description": "a", "times": []}, r"'times' must be a non-empty list"),
+        ({"video": "v.mp4", "description": "a", "times": [[2, 1]]}, r"times\[0\] = \[2, 1\]: the start segment"),
+        ({"video": "v.mp4", "description": "a", "times": [[0, 6]]}, r"segment indices are integers from 0 to 5"),
+        ({"video": "v.mp4", "description": "a", "times": [[True, 1]]}, r"segment indices are integers from 0 to 5"),
+        ({"video": "v.mp4", "description": "a", "times": [[1.0, 2]]}, r"segment indices are integers from 0 to 5"),
+        ({"video": "v.mp4", "description": "a", "times": [[1]]}, r"times\[0\] must be a \[start, end\] pair"),
+        ("v.mp4", r"record #1: expected an object, found str"),
+    ],
+)
+def test_didemo_bad_records_name_the_file_and_record(tmp_path, record, message):
+    path = write(tmp_path, "didemo.json", json.dumps([DIDEMO_RECORDS[0], record]))
+    with pytest.raises(ValueError, match=message) as error:
+        read_didemo(path)
+    assert str(path) in str(error.value)
+
+
+def test_didemo_top_level_must_be_a_list(tmp_path):
+    path = write(tmp_path, "didemo.json", json.dumps({"annotations": DIDEMO_RECORDS}))
+    with pytest.raises(ValueError, match=r"expected a JSON list of records at the top level, found dict"):
+        read_didemo(path)
+
+
+# InternVid
+
+
+INTERNVID_LINES = [
+    '{"YoutubeID": "abc", "Start_timestamp": "00:01:01.029", "End_timestamp": "00:01:09.500", '
+    '"Caption": "a woman counts money", "UMT_Score": 0.41}',
+    "",
+    '{"YoutubeID": "xyz", "Start_timestamp": "01:00:00.000", "End_timestamp": "01:00:05.5", '
+    '"Caption": " two people shake hands "}',
+    '{"YoutubeID": "abc", "Start_timestamp": "00:00:10.000", "End_timestamp": "00:00:20.000", '
+    '"Caption": "a man talks"}',
+]
+INTERNVID_VIDEOS = [
+    Video("abc", 69.5, (Event(61.029, 69.5, "a woman counts money"), Event(10.0, 20.0, "a man talks"))),
+    Video("xyz", 3605.5, (Event(3600.0, 3605.5, "two people shake hands"),)),
+]
+
+
+def test_internvid_json_lines_are_grouped_by_video(tmp_path):
+    path = write(tmp_path, "internvid.jsonl", "\n".join(INTERNVID_LINES) + "\n")
+    # Without durations, a video lasts until its last clip ends; 61.029 carries no binary noise from the sum.
+    assert read_internvid(path) == INTERNVID_VIDEOS
+
+
+def test_internvid_json_list_reads_the_same(tmp_path):
+    records = [json.loads(line) for line in INTERNVID_LINES if line]
+    path = write(tmp_path, "internvid.json", "\ufeff\n  " + json.dumps(records))
+    assert read_internvid(path) == INTERNVID_VIDEOS
+
+
+def test_internvid_durations_are_the_source_video_lengths(tmp_path):
+    path = write(tmp_path, "internvid.jsonl", "\n".join(INTERNVID_LINES))
+    assert [video.duration for video in read_internvid(path, durations={"abc": 300, "xyz": 4000.5})] == [300, 4000.5]
+    with pytest.raises(ValueError, match=r"video 'xyz' is not in `durations`"):
+        read_internvid(path, durations={"abc": 300})
+    with pytest.raises(ValueError, match=r"video 'abc': duration must be positive"):
+        read_internvid(path, durations={"abc": 0, "xyz": 1})
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            '{"YoutubeID": "v", "Start_timestamp": "1:02", "End_timestamp": "00:00:03", "Caption": "a"}',
+            r"line 2: Start_timestamp must be a time 'HH:MM:SS.mmm', found '1:02'",
+        ),
+        (
+            '{"YoutubeID": "v", "Start_timestamp": "00:61:00", "End_timestamp": "01:00:00", "Caption": "a"}',
+            r"line 2: Start_timestamp must be a time",
+        ),
+        (
+            '{"YoutubeID": "v", "Start_timestamp": 3, "End_timestamp": "00:00:04", "Caption": "a"}',
+            r"line 2: Start_timestamp must be a time 'HH:MM:SS.mmm', found 3",
+        ),
+        (
+            '{"YoutubeID": "v", "Start_timestamp": "00:00:05", "End_timestamp": "00:00:04", "Caption": "a"}',
+            r"line 2: start 5.0 is after end 4.0",
+        ),
+        (
+            '{"YoutubeID": "v", "Start_timestamp": "00:00:01", "End_timestamp": "00:00:04", "Caption": " "}',
+            r"line 2: video 'v': 'Caption' must be a non-empty string",
+        ),
+        (
+            '{"Start_timestamp": "00:00:01", "End_timestamp": "00:00:04", "Caption": "a"}',
+            r"line 2: missing field 'YoutubeID'",
+        ),
+        ('{"YoutubeID": "v", "Start_timestamp": "00:00:01",}', r"line 2: invalid JSON: Expecting property name"),
+        ("[1, 2]", r"line 2: expected an object, found list"),
+    ],
+)
+def test_internvid_bad_lines_name_the_file_and_line(tmp_path, line, message):
+    path = write(tmp_path, "internvid.jsonl", INTERNVID_LINES[0] + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=message) as error:
+        read_internvid(path)
+    assert str(path) in str(error.value)
+
+
+def test_internvid_json_list_errors_name_the_record(tmp_path):
+    path = write(tmp_path, "internvid.json", json.dumps([json.loads(INTERNVID_LINES[0]), {"YoutubeID": "v"}]))
+    with pytest.raises(ValueError, match=r"internvid.json, record #1: missing field 'Start_timestamp'"):
+        read_internvid(path)
+
+
+def test_internvid_clips_that_all_end_at_zero_need_a_duration(tmp_path):
+    line = '{"YoutubeID": "v", "Start_timestamp": "00:00:00", "End_timestamp": "00:00:00.000", "Caption": "a"}'
+    path = write(tmp_path, "internvid.jsonl", line)
+    with pytest.raises(ValueError, match=r"video 'v': no duration given and every clip ends at 0 s"):
+        read_internvid(path)
+    assert read_internvid(path, durations={"v": 8.0})[0].duration == 8.0

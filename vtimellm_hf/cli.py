@@ -10,6 +10,7 @@ from . import __version__
 SUBCOMMAND_MODULES = [
     "vtimellm_hf.data.synthetic",
     "vtimellm_hf.data.extract",
+    "vtimellm_hf.data.converters",
 ]
 
 

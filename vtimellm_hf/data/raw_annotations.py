@@ -1,14 +1,19 @@
-"""Readers for the raw annotation files of the evaluation benchmarks, returning plain Python structures.
+"""Readers for the raw annotation files of the evaluation benchmarks and training sources, returning plain Python
+structures.
 
 * Charades-STA: one query a line, `VIDEO_ID START END##sentence` ([`read_charades_sta`]).
 * ActivityNet Captions, in either of its two common layouts ([`read_activitynet_captions`]):
   the original `{"v_ID": {"duration", "timestamps", "sentences"}}` and the coco-style conversion
   `{"annotations": [{"image_id", "caption", "segments", "duration", "id"}]}`.
+* DiDeMo: one description a record, its moment given as 5-second segment indices by several annotators
+  ([`read_didemo`]).
+* InternVid-10M-FLT: one captioned clip of a YouTube video a record, times as `HH:MM:SS.mmm` ([`read_internvid`]).
 
 Every reader checks what it reads and raises a `ValueError` naming the file, the line or record, and what is
-wrong. Times stay in seconds exactly as written; nothing is rounded, clipped or reordered. Events that end after
-the video's duration are kept as they are (real ActivityNet and Charades-STA annotations contain them); the
-metrics decide what to do with them.
+wrong. Times stay in seconds exactly as written; nothing is clipped or reordered, and nothing is rounded but
+InternVid's clock times, to the microsecond, which removes the binary noise of adding up hours, minutes and seconds
+(DiDeMo's segment indices become whole multiples of 5 s). Events that end after the video's duration are kept as
+they are (real ActivityNet and Charades-STA annotations contain them); the metrics decide what to do with them.
 """
 
 import json
@@ -30,6 +35,8 @@ __all__ = [
     "grounding_queries",
     "read_activitynet_captions",
     "read_charades_sta",
+    "read_didemo",
+    "read_internvid",
     "split_sentences",
 ]
 
@@ -39,6 +46,16 @@ PathLike = str | os.PathLike
 # sentences both ways ("...on a mat. The man..." and "...green vehicle.One of the girls..."). A digit after the
 # stop does not end a sentence, so "2.5 meters" stays whole.
 _SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?])\s*(?=[A-Za-z])")
+
+# DiDeMo cuts every video into 5-second segments and annotates at most the first six: a clip of 30 s.
+DIDEMO_SEGMENT_SECONDS = 5.0
+DIDEMO_NUM_SEGMENTS = 6
+DIDEMO_DURATION = DIDEMO_SEGMENT_SECONDS * DIDEMO_NUM_SEGMENTS
+
+# InternVid timestamps: hours, minutes (< 60) and seconds (< 60, with an optional fraction), "00:07:33.689".
+_CLOCK_TIME = re.compile(r"(\d+):([0-5]?\d):([0-5]?\d(?:\.\d*)?)")
+# Bytes read at a time while looking for the first character of a file.
+_SNIFF_SIZE = 4096
 
 
 class Event(NamedTuple):
@@ -248,6 +265,206 @@ def _read_activitynet_coco(
             ", ".join(unaligned),
         )
     return videos
+
+
+def read_didemo(path: PathLike, durations: Mapping[str, float] | None = None) -> list[Video]:
+    """Read DiDeMo annotations (`train_data.json`, `val_data.json`, `test_data.json`): one description a record.
+
+    A record is `{"video": "ID.mp4", "description": str, "times": [[s, e], ...], ...}`; other fields
+    (`annotation_id`, `num_segments`, `download_link`, ...) are ignored. `times` holds one pair of segment indices
+    per annotator, and segment k covers [5k, 5k + 5) seconds, so the pair `[s, e]` is the moment `[5s, 5e + 5]`. The
+    pair kept is the one most annotators gave, the single moment most grounding papers evaluate on; among tied
+    pairs, the first one given.
+
+    Records are grouped into one [`Video`] per video, in order of first appearance, its events in file order. The
+    video id is the `video` file name without its extension (`"ID.mp4"` -> `"ID"`), the name that feature files
+    take. DiDeMo annotates the first six segments of a video and nothing after them, so a video lasts 30 s, or, where
+    `durations` gives its length, the shorter of that length and 30 s.
+
+    Args:
+        path: the JSON file, a list of records.
+        durations: video lengths in seconds by video id (without extension); when given, every video of the file
+            must be in it.
+
+    Returns:
+        The videos, in order of first appearance.
+
+    Raises:
+        ValueError: naming the file and the record, on bytes that are not UTF-8, invalid JSON, a top level that is
+            not a list, a missing or mistyped field, an empty description, no annotator times, a segment index that
+            is not an integer from 0 to 5, a pair whose start comes after its end, or a video without a positive
+            duration in `durations`.
+    """
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records at the top level, found {type(data).__name__}")
+    events_by_video: dict[str, list[Event]] = {}
+    for index, record in enumerate(data):
+        where = f"{path}, record #{index}"
+        try:
+            if not isinstance(record, dict):
+                raise ValueError(f"expected an object, found {type(record).__name__}")
+            video = _require(record, "video")
+            if not isinstance(video, str) or not video:
+                raise ValueError("'video' must be a non-empty string")
+            where += f" ({video!r})"
+            description = _require(record, "description")
+            if not isinstance(description, str) or not description.strip():
+                raise ValueError("'description' must be a non-empty string")
+            first, last = _most_common_pair(_parse_segment_pairs(_require(record, "times")))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        start = first * DIDEMO_SEGMENT_SECONDS
+        end = (last + 1) * DIDEMO_SEGMENT_SECONDS
+        video_id = posixpath.splitext(video)[0]
+        events_by_video.setdefault(video_id, []).append(Event(start, end, description.strip()))
+    videos = []
+    for video_id, events in events_by_video.items():
+        duration = DIDEMO_DURATION
+        if durations is not None:
+            duration = min(duration, _duration_of(path, video_id, durations))
+        videos.append(Video(video_id, duration, tuple(events)))
+    return videos
+
+
+def _parse_segment_pairs(value: Any) -> list[tuple[int, int]]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("'times' must be a non-empty list of [start, end] segment index pairs")
+    pairs = []
+    for number, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"times[{number}] must be a [start, end] pair of segment indices, found {pair!r}")
+        for bound in pair:
+            # bool is an int subclass; 2.0 is not an index either, and DiDeMo writes none.
+            if type(bound) is not int or not 0 <= bound < DIDEMO_NUM_SEGMENTS:
+                raise ValueError(
+                    f"times[{number}] = {pair!r}: segment indices are integers from 0 to {DIDEMO_NUM_SEGMENTS - 1}"
+                )
+        if pair[0] > pair[1]:
+            raise ValueError(f"times[{number}] = {pair!r}: the start segment comes after the end segment")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def _most_common_pair(pairs: list[tuple[int, int]]) -> tuple[int, int]:
+    counts: dict[tuple[int, int], int] = {}
+    for pair in pairs:
+        counts[pair] = counts.get(pair, 0) + 1
+    # `max` returns the first of equal maxima, and dicts keep insertion order: ties go to the pair given first.
+    return max(counts, key=counts.__getitem__)
+
+
+def read_internvid(path: PathLike, durations: Mapping[str, float] | None = None) -> list[Video]:
+    """Read InternVid-10M-FLT clip annotations, as JSON lines (`InternVid-10M-flt.jsonl`) or as a JSON list.
+
+    A record is `{"YoutubeID": str, "Start_timestamp": "HH:MM:SS.mmm", "End_timestamp": "HH:MM:SS.mmm",
+    "Caption": str, ...}`; other fields (`Aesthetic_Score`, `UMT_Score`, ...) are ignored. The layout is told from
+    the first character: `[` starts a JSON list, anything else is one object a line (blank lines skipped).
+
+    Clips are grouped into one [`Video`] per `YoutubeID`, in order of first appearance, the clips as its events in
+    file order, captions stripped of surrounding whitespace. InternVid does not give the length of its source
+    videos: where `durations` does not either, a video's duration is the end of its last-ending clip, a lower bound
+    of its real length. Anything that places moments in the whole video needs the real length; VTimeLLM instead cuts
+    clips out of these videos (see `vtimellm_hf.data.converters`), which needs none.
+
+    Args:
+        path: the JSON-lines or JSON file.
+        durations: source-video lengths in seconds by YouTube id; when given, every video of the file must be in it.
+
+    Returns:
+        The videos, in order of first appearance.
+
+    Raises:
+        ValueError: naming the file and the line (JSON lines) or record (JSON list), on bytes that are not UTF-8,
+            invalid JSON, a missing or mistyped field, an empty caption, a timestamp that is not `HH:MM:SS[.fff]`, a
+            start after its end, or a video without a positive duration in `durations`.
+    """
+    events_by_video: dict[str, list[Event]] = {}
+    for where, record in _iter_json_records(path):
+        try:
+            video_id, event = _parse_internvid_record(record)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        events_by_video.setdefault(video_id, []).append(event)
+    videos = []
+    for video_id, events in events_by_video.items():
+        if durations is not None:
+            duration = _duration_of(path, video_id, durations)
+        else:
+            duration = max(event.end for event in events)
+            if duration <= 0:
+                raise ValueError(
+                    f"{path}, video {video_id!r}: no duration given and every clip ends at 0 s, so the video has no "
+                    "length to place its clips in"
+                )
+        videos.append(Video(video_id, duration, tuple(events)))
+    return videos
+
+
+def _iter_json_records(path: PathLike) -> Iterator[tuple[str, Any]]:
+    """`(where, record)` of a JSON list or a JSON-lines file; `where` names the file and the record or line."""
+    if _first_significant_byte(path) == b"[":
+        for index, record in enumerate(_load_json(path)):
+            yield f"{path}, record #{index}", record
+        return
+    for line_number, line in _read_text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_number}"
+        try:
+            record = json.loads(line, object_pairs_hook=_object_without_duplicate_keys)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: invalid JSON: {error.msg} (column {error.colno})") from None
+        except _DuplicateKeyError as error:
+            raise ValueError(f"{where}: {error}") from None
+        yield where, record
+
+
+def _first_significant_byte(path: PathLike) -> bytes:
+    """The first byte of the file after a byte-order mark and whitespace, or b"" if there is none."""
+    with open(path, "rb") as file:
+        chunk = file.read(_SNIFF_SIZE)
+        if chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
+        while chunk:
+            stripped = chunk.lstrip(b" \t\r\n")
+            if stripped:
+                return stripped[:1]
+            chunk = file.read(_SNIFF_SIZE)
+    return b""
+
+
+def _parse_internvid_record(record: Any) -> tuple[str, Event]:
+    if not isinstance(record, dict):
+        raise ValueError(f"expected an object, found {type(record).__name__}")
+    video_id = _require(record, "YoutubeID")
+    if not isinstance(video_id, str) or not video_id:
+        raise ValueError("'YoutubeID' must be a non-empty string")
+    start = _parse_clock_time(_require(record, "Start_timestamp"), "Start_timestamp")
+    end = _parse_clock_time(_require(record, "End_timestamp"), "End_timestamp")
+    _check_span(start, end)
+    caption = _require(record, "Caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"video {video_id!r}: 'Caption' must be a non-empty string")
+    return video_id, Event(start, end, caption.strip())
+
+
+def _parse_clock_time(value: Any, name: str) -> float:
+    match = _CLOCK_TIME.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{name} must be a time 'HH:MM:SS.mmm', found {value!r}")
+    hours, minutes, seconds = match.groups()
+    # Rounded to the microsecond: the sum of the parts carries binary noise ("00:01:01.029" -> 61.028999999999996).
+    return round(int(hours) * 3600 + int(minutes) * 60 + float(seconds), 6)
+
+
+def _duration_of(path: PathLike, video_id: str, durations: Mapping[str, float]) -> float:
+    if video_id not in durations:
+        raise ValueError(f"{path}: video {video_id!r} is not in `durations`")
+    try:
+        return _check_duration(durations[video_id])
+    except ValueError as error:
+        raise ValueError(f"{path}: video {video_id!r}: {error}") from None
 
 
 def split_sentences(caption: str) -> list[str]:

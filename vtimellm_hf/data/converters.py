@@ -1,0 +1,750 @@
+"""
+Converters from raw annotations (ActivityNet Captions, Charades-STA, DiDeMo, InternVid-10M-FLT) to VTimeLLM
+training dialogues and to evaluation sets.
+
+**Dialogues** ([`videos_to_dialogues`]) follow VTimeLLM's stage-2 recipe and record format, the one
+[`~vtimellm_hf.data.loaders.load_stage2`] reads:
+
+```python
+{"source": "internvid", "id": "3n3oCNerzV0",
+ "conversations": [{"from": "human", "value": "<video>\\nDescribe the video one event at a time, ..."},
+                   {"from": "gpt", "value": "From <s0> to <e0>, a woman counts money. From <s1> to <e1>, ..."}],
+ "meta": {"split": [129.8, 183.0], "duration": 53.2, "token": {"<s0>": 0.0, "<e0>": 9.4, "<s1>": 49.4, ...}}}
+```
+
+A share of the records (`dense_share`, 20% in VTimeLLM) is single-turn dense captioning: one question, answered by
+every event in time order, `"From <sK> to <eK>, sentence."`. The rest are multi-turn: one turn per event, in random
+order, each either event captioning (the question gives `<sK>`/`<eK>`, the answer is the sentence) or grounding (the
+question gives the sentence, the answer `<sK>`/`<eK>`), with even odds. Questions come from about ten templates per
+task. Placeholders are numbered by start time; `meta.token` holds their times in seconds, and the loader turns them
+into two-digit frame indices (`min(round(seconds / duration * 100), 99)`), as the original does, so the records
+carry no index themselves. Everything random is drawn from one seeded generator: the same videos and seed give the
+same records, byte for byte once written.
+
+**Clips.** VTimeLLM trains on InternVid clips of at most 120 s, cut from long YouTube videos. A record names its
+video and its features with one `id` (`vtimellm_hf.data.extract` reads `{video_root}/{id}.*` and the clip
+`meta.split`, and writes `{id}.npy`), so each video gives at most one record: where a video is cut, the clip kept is
+the one holding the most events (the earliest among equals), from the start of its first event to the end of its
+last one (or of the video, where an annotation runs past it); `meta.split` gives it in the source video's seconds,
+`meta.duration` its length, and event times are relative to its start. InternVid does not give the length of its
+source videos, so InternVid videos are always cut (an uncut record would have to place its events in a video of
+unknown length); other sources are cut only where `max_clip_seconds` is given and a video is longer.
+
+**Evaluation sets.** Grounding queries are JSON lines `{"video_id", "query", "start", "end", "duration"}` in
+seconds, the file `vtimellm_hf.inference.evaluate_grounding` and the synthetic dataset use; dense-captioning
+references are the original ActivityNet Captions layout `{"v_ID": {"duration", "timestamps", "sentences"}}`, which
+[`~vtimellm_hf.data.raw_annotations.read_activitynet_captions`] reads back.
+
+**Durations.** Charades-STA and InternVid give no video lengths, and the same moment in seconds is a different
+frame index in a video of another length. Give them with `durations` (see [`read_durations`]). Without them, a
+grounding query's `duration` is `null`, which makes the evaluation read the length from the video itself, while
+dialogues and captioning references, which need a number, use the end of the video's last-ending moment, a lower
+bound of its length (a warning says how many videos this concerns).
+
+**Events left out.** An event that starts at or after the end of its video names no frame, and a sentence holding
+`<video>` or a `<sK>`/`<eK>`-like tag would be taken for a placeholder by the loader: both are left out of
+dialogues, as are the events outside the clip cut from a video, and warnings count them. A video left with no event
+gives no record. Evaluation sets keep every annotation as it is.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..model.processing_vtime import VIDEO_TOKEN
+from .raw_annotations import (
+    Event,
+    GroundingQuery,
+    Video,
+    grounding_queries,
+    read_activitynet_captions,
+    read_charades_sta,
+    read_didemo,
+    read_internvid,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_DENSE_SHARE",
+    "DEFAULT_MAX_CLIP_SECONDS",
+    "DENSE_CAPTIONING_QUESTIONS",
+    "EVENT_CAPTIONING_QUESTIONS",
+    "GROUNDING_ANSWERS",
+    "GROUNDING_QUESTIONS",
+    "SOURCE_FORMATS",
+    "SOURCE_NAMES",
+    "TASKS",
+    "add_subcommand",
+    "captioning_references",
+    "convert",
+    "read_durations",
+    "read_source",
+    "source_queries",
+    "videos_to_dialogues",
+    "write_captioning_references",
+    "write_dialogues",
+    "write_grounding_queries",
+]
+
+PathLike = str | os.PathLike
+
+SOURCE_FORMATS = ("activitynet", "charades", "didemo", "internvid")
+# The `source` field of the records, as VTimeLLM's data names its sources.
+SOURCE_NAMES = {"activitynet": "anet", "charades": "charades", "didemo": "didemo", "internvid": "internvid"}
+TASKS = ("dialogues", "grounding", "captioning")
+DEFAULT_DENSE_SHARE = 0.2
+DEFAULT_MAX_CLIP_SECONDS = 120.0
+# Odds that a turn of a multi-turn dialogue is event captioning rather than grounding.
+_EVENT_CAPTIONING_ODDS = 0.5
+# Clip-relative times are differences of times as written; rounding removes the binary noise of the subtraction
+# (184.0 - 129.8 = 54.19999999999999) and keeps the microseconds that any annotation format writes.
+_TIME_DECIMALS = 6
+
+# Dense captioning: a question about the whole video, answered by every event in time order.
+DENSE_CAPTIONING_QUESTIONS = (
+    "Could you describe each event in the video, along with when it starts and ends?",
+    "Give me a play-by-play of this video, with the start and end of every event.",
+    "What goes on in this video? Please mark when each part begins and ends.",
+    "Describe the video one event at a time, with the time span of each.",
+    "List the things that happen in the video and the frames they occupy.",
+    "Narrate the video in order, saying when each event takes place.",
+    "Summarize the video as a sequence of timed events.",
+    "Write down every event you see in the video together with its start and end frames.",
+    "Please produce a dense caption of this video, each sentence tagged with its time span.",
+    "Tell me what happens over the course of this video and at which moments.",
+)
+# Event captioning: `{start}` and `{end}` are the placeholders of one event.
+EVENT_CAPTIONING_QUESTIONS = (
+    "What is happening between {start} and {end}?",
+    "Describe what the video shows from {start} to {end}.",
+    "Can you tell me what goes on from {start} to {end}?",
+    "What takes place in the video from frame {start} until frame {end}?",
+    "Caption the segment that runs from {start} to {end}.",
+    "Explain the action seen between {start} and {end}.",
+    "What does the part of the video from {start} to {end} show?",
+    "Briefly describe the clip between {start} and {end}.",
+    "What event occupies the span from {start} to {end}?",
+    "Summarize what happens from {start} through {end}.",
+)
+# Grounding: `{event}` is the event's sentence as a clause, without its final stop ("a man cracks an egg").
+GROUNDING_QUESTIONS = (
+    "When does this happen in the video: {event}?",
+    "At which frames does the following take place: {event}?",
+    "Find the start and end of the moment where {event}.",
+    "Can you locate the part of the video in which {event}?",
+    "During what span of the video does this occur: {event}?",
+    "Point me to the segment where {event}.",
+    'Give the time span of the event "{event}".',
+    "Between which frames does the video show that {event}?",
+    "Tell me when {event} in this video.",
+    'Which part of the video matches the description "{event}"?',
+)
+# Grounding answers keep the two indices joined by "to" or "and", the form the grounding evaluation parses.
+GROUNDING_ANSWERS = (
+    "From {start} to {end}.",
+    "It happens from {start} to {end}.",
+    "This takes place from {start} to {end}.",
+    "The moment spans from {start} to {end}.",
+    "Between {start} and {end}.",
+)
+
+# Where a sentence becomes a clause inside another one ("From <s0> to <e0>, a man ..."), its first word loses its
+# capital if it is a common word: one of these openers, or a word the annotations also write in lower case inside a
+# sentence. Any other first word, such as a name, keeps its capital.
+_LOWERCASE_OPENERS = frozenset(
+    "a an the this that these those there he she it they we his her its their some several many another one two "
+    "three four five someone somebody people person".split()
+)
+_WORDS = re.compile(r"[^\W\d_]+")
+# What the loader would take for a placeholder, were it part of a sentence.
+_RESERVED_TEXT = re.compile(rf"<[se]\d+>|{re.escape(VIDEO_TOKEN)}")
+_WORD = re.compile(r"\w")
+
+
+class _Clip(NamedTuple):
+    """What one record covers: `events` in start order, in seconds from the start of `split` (or of the video)."""
+
+    video_id: str
+    duration: float
+    split: tuple[float, float] | None
+    events: tuple[Event, ...]
+
+
+# Reading.
+
+
+def read_durations(path: PathLike) -> dict[str, float]:
+    """
+    Read video lengths in seconds by video id, from a JSON object or a CSV file.
+
+    * `.json`: `{"VIDEO_ID": seconds, ...}`.
+    * `.csv`: a header row naming an id column (`id` or `video_id`) and a length column (`length` or `duration`):
+      Charades' own `Charades_v1_test.csv` (whose `length` column gives the seconds) is such a file.
+
+    Raises:
+        ValueError: naming the file and the entry, on another extension, bytes that are not UTF-8, invalid JSON, a
+            missing column, a video id on two rows, or a length that is not a positive number.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise ValueError(f"{path}: durations must be a .json object or a .csv table, not a {suffix or 'bare'} file")
+    try:
+        entries = _read_duration_json(path) if suffix == ".json" else _read_duration_rows(path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid UTF-8 (byte {error.object[error.start]:#04x})") from None
+    durations = {}
+    for where, video_id, value in entries:
+        if video_id in durations:
+            raise ValueError(f"{path}, {where}: video {video_id!r} appears more than once")
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{path}, {where}: length {value!r} is not a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{path}, {where}: length must be a positive number of seconds, found {value!r}")
+        durations[video_id] = float(value)
+    return durations
+
+
+def _read_duration_json(path: PathLike) -> list[tuple[str, str, Any]]:
+    with open(path, encoding="utf-8-sig") as file:
+        try:
+            data = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {error.lineno}: invalid JSON: {error.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of lengths by video id, found {type(data).__name__}")
+    return [(f"video {video_id!r}", video_id, value) for video_id, value in data.items()]
+
+
+def _read_duration_rows(path: PathLike) -> list[tuple[str, str, str]]:
+    with open(path, encoding="utf-8-sig", newline="") as file:
+        reader = csv.DictReader(file)
+        columns = reader.fieldnames or []
+        id_column = next((name for name in ("id", "video_id") if name in columns), None)
+        length_column = next((name for name in ("length", "duration") if name in columns), None)
+        if id_column is None or length_column is None:
+            raise ValueError(
+                f"{path}: the header must name an id column ('id' or 'video_id') and a length column ('length' or "
+                f"'duration'), found {columns}"
+            )
+        return [(f"line {reader.line_num}", row[id_column], row[length_column]) for row in reader]
+
+
+def read_source(source_format: str, path: PathLike, durations: Mapping[str, float] | None = None) -> list[Video]:
+    """
+    Read a raw annotation file as a list of [`Video`]s.
+
+    Args:
+        source_format: one of [`SOURCE_FORMATS`]: `"activitynet"` (either layout, see
+            [`~vtimellm_hf.data.raw_annotations.read_activitynet_captions`]; videos whose caption cannot be split
+            one sentence per segment are left out with a warning), `"charades"` (queries grouped by video),
+            `"didemo"` or `"internvid"`.
+        path: the annotation file.
+        durations: video lengths in seconds by video id. Charades-STA and InternVid: where not given, a video lasts
+            until the end of its last-ending moment, a lower bound of its length (Charades-STA logs a warning; the
+            InternVid dialogues of [`convert`] do not depend on it, being cut into clips). DiDeMo: the shorter of
+            this and 30 s. ActivityNet: ignored, its annotations have them.
+
+    Raises:
+        ValueError: on an unknown format, or whatever the reader raises on the file.
+    """
+    _check_choice("source_format", source_format, SOURCE_FORMATS)
+    if source_format == "activitynet":
+        return read_activitynet_captions(path)
+    if source_format == "didemo":
+        return read_didemo(path, durations)
+    if source_format == "internvid":
+        return read_internvid(path, durations)
+    return _charades_videos(path, read_charades_sta(path, durations))
+
+
+def _charades_videos(path: PathLike, queries: Sequence[GroundingQuery]) -> list[Video]:
+    events_by_video: dict[str, list[Event]] = {}
+    durations: dict[str, float | None] = {}
+    for query in queries:
+        events_by_video.setdefault(query.video_id, []).append(Event(query.start, query.end, query.query))
+        durations[query.video_id] = query.duration
+    guessed = [video_id for video_id, duration in durations.items() if duration is None]
+    if guessed:
+        logger.warning(
+            "%s: no lengths given for %d videos: each lasts until its last-ending moment, a lower bound of its length",
+            path,
+            len(guessed),
+        )
+    videos = []
+    for video_id, events in events_by_video.items():
+        duration = durations[video_id]
+        if duration is None:
+            duration = max(event.end for event in events)
+            if duration <= 0:
+                raise ValueError(f"{path}: video {video_id!r} has no length given and all its moments end at 0 s")
+        videos.append(Video(video_id, duration, tuple(events)))
+    return videos
+
+
+def source_queries(
+    source_format: str, path: PathLike, durations: Mapping[str, float] | None = None
+) -> list[GroundingQuery]:
+    """
+    The grounding queries of a raw annotation file, one per annotated moment: in file order, or video by video where
+    the reader groups moments by video (DiDeMo, InternVid).
+
+    A query's `duration` is `None` where the annotations do not give its video's length (Charades-STA and InternVid
+    without `durations`): the grounding evaluation then reads it from the video, which is exact, where a guessed
+    length would move every predicted moment.
+
+    Args:
+        source_format, path, durations: see [`read_source`].
+    """
+    _check_choice("source_format", source_format, SOURCE_FORMATS)
+    if source_format == "charades":
+        return read_charades_sta(path, durations)
+    if source_format == "internvid" and durations is None:
+        videos = read_internvid(path)
+        return [dataclasses.replace(query, duration=None) for query in grounding_queries(videos)]
+    return grounding_queries(read_source(source_format, path, durations))
+
+
+# Dialogues.
+
+
+def videos_to_dialogues(
+    videos: Iterable[Video],
+    source: str,
+    *,
+    dense_share: float = DEFAULT_DENSE_SHARE,
+    seed: int = 0,
+    max_clip_seconds: float | None = None,
+    clip_every_video: bool = False,
+) -> list[dict[str, Any]]:
+    """
+    VTimeLLM stage-2 style dialogues, one per video: dense captioning or multi-turn event captioning and grounding.
+
+    See the module's documentation for the record format, the mix and the clips.
+
+    Args:
+        videos: the videos and their events; events may come in any order.
+        source: the records' `source` field (`"internvid"`, `"anet"`, `"didemo"`, ...).
+        dense_share: share of the records that are single-turn dense captioning, in [0, 1]: exactly
+            `round(dense_share * n)` of the `n` records, drawn at random; the rest are multi-turn.
+        seed: seed of every random choice (which records are dense, templates, turn order and kinds).
+        max_clip_seconds: longest clip to cut from a video. A video longer than this is cut to the clip holding the
+            most events; `None` keeps videos whole (or, with `clip_every_video`, does not bound the clip).
+        clip_every_video: cut every video to a clip spanning its events, long or not, so that every record says
+            with `meta.split` which part of its video it covers (needed where video lengths are unknown, as for
+            InternVid).
+
+    Returns:
+        The records, in the order of `videos`, leaving out videos without a usable event.
+
+    Raises:
+        ValueError: on a `dense_share` outside [0, 1], a `max_clip_seconds` that is not positive, or a video id that
+            appears twice (two records of one id would share one feature file).
+    """
+    if not 0 <= dense_share <= 1:
+        raise ValueError(f"dense_share must lie in [0, 1], got {dense_share}")
+    if max_clip_seconds is not None and not max_clip_seconds > 0:
+        raise ValueError(f"max_clip_seconds must be positive, got {max_clip_seconds}")
+    rng = random.Random(seed)
+    dropped: Counter[str] = Counter()
+    without_events = []
+    clips = []
+    seen_ids = set()
+    for video in videos:
+        if video.video_id in seen_ids:
+            raise ValueError(f"video {video.video_id!r} appears more than once; each video gives one record")
+        seen_ids.add(video.video_id)
+        clip = _clip_of(video, max_clip_seconds, clip_every_video, dropped)
+        if clip is None:
+            without_events.append(video.video_id)
+        else:
+            clips.append(clip)
+    _warn_about_left_out(dropped, without_events)
+    common_words = _common_words(event.sentence for clip in clips for event in clip.events)
+    dense = set(_shuffled(range(len(clips)), rng)[: round(dense_share * len(clips))])
+    records = []
+    for number, clip in enumerate(clips):
+        if number in dense:
+            turns = _dense_captioning_turns(clip, common_words, rng)
+        else:
+            turns = _multi_turns(clip, common_words, rng)
+        records.append(_dialogue_record(clip, source, turns))
+    return records
+
+
+def _clip_of(
+    video: Video, max_clip_seconds: float | None, clip_every_video: bool, dropped: Counter[str]
+) -> _Clip | None:
+    """The part of `video` that its record covers, with its usable events; `None` where no event is usable."""
+    events = []
+    for event in video.events:
+        if _RESERVED_TEXT.search(event.sentence):
+            dropped["hold <video> or a <sK>/<eK>-like tag in their sentence"] += 1
+        elif not _WORD.search(event.sentence):
+            dropped["have no word in their sentence"] += 1
+        elif event.start >= video.duration:
+            dropped["start at or after the end of their video"] += 1
+        else:
+            events.append(event._replace(sentence=" ".join(event.sentence.split())))
+    events.sort(key=lambda event: (event.start, event.end))
+    if not clip_every_video and (max_clip_seconds is None or video.duration <= max_clip_seconds):
+        return _Clip(video.video_id, video.duration, None, tuple(events)) if events else None
+    # Annotations may end after their video does (ActivityNet has such events); a clip stops with its video, and
+    # an index past the end is the last one either way, so such events end with the video.
+    events = [event._replace(end=min(event.end, video.duration)) for event in events]
+    window = _busiest_window(events, math.inf if max_clip_seconds is None else max_clip_seconds)
+    if window is None:
+        if events:
+            dropped["fit in no clip (longer than the clip limit, or of zero length)"] += len(events)
+        return None
+    start, end, members = window
+    dropped["fall outside the clip cut from their video"] += len(events) - len(members)
+    relative = tuple(
+        Event(_relative(member.start, start), _relative(member.end, start), member.sentence) for member in members
+    )
+    return _Clip(video.video_id, _relative(end, start), (start, end), relative)
+
+
+def _busiest_window(events: Sequence[Event], max_seconds: float) -> tuple[float, float, list[Event]] | None:
+    """
+    `(start, end, events)` of the clip of at most `max_seconds` that holds the most events (the earliest among
+    equals), running from its first event's start to its last event's end; `None` where no clip of positive length
+    holds any. `events` must be sorted by start.
+    """
+    best = None
+    for index, first in enumerate(events):
+        limit = first.start + max_seconds
+        if first.end > limit:
+            continue
+        members = []
+        for event in events[index:]:
+            if event.start > limit:
+                # Sorted by start: no later event can end within the clip either.
+                break
+            if event.end <= limit:
+                members.append(event)
+        end = max(member.end for member in members)
+        if end > first.start and (best is None or len(members) > len(best[2])):
+            best = (first.start, end, members)
+    return best
+
+
+def _relative(seconds: float, origin: float) -> float:
+    return round(seconds - origin, _TIME_DECIMALS)
+
+
+def _dense_captioning_turns(clip: _Clip, common_words: frozenset[str], rng: random.Random) -> list[tuple[str, str]]:
+    answer = " ".join(
+        f"From <s{number}> to <e{number}>, {_as_clause(event.sentence, common_words)}."
+        for number, event in enumerate(clip.events)
+    )
+    return [(_pick(DENSE_CAPTIONING_QUESTIONS, rng), answer)]
+
+
+def _multi_turns(clip: _Clip, common_words: frozenset[str], rng: random.Random) -> list[tuple[str, str]]:
+    turns = []
+    for number in _shuffled(range(len(clip.events)), rng):
+        start, end = f"<s{number}>", f"<e{number}>"
+        sentence = clip.events[number].sentence
+        if rng.random() < _EVENT_CAPTIONING_ODDS:
+            turns.append((_pick(EVENT_CAPTIONING_QUESTIONS, rng).format(start=start, end=end), _as_sentence(sentence)))
+        else:
+            question = _pick(GROUNDING_QUESTIONS, rng).format(event=_as_clause(sentence, common_words))
+            turns.append((question, _pick(GROUNDING_ANSWERS, rng).format(start=start, end=end)))
+    return turns
+
+
+def _dialogue_record(clip: _Clip, source: str, turns: list[tuple[str, str]]) -> dict[str, Any]:
+    conversations = []
+    for number, (question, answer) in enumerate(turns):
+        # As in VTimeLLM's data: the video comes first, on a line of its own, in the first question only.
+        prefix = f"{VIDEO_TOKEN}\n" if number == 0 else ""
+        conversations.append({"from": "human", "value": prefix + question})
+        conversations.append({"from": "gpt", "value": answer})
+    token = {}
+    for number, event in enumerate(clip.events):
+        token[f"<s{number}>"] = event.start
+        token[f"<e{number}>"] = event.end
+    meta: dict[str, Any] = {}
+    if clip.split is not None:
+        meta["split"] = list(clip.split)
+    meta["duration"] = clip.duration
+    meta["token"] = token
+    return {"source": source, "id": clip.video_id, "conversations": conversations, "meta": meta}
+
+
+def _warn_about_left_out(dropped: Counter[str], without_events: list[str]) -> None:
+    for reason, count in sorted(dropped.items()):
+        if count:
+            logger.warning("left out %d event(s) that %s", count, reason)
+    if without_events:
+        shown = ", ".join(without_events[:5]) + (", ..." if len(without_events) > 5 else "")
+        logger.warning("%d videos have no usable event and give no record: %s", len(without_events), shown)
+
+
+def _common_words(sentences: Iterable[str]) -> frozenset[str]:
+    """`_LOWERCASE_OPENERS` and every word written in lower case after the first word of a sentence."""
+    words = set(_LOWERCASE_OPENERS)
+    for sentence in sentences:
+        words.update(word for word in _WORDS.findall(sentence)[1:] if word.islower())
+    return frozenset(words)
+
+
+def _as_clause(sentence: str, common_words: frozenset[str]) -> str:
+    """`"A man cracks an egg."` -> `"a man cracks an egg"`: a sentence to embed in another one."""
+    clause = sentence.rstrip(" .!?")
+    match = _WORDS.match(clause)
+    if match is not None:
+        word = match.group()
+        # Only a capital initial before lower case is lowered: "TV" and "McDonald" keep theirs.
+        if word.lower() in common_words and (len(word) == 1 or word[1:].islower()):
+            clause = word.lower() + clause[len(word) :]
+    return clause
+
+
+def _as_sentence(text: str) -> str:
+    """`"a man cracks an egg"` -> `"A man cracks an egg."`: a caption as an answer of its own."""
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _pick(templates: Sequence[str], rng: random.Random) -> str:
+    # Only `random()` is used: it is the one method whose sequence Python promises to keep across versions for a
+    # given seed, so the same seed gives the same records on any Python.
+    return templates[int(rng.random() * len(templates))]
+
+
+def _shuffled(items: Iterable[int], rng: random.Random) -> list[int]:
+    """`items` in random order, drawn with `random()` only (see `_pick`)."""
+    items = list(items)
+    keys = [rng.random() for _ in items]
+    return [items[position] for position in sorted(range(len(items)), key=keys.__getitem__)]
+
+
+# Evaluation sets.
+
+
+def captioning_references(videos: Iterable[Video]) -> dict[str, dict[str, Any]]:
+    """
+    Dense-captioning references in the original ActivityNet Captions layout: `{"v_ID": {"duration", "timestamps",
+    "sentences"}}`, events in the order given, times in seconds as they are.
+
+    Raises:
+        ValueError: on a video id that appears twice.
+    """
+    references = {}
+    for video in videos:
+        if video.video_id in references:
+            raise ValueError(f"video {video.video_id!r} appears more than once")
+        references[video.video_id] = {
+            "duration": video.duration,
+            "timestamps": [[event.start, event.end] for event in video.events],
+            "sentences": [event.sentence for event in video.events],
+        }
+    return references
+
+
+# Writing. Files are written whole to a temporary name and then renamed, so that a failed run leaves no half file.
+
+
+def write_dialogues(records: Sequence[Mapping[str, Any]], path: PathLike) -> None:
+    """Write dialogue records as a JSON list, one record a line (the layout `load_stage2` and `load_stage3` read)."""
+    _write_text(path, _json_list(records))
+
+
+def write_grounding_queries(queries: Iterable[GroundingQuery], path: PathLike) -> None:
+    """Write grounding queries as JSON lines `{"video_id", "query", "start", "end", "duration"}`."""
+    _write_text(path, "".join(_json(dataclasses.asdict(query)) + "\n" for query in queries))
+
+
+def write_captioning_references(videos: Iterable[Video], path: PathLike) -> None:
+    """Write [`captioning_references`] of `videos` as a JSON object, one video a line."""
+    references = captioning_references(videos)
+    lines = [f"{_json(video_id)}: {_json(reference)}" for video_id, reference in references.items()]
+    _write_text(path, "{\n" + ",\n".join(lines) + "\n}\n" if lines else "{}\n")
+
+
+def _json_list(items: Sequence[Any]) -> str:
+    return "[\n" + ",\n".join(_json(item) for item in items) + "\n]\n" if items else "[]\n"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _write_text(path: PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+# One call, and the command line.
+
+
+def convert(
+    source_format: str,
+    input_path: PathLike,
+    output_path: PathLike,
+    *,
+    task: str = "dialogues",
+    dense_share: float = DEFAULT_DENSE_SHARE,
+    seed: int = 0,
+    max_clip_seconds: float | None = None,
+    durations: Mapping[str, float] | None = None,
+) -> int:
+    """
+    Convert a raw annotation file to dialogues, grounding queries or dense-captioning references.
+
+    Args:
+        source_format: one of [`SOURCE_FORMATS`].
+        input_path: the raw annotation file.
+        output_path: the file to write (its folder is created): a JSON list of dialogues for `"dialogues"`, JSON
+            lines of queries for `"grounding"`, an ActivityNet Captions JSON object for `"captioning"`.
+        task: one of [`TASKS`].
+        dense_share, seed: dialogues only, see [`videos_to_dialogues`].
+        max_clip_seconds: dialogues only: longest clip cut from a video. `None` takes
+            [`DEFAULT_MAX_CLIP_SECONDS`] for InternVid, whose videos are always cut, and keeps the videos of other
+            sources whole.
+        durations: video lengths in seconds by video id, see [`read_source`] and [`source_queries`].
+
+    Returns:
+        How many dialogues, queries or videos were written.
+
+    Raises:
+        OSError: if the annotation file cannot be read or the output written.
+        ValueError: on an unknown format or task, an invalid setting, or an invalid annotation file.
+    """
+    _check_choice("source_format", source_format, SOURCE_FORMATS)
+    _check_choice("task", task, TASKS)
+    if task == "grounding":
+        queries = source_queries(source_format, input_path, durations)
+        write_grounding_queries(queries, output_path)
+        return len(queries)
+    videos = read_source(source_format, input_path, durations)
+    if task == "captioning":
+        if source_format == "internvid" and durations is None:
+            logger.warning(
+                "%s: InternVid gives no video lengths and none were given: each video lasts until its last clip ends",
+                input_path,
+            )
+        write_captioning_references(videos, output_path)
+        return len(videos)
+    clip_every_video = source_format == "internvid"
+    if clip_every_video and max_clip_seconds is None:
+        max_clip_seconds = DEFAULT_MAX_CLIP_SECONDS
+    records = videos_to_dialogues(
+        videos,
+        SOURCE_NAMES[source_format],
+        dense_share=dense_share,
+        seed=seed,
+        max_clip_seconds=max_clip_seconds,
+        clip_every_video=clip_every_video,
+    )
+    write_dialogues(records, output_path)
+    return len(records)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def add_subcommand(subparsers) -> argparse.ArgumentParser:
+    """
+    Registers `convert SOURCE_FORMAT INPUT OUTPUT [options]` on an argparse `subparsers` object; the parsed
+    arguments carry `run(args) -> exit status` (0: written, 2: unusable arguments or annotation file).
+    """
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert raw annotations to VTimeLLM dialogues or evaluation sets",
+        description="Convert ActivityNet Captions, Charades-STA, DiDeMo or InternVid-10M-FLT annotations to "
+        "VTimeLLM stage-2 style dialogues (a JSON list: 20% dense captioning, 80% multi-turn event captioning "
+        "and grounding, by default), grounding queries (JSON lines) or dense-captioning references (ActivityNet "
+        "Captions JSON).",
+    )
+    parser.add_argument(
+        "source_format", metavar="SOURCE_FORMAT", choices=SOURCE_FORMATS, help="one of: " + ", ".join(SOURCE_FORMATS)
+    )
+    parser.add_argument("input", metavar="INPUT", help="the raw annotation file")
+    parser.add_argument("output", metavar="OUTPUT", help="the file to write")
+    parser.add_argument("--task", choices=TASKS, default="dialogues", help="what to write (default: %(default)s)")
+    parser.add_argument(
+        "--dense-share",
+        type=_share,
+        default=DEFAULT_DENSE_SHARE,
+        help="dialogues: share of single-turn dense captioning (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="dialogues: seed of every random choice (default: 0)")
+    parser.add_argument(
+        "--max-clip-seconds",
+        type=_positive_float,
+        default=None,
+        help=f"dialogues: cut longer videos to the clip of at most this many seconds that holds the most events "
+        f"(default: {DEFAULT_MAX_CLIP_SECONDS:g} for internvid, whose videos are always cut; others stay whole)",
+    )
+    parser.add_argument(
+        "--durations",
+        metavar="FILE",
+        default=None,
+        help="video lengths in seconds: a JSON object {video_id: seconds} or a CSV with id and length columns "
+        "(such as Charades_v1_test.csv); for charades and internvid, which give none",
+    )
+    parser.set_defaults(run=_run)
+    return parser
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        durations = read_durations(args.durations) if args.durations is not None else None
+        count = convert(
+            args.source_format,
+            args.input,
+            args.output,
+            task=args.task,
+            dense_share=args.dense_share,
+            seed=args.seed,
+            max_clip_seconds=args.max_clip_seconds,
+            durations=durations,
+        )
+    except (OSError, ValueError) as error:
+        print(f"convert: error: {error}", file=sys.stderr)
+        return 2
+    what = {"dialogues": "dialogues", "grounding": "grounding queries", "captioning": "videos"}[args.task]
+    print(f"convert: wrote {count} {what} to {args.output}", file=sys.stderr)
+    return 0
