@@ -25,23 +25,34 @@ def log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def build_inputs(output: Path, num_videos: int, num_val_videos: int, seed: int) -> dict:
+def training_texts(dataset) -> list[str]:
+    """The text of the training dialogues, times written as the model writes them: the base's pre-training corpus
+    (it has no video, so it can learn the language of the answers but not when anything happens)."""
+    from .data.loaders import load_stage2, load_stage3
+
+    texts = []
+    for records in (load_stage2(dataset.stage2_file), load_stage3(dataset.stage3_file)):
+        for messages in records["messages"]:
+            texts.append(" ".join(message["content"].replace("<video>\n", "") for message in messages))
+    return texts
+
+
+def build_inputs(output: Path, num_videos: int, num_val_videos: int, seed: int, pretrain_steps: int) -> dict:
     """Synthetic data, the tiny tokenizer/base LLM/CLIP, and the features of every video and image."""
     from .data.extract import extract_features
     from .data.synthetic import generate_synthetic_moments
-    from .tiny_models import build_tiny_frame_encoder, build_tiny_llama, build_tiny_tokenizer
+    from .tiny_models import build_tiny_frame_encoder, build_tiny_llama, build_tiny_tokenizer, pretrain_tiny_llama
 
     log(f"generating {num_videos} synthetic videos ({num_val_videos} held out)")
     dataset = generate_synthetic_moments(
         output / "data", num_videos=num_videos, num_val_videos=num_val_videos, seed=seed, overwrite=True
     )
-    corpus = []
-    for records_file in (dataset.stage1_file, dataset.stage2_file, dataset.stage3_file):
-        for record in json.loads(Path(records_file).read_text()):
-            corpus += [turn["value"] for turn in record["conversations"]]
     log("building the tiny tokenizer, base LLaMA and CLIP encoder")
-    tokenizer = build_tiny_tokenizer(output / "base", corpus, vocab_size=1000)
+    texts = training_texts(dataset)
+    tokenizer = build_tiny_tokenizer(output / "base", texts, vocab_size=1000)
     build_tiny_llama(output / "base", tokenizer, seed=seed, **TINY_BASE)
+    losses = pretrain_tiny_llama(output / "base", texts, steps=pretrain_steps, seed=seed)
+    log(f"pre-trained the base LLaMA on the dialogue text alone: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     build_tiny_frame_encoder(output / "clip", seed=seed)
     for source in (dataset.video_dir, dataset.image_dir):
         report = extract_features(source, output / "features", clip=str(output / "clip"), workers=2)
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     output = args.output.resolve()
     num_videos, num_val = (16, 4) if args.quick else (args.num_videos, args.num_val_videos)
-    build_inputs(output, num_videos, num_val, args.seed)
+    build_inputs(output, num_videos, num_val, args.seed, pretrain_steps=5 if args.quick else 300)
     extra = ["--max_steps", "3"] if args.quick else []
     for stage in (1, 2, 3):
         run_stage(stage, output, extra)
