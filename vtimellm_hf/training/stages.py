@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer, set_seed
 
 from ..model import VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeLlamaConfig, VTimeLlamaForCausalLM, VTimeProcessor
+from ..hub import original_generation_config
+from ..model_card import save_training_record
 from .collator import PaddingWasteCallback, VTimeDataCollator, add_lengths
 
 logger = logging.getLogger(__name__)
@@ -231,6 +233,15 @@ def run_stage(stage: int, model_args: VTimeModelArguments, data_args: VTimeDataA
     )
     if training_args.train_sampling_strategy == "group_by_length":
         dataset = add_lengths(dataset, collator)
+    # The final model is pushed after the checks of `vtimellm-hf push`; the Trainer's own push would upload
+    # checkpoints of stages that are not loadable models, without a card
+    push_to = training_args.hub_model_id if training_args.push_to_hub else None
+    if push_to is None and training_args.push_to_hub:
+        raise ValueError("push_to_hub needs hub_model_id (org/name) in the recipe.")
+    if push_to and stage != 3:
+        raise ValueError(f"Stage {stage} leaves a {'projector' if stage == 1 else 'LoRA adapter'}, not a model: "
+                         "push the final model of stage 3.")
+    training_args.push_to_hub = False
 
     trainer = SFTTrainer(
         model=model,
@@ -242,7 +253,26 @@ def run_stage(stage: int, model_args: VTimeModelArguments, data_args: VTimeDataA
         callbacks=[PaddingWasteCallback(collator)],
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    return save_stage(stage, trainer, processor, model_args, training_args.output_dir)
+    folder = save_stage(stage, trainer, processor, model_args, training_args.output_dir)
+    save_training_record(folder, stage, model_args, data_args, training_args)
+    if push_to and trainer.is_world_process_zero():
+        push_final_model(folder, push_to, model_args, training_args)
+    return folder
+
+
+def push_final_model(folder: Path, repo_id: str, model_args: VTimeModelArguments, training_args) -> None:
+    """Pushes the final model after the checks of `vtimellm-hf push` (it loads as remote code, it has a card)."""
+    from ..hub import build_hub_folder, push_folder
+
+    if not model_args.merge_final_adapter:
+        # An adapter alone is not a loadable model: push base + projector + stage-2 merge with the adapter beside it
+        folder = build_hub_folder(
+            model_args.model_name_or_path, model_args.stage1_projector, model_args.stage2_adapter, folder,
+            folder.with_name(folder.name + "-hub"), frame_encoder=model_args.frame_encoder_name_or_path,
+            merge=False, dtype=model_args.dtype if model_args.dtype != "auto" else "float16", repo_id=repo_id,
+        ).folder
+    push_folder(folder, repo_id, private=bool(training_args.hub_private_repo), revision=training_args.hub_revision,
+                token=training_args.hub_token)
 
 
 def save_stage(stage: int, trainer, processor: VTimeProcessor, model_args: VTimeModelArguments, output_dir) -> Path:
@@ -262,6 +292,7 @@ def save_stage(stage: int, trainer, processor: VTimeProcessor, model_args: VTime
     else:
         merged = model.merge_and_unload()
         merged.config.use_cache = True
+        merged.generation_config = original_generation_config(processor.tokenizer)
         merged.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     logger.info("Stage %d saved to %s", stage, output_dir)
