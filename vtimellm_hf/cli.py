@@ -13,6 +13,8 @@ SUBCOMMAND_MODULES = [
     "vtimellm_hf.data.converters",
     "vtimellm_hf.hub",
     "vtimellm_hf.model_card",
+    "vtimellm_hf.inference",
+    "vtimellm_hf.evaluation",
 ]
 
 

@@ -1,20 +1,66 @@
-"""Inference: ground a query, caption a video, chat; and batched grounding evaluation that resumes.
+"""Inference with VTimeLLM: ground a query, caption a video, chat about it, and batched evaluation that resumes.
 
-Every video is decoded and encoded once, whatever the number of questions about it; questions are generated in
-batches with left padding.
+From the command line (registered by [`add_subcommand`]):
+
+    vtimellm-hf ground VIDEO "the man cracks an egg" --model CHECKPOINT [--window S E] [--plot out.png] [--verbose]
+    vtimellm-hf caption VIDEO --model CHECKPOINT [--plot out.png]
+    vtimellm-hf chat VIDEO --model CHECKPOINT
+
+Answers name moments as two-digit indices into the 100 sampled frames. Grounding answers become seconds by the
+original grounding convention (start = s/100, end = e/100 of the duration), dense captions by the captioning one
+(end = (e + 1)/100 of the duration); see [`indices_to_seconds`].
+
+Speed: every video is decoded and encoded once, whatever the number of questions about it, and questions are
+answered in batches. When a batch holds several questions about one video, the prompt start they share (system
+prompt and video rows, most of the prompt) runs once per video and its KV cache serves all of them.
 """
 
+import argparse
 import json
 import logging
+import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .model import CAPTIONING, GROUNDING, VTimeProcessor, get_video_duration, load_video_frames, parse_events, parse_moments
+from .model import (
+    CAPTIONING,
+    GROUNDING,
+    VTimeProcessor,
+    get_video_duration,
+    load_video_frames,
+    parse_events,
+    parse_moments,
+)
+
+__all__ = [
+    "CAPTIONING_QUESTION",
+    "GROUNDING_QUESTION",
+    "Moment",
+    "add_generation_arguments",
+    "add_subcommand",
+    "caption",
+    "captioning_answers_file",
+    "evaluate_captioning",
+    "evaluate_grounding",
+    "feature_store_loader",
+    "find_video",
+    "generate_answers",
+    "generation_kwargs_from_args",
+    "ground",
+    "load_model_and_processor",
+    "read_finished_keys",
+    "read_jsonl_records",
+    "user_turn",
+    "video_features",
+    "video_folder_loader",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +70,17 @@ CAPTIONING_QUESTION = (
     "Could you please detail the events that took place during different time segments in the video? "
     "List the events in the format: From xx to xx, event1. From xx to xx, event2."
 )
+# Tokens generated per answer unless told otherwise: a grounding answer ("From 05 to 23.") takes about a dozen, a
+# dense description of a few minutes of video a few hundred. Batched generation runs until its longest answer ends,
+# so the bound also caps what one runaway answer costs its batch.
+GROUNDING_MAX_NEW_TOKENS = 64
+CAPTIONING_MAX_NEW_TOKENS = 512
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Tried in this order for `{video_id}.*` in a video folder
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+
+# `load_features(video_id) -> (features (rows, D) float tensor on the CPU, video duration in seconds or None)`
+FeatureLoader = Callable[[str], tuple[torch.Tensor, float | None]]
 
 
 @dataclass(frozen=True)
@@ -47,13 +104,19 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
 
 
 def video_features(processor: VTimeProcessor, video: str | Path, window: Sequence[float] | None = None):
-    """`(features (rows, D), duration in seconds)` of a video file: decoded once, encoded once."""
+    """`(features (rows, D), duration in seconds)` of a video file (or of its `window`): decoded once, encoded once."""
     frames, duration = load_video_frames(video, processor.num_frames, window)
     return processor.encode_frames(frames), duration
 
 
-def user_turn(question: str) -> dict:
-    return {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
+def user_turn(question: str, with_video: bool = True) -> dict:
+    """A user message; the first one of a conversation carries the video, ahead of the question as in training."""
+    content = [{"type": "video"}] if with_video else []
+    return {"role": "user", "content": [*content, {"type": "text", "text": question}]}
+
+
+def assistant_turn(answer: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": answer}]}
 
 
 @torch.no_grad()
@@ -67,48 +130,156 @@ def generate_answers(
 ) -> list[str]:
     """
     Answers to conversations (the last turn a user's), each about one video given by its features
-    `(rows, mm_hidden_size)`, generated `batch_size` at a time with left padding. Greedy unless
-    `generation_kwargs` say otherwise.
+    `(rows, mm_hidden_size)` on the CPU, generated `batch_size` at a time. Greedy unless `generation_kwargs` (those of
+    `generate`) say otherwise; at most 64 new tokens unless `max_new_tokens` says otherwise.
+
+    Prompts are left-padded, with position ids that skip the padding, so that a prompt's answer does not depend on
+    the batch it was in. Where several conversations of a batch share one features tensor (the same object: several
+    questions about one video) and their prompts share everything up to the video rows, that prompt start runs
+    once per video and its KV cache is copied to each conversation, which then pads between that start and the rest
+    of its prompt. The prompt start is the system prompt and the video rows, most of a grounding prompt.
     """
-    generation_kwargs = {"max_new_tokens": 64, "do_sample": False, **generation_kwargs}
+    if len(conversations) != len(features):
+        raise ValueError(
+            f"Got {len(conversations)} conversations but {len(features)} features; pass one per conversation."
+        )
+    generation_kwargs = {"max_new_tokens": GROUNDING_MAX_NEW_TOKENS, "do_sample": False, **generation_kwargs}
     answers = []
     for start in range(0, len(conversations), batch_size):
+        batch_features = list(features[start : start + batch_size])
         prompts = [
             processor.apply_chat_template(conversation, add_generation_prompt=True)
             for conversation in conversations[start : start + batch_size]
         ]
-        inputs = processor(
-            text=prompts,
-            video_features=list(features[start : start + batch_size]),
-            padding_side="left",
-            return_tensors="pt",
-        ).to(model.device)
+        # Unpadded ids: the padding depends on whether the prompt start is shared, decided below
+        encoded = processor(text=prompts, video_features=batch_features, padding=False)
+        rows = encoded["input_ids"]
+        rows_features = [torch.from_numpy(feature) for feature in encoded["video_features"]]
+        first_rows, video_of_row = _distinct_videos(batch_features)
+        shared_length = 0
+        if len(first_rows) < len(rows) and _can_reuse_a_cache(model, generation_kwargs):
+            shared_length = _shared_prefix_length(rows, processor.video_token_id)
+        input_ids, attention_mask, position_ids = _pad(rows, processor.tokenizer.pad_token_id, shared_length)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
+        if shared_length:
+            videos = torch.stack([rows_features[row] for row in first_rows])
+            inputs["cache"] = _prefix_cache(model, input_ids[:1, :shared_length], videos, video_of_row)
+        else:
+            inputs["video_features"] = torch.stack(rows_features).to(model.device)
         output = model.generate(**inputs, **generation_kwargs)
-        answers += processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers += processor.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
     return [answer.strip() for answer in answers]
 
 
-def ground(model, processor, video, query: str, question: str = GROUNDING_QUESTION, **generation_kwargs) -> Moment:
-    """The moment of `query` in `video` (a path), in seconds by the original grounding convention."""
-    features, duration = video_features(processor, video)
-    answer = generate_answers(model, processor, [[user_turn(question.format(query=query))]], [features],
-                              **generation_kwargs)[0]
+def _distinct_videos(features: Sequence) -> tuple[list[int], list[int]]:
+    """
+    The videos of a batch, told apart by the identity of their features (a loader returns one object per video):
+    the first row of each video, and the video of each row.
+    """
+    index_of: dict[int, int] = {}
+    first_rows, video_of_row = [], []
+    for row, feature in enumerate(features):
+        if id(feature) not in index_of:
+            index_of[id(feature)] = len(first_rows)
+            first_rows.append(row)
+        video_of_row.append(index_of[id(feature)])
+    return first_rows, video_of_row
+
+
+def _can_reuse_a_cache(model, generation_kwargs: Mapping[str, Any]) -> bool:
+    """Whether `model.generate` can start from a KV cache made here: beam search widens the batch inside `generate`,
+    where a given cache does not follow."""
+    num_beams = generation_kwargs.get("num_beams") or getattr(model.generation_config, "num_beams", 1) or 1
+    return num_beams == 1
+
+
+def _shared_prefix_length(rows: Sequence[list[int]], video_token_id: int) -> int:
+    """Length of the prompt start, up to the last video row, that all rows share; 0 when they share none."""
+    first = rows[0]
+    if video_token_id not in first:
+        return 0
+    length = len(first) - first[::-1].index(video_token_id)
+    return length if all(row[:length] == first[:length] for row in rows) else 0
+
+
+def _pad(rows: Sequence[list[int]], pad_token_id: int, shared_length: int = 0):
+    """
+    `(input_ids, attention_mask, position_ids)` of prompts padded to one length: each row is its first
+    `shared_length` ids, padding, then the rest of it (plain left padding when `shared_length` is 0). Position ids
+    count real tokens only, so every prompt sees the positions it would see alone.
+    """
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        rest = len(row) - shared_length
+        input_ids[index, :shared_length] = torch.tensor(row[:shared_length], dtype=torch.long)
+        input_ids[index, width - rest :] = torch.tensor(row[shared_length:], dtype=torch.long)
+        attention_mask[index, :shared_length] = 1
+        attention_mask[index, width - rest :] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def _prefix_cache(model, prefix_ids: torch.Tensor, videos: torch.Tensor, video_of_row: Sequence[int]):
+    """
+    The KV cache of the shared prompt start `prefix_ids` `(1, length)`, computed once for each video of `videos`
+    `(num_videos, rows, D)` and copied to the rows of each video.
+    """
+    output = model(
+        input_ids=prefix_ids.to(model.device).expand(len(videos), -1),
+        video_features=videos.to(model.device),
+        use_cache=True,
+        # Only the cache is wanted: the LM head runs on one position instead of the whole prefix
+        logits_to_keep=1,
+    )
+    cache = output.cache
+    cache.batch_select_indices(torch.tensor(video_of_row, device=model.device))
+    return cache
+
+
+def ground(
+    model,
+    processor,
+    video,
+    query: str,
+    question: str = GROUNDING_QUESTION,
+    window: Sequence[float] | None = None,
+    **generation_kwargs,
+) -> Moment:
+    """
+    The moment of `query` in `video` (a path), in seconds of the video by the original grounding convention. With
+    `window` (`(start_s, end_s)`), only that clip is shown to the model and the moment is placed inside it.
+    """
+    features, duration = video_features(processor, video, window)
+    answer = generate_answers(
+        model, processor, [[user_turn(question.format(query=query))]], [features], **generation_kwargs
+    )[0]
     moments = parse_moments(answer, duration, GROUNDING)
-    return Moment(*(moments[0] if moments else (None, None)), answer)
+    if not moments:
+        return Moment(None, None, answer)
+    offset = window[0] if window is not None else 0.0
+    start, end = moments[0]
+    return Moment(start + offset, end + offset, answer)
 
 
 def caption(model, processor, video, question: str = CAPTIONING_QUESTION, **generation_kwargs):
     """Dense captions of `video`: `(events [(start, end, sentence)] in seconds, raw answer)`."""
     features, duration = video_features(processor, video)
+    generation_kwargs = {"max_new_tokens": CAPTIONING_MAX_NEW_TOKENS, **generation_kwargs}
     answer = generate_answers(model, processor, [[user_turn(question)]], [features], **generation_kwargs)[0]
     return parse_events(answer, duration, CAPTIONING), answer
+
+
+# Evaluation
 
 
 def query_key(video_id: str, query: str, occurrence: int) -> tuple[str, str, int]:
     return video_id, query, occurrence
 
 
-def keyed(queries: Iterable[dict]) -> Iterator[tuple[tuple[str, str, int], dict]]:
+def keyed(queries: Iterable[Mapping]) -> Iterator[tuple[tuple[str, str, int], Mapping]]:
     """Each query with its key: the k-th repeat of a (video_id, query) pair is occurrence k, in file order."""
     seen = Counter()
     for query in queries:
@@ -120,93 +291,234 @@ def keyed(queries: Iterable[dict]) -> Iterator[tuple[tuple[str, str, int], dict]
 def evaluate_grounding(
     model,
     processor: VTimeProcessor,
-    queries: Sequence[dict],
+    queries: Sequence,
     output_file: str | Path,
-    load_features,
+    load_features: FeatureLoader,
     question: str = GROUNDING_QUESTION,
     batch_size: int = 8,
+    progress: bool = False,
     **generation_kwargs,
 ) -> Path:
     """
     Answers grounding queries and appends one JSON line per query to `output_file`:
-    `{"video_id", "query", "timestamp": [start, end] | null, "answer"}`, seconds by the grounding convention.
+    `{"video_id", "query", "timestamp": [start, end] | null, "answer", "duration"}`, seconds by the grounding
+    convention; `timestamp` is null where the answer names no moment.
 
     Resumes: queries already in `output_file` are skipped (a truncated last line, from a killed run, is dropped).
-    Queries are grouped by video, so each video's features are loaded (or computed) once.
+    Queries are grouped by video, so each video's features are loaded (or computed) once, and several questions
+    about one video share a batch (see [`generate_answers`]).
 
     Args:
-        queries: dicts with `video_id`, `query` and `duration` (None: read from the video by `load_features`).
+        queries: [`GroundingQuery`]s or dicts with `video_id`, `query` and `duration` (None: the video's, from
+            `load_features`).
         load_features: `video_id -> (features (rows, D) tensor, duration or None)`.
+        progress: show a progress bar.
     """
+    queries = [_as_mapping(query) for query in queries]
     output_file = Path(output_file)
     done = read_finished_keys(output_file)
     pending = [(key, query) for key, query in keyed(queries) if key not in done]
     if done:
         logger.info("%s: %d queries already answered, %d to go", output_file, len(done), len(pending))
     by_video: dict[str, list] = {}
-    for key, query in pending:
-        by_video.setdefault(query["video_id"], []).append((key, query))
+    for _, query in pending:
+        by_video.setdefault(query["video_id"], []).append(query)
 
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    with output_file.open("a", encoding="utf-8") as sink:
-        batch: list[tuple[tuple, dict, torch.Tensor, float]] = []
-        for video_id, items in by_video.items():
+    with (
+        output_file.open("a", encoding="utf-8") as sink,
+        tqdm(total=len(pending), desc="grounding", unit="query", disable=not progress) as bar,
+    ):
+        batch: list[tuple[Mapping, torch.Tensor, float]] = []
+        for video_id, video_queries in by_video.items():
             features, video_duration = load_features(video_id)
-            for key, query in items:
+            for query in video_queries:
                 duration = query.get("duration") or video_duration
                 if duration is None:
-                    raise ValueError(f"Query {query['query']!r} of {video_id}: no duration in the annotations or video.")
-                batch.append((key, query, features, duration))
+                    raise ValueError(
+                        f"Query {query['query']!r} of video {video_id}: no duration in the annotations, and the "
+                        "features do not give one; pass the videos or the durations."
+                    )
+                batch.append((query, features, duration))
                 if len(batch) == batch_size:
-                    _answer_batch(model, processor, batch, question, sink, generation_kwargs)
+                    _answer_grounding_batch(model, processor, batch, question, sink, generation_kwargs)
+                    bar.update(len(batch))
                     batch = []
         if batch:
-            _answer_batch(model, processor, batch, question, sink, generation_kwargs)
+            _answer_grounding_batch(model, processor, batch, question, sink, generation_kwargs)
+            bar.update(len(batch))
     return output_file
 
 
-def _answer_batch(model, processor, batch, question, sink, generation_kwargs) -> None:
-    conversations = [[user_turn(question.format(query=query["query"]))] for _, query, _, _ in batch]
+def _answer_grounding_batch(model, processor, batch, question, sink, generation_kwargs) -> None:
+    conversations = [[user_turn(question.format(query=query["query"]))] for query, _, _ in batch]
     answers = generate_answers(
-        model, processor, conversations, [features for _, _, features, _ in batch], batch_size=len(batch),
+        model, processor, conversations, [features for _, features, _ in batch], batch_size=len(batch),
         **generation_kwargs,
-    )
-    for (_, query, _, duration), answer in zip(batch, answers):
+    )  # fmt: skip
+    for (query, _, duration), answer in zip(batch, answers, strict=True):
         moments = parse_moments(answer, duration, GROUNDING)
-        record = {"video_id": query["video_id"], "query": query["query"],
-                  "timestamp": list(moments[0]) if moments else None, "answer": answer}
+        record = {
+            "video_id": query["video_id"],
+            "query": query["query"],
+            "timestamp": list(moments[0]) if moments else None,
+            "answer": answer,
+            "duration": duration,
+        }
         sink.write(json.dumps(record, ensure_ascii=False) + "\n")
     # Flushed per batch so that a killed run keeps what it answered
     sink.flush()
 
 
-def read_finished_keys(output_file: Path) -> set:
-    """Keys of the queries already answered in a results file; a truncated last line is cut off the file."""
-    if not output_file.is_file():
-        return set()
-    lines = output_file.read_bytes().split(b"\n")
-    complete, records = 0, []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        complete += len(line) + 1
-    if complete < output_file.stat().st_size:
-        logger.warning("%s: dropping an incomplete last line left by an interrupted run", output_file)
-        with output_file.open("r+b") as handle:
-            handle.truncate(complete)
-    return {key for key, _ in keyed(records)}
+def captioning_answers_file(output_file: str | Path) -> Path:
+    """The progress file of [`evaluate_captioning`] beside its output: `preds.json` -> `preds.answers.jsonl`."""
+    output_file = Path(output_file)
+    return output_file.with_name(f"{output_file.stem}.answers.jsonl")
 
 
-def feature_store_loader(feature_store, durations: dict[str, float] | None = None, shuffle_seed: int | None = None):
+def evaluate_captioning(
+    model,
+    processor: VTimeProcessor,
+    videos: Sequence,
+    output_file: str | Path,
+    load_features: FeatureLoader,
+    question: str = CAPTIONING_QUESTION,
+    batch_size: int = 8,
+    progress: bool = False,
+    **generation_kwargs,
+) -> Path:
     """
-    `load_features` for [`evaluate_grounding`] over precomputed features. With `shuffle_seed`, each video's frame
-    rows are permuted: a control in which a model that reads the video must fail.
+    Dense captions of `videos`, written to `output_file` in the ActivityNet challenge format
+    `{"results": {"v_ID": [{"sentence", "timestamp": [start, end]}, ...]}}` (seconds by the captioning convention;
+    an answer that names no event gives an empty list).
+
+    Resumes: each answer is appended as it comes to the JSON-lines file [`captioning_answers_file`] beside the
+    output (`{"video_id", "duration", "answer", "events"}`); videos already there are not answered again, and the
+    output is written, whole, from that file once every video has its answer.
+
+    Args:
+        videos: [`Video`]s (from [`read_activitynet_captions`]) or dicts with `video_id` and `duration` (None: the
+            video's, from `load_features`).
+        load_features: `video_id -> (features (rows, D) tensor, duration or None)`.
+        progress: show a progress bar.
+    """
+    videos = [_as_mapping(video) for video in videos]
+    output_file = Path(output_file)
+    answers_file = captioning_answers_file(output_file)
+    done = {record["video_id"] for record in read_jsonl_records(answers_file, ("video_id", "events"))}
+    pending = [video for video in videos if video["video_id"] not in done]
+    generation_kwargs = {"max_new_tokens": CAPTIONING_MAX_NEW_TOKENS, **generation_kwargs}
+
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        answers_file.open("a", encoding="utf-8") as sink,
+        tqdm(total=len(pending), desc="captioning", unit="video", disable=not progress) as bar,
+    ):
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            loaded = [load_features(video["video_id"]) for video in batch]
+            durations = [video.get("duration") or duration for video, (_, duration) in zip(batch, loaded, strict=True)]
+            for video, duration in zip(batch, durations, strict=True):
+                if duration is None:
+                    raise ValueError(f"Video {video['video_id']}: no duration in the annotations or the features.")
+            answers = generate_answers(
+                model, processor, [[user_turn(question)]] * len(batch), [features for features, _ in loaded],
+                batch_size=len(batch), **generation_kwargs,
+            )  # fmt: skip
+            for video, duration, answer in zip(batch, durations, answers, strict=True):
+                events = [
+                    {"sentence": sentence, "timestamp": [start_s, end_s]}
+                    for start_s, end_s, sentence in parse_events(answer, duration, CAPTIONING)
+                ]
+                record = {"video_id": video["video_id"], "duration": duration, "answer": answer, "events": events}
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
+            bar.update(len(batch))
+
+    answered = {
+        record["video_id"]: record["events"] for record in read_jsonl_records(answers_file, ("video_id", "events"))
+    }
+    results = {video["video_id"]: answered[video["video_id"]] for video in videos}
+    _write_json_atomically(output_file, {"results": results})
+    return output_file
+
+
+def read_finished_keys(output_file: str | Path) -> set[tuple[str, str, int]]:
+    """Keys (see [`keyed`]) of the queries already answered in a grounding results file."""
+    return {key for key, _ in keyed(read_jsonl_records(output_file, ("video_id", "query")))}
+
+
+def read_jsonl_records(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
+    """
+    The records of a JSON-lines results file written by an evaluation, `[]` when there is none yet.
+
+    A last line cut short by a killed run (no newline at its end and not valid JSON) is removed from the file, and a
+    complete last line without its newline gets one, so that appending goes on from a clean end. A damaged line
+    elsewhere raises a `ValueError` naming the file and line instead: dropping the rest would lose finished work.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    content = path.read_bytes()
+    lines = content.split(b"\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            if number < len(lines):
+                raise ValueError(
+                    f"{path}, line {number}: not a JSON record ({error}); fix or remove the line."
+                ) from None
+            logger.warning("%s: dropping an incomplete last line left by an interrupted run", path)
+            with path.open("r+b") as handle:
+                handle.truncate(len(content) - len(line))
+            return records
+        missing = [field for field in required if not isinstance(record, dict) or field not in record]
+        if missing:
+            raise ValueError(f"{path}, line {number}: the record lacks {', '.join(map(repr, missing))}.")
+        records.append(record)
+    if lines[-1].strip():
+        with path.open("ab") as handle:
+            handle.write(b"\n")
+    return records
+
+
+def _write_json_atomically(path: Path, content) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def _as_mapping(item) -> Mapping:
+    """A query or video as a mapping: dataclasses ([`GroundingQuery`], [`Video`]) become dicts."""
+    return asdict(item) if is_dataclass(item) else item
+
+
+def _stored_id(video_id: str, is_stored: Callable[[str], bool]) -> str:
+    """
+    The id under which a video is stored: `video_id`, or for an ActivityNet id (`v_` prefix) that is not stored
+    under it, the id without the prefix (ActivityNet videos and features go by both).
+    """
+    if not is_stored(video_id) and video_id.startswith("v_") and is_stored(video_id[2:]):
+        return video_id[2:]
+    return video_id
+
+
+def feature_store_loader(
+    feature_store, durations: Mapping[str, float] | None = None, shuffle_seed: int | None = None
+) -> FeatureLoader:
+    """
+    `load_features` for the evaluations over precomputed features (a [`FeatureStore`]); durations come from
+    `durations` when given. With `shuffle_seed`, each video's frame rows are permuted: a control in which a model that
+    reads the video must fail.
     """
 
     def load(video_id: str):
-        features = torch.from_numpy(np.asarray(feature_store.load(video_id), dtype=np.float32))
+        stored = _stored_id(video_id, feature_store.__contains__)
+        features = torch.from_numpy(np.asarray(feature_store.load(stored), dtype=np.float32))
         if shuffle_seed is not None:
             generator = torch.Generator().manual_seed(shuffle_seed)
             features = features[torch.randperm(features.shape[0], generator=generator)]
@@ -215,15 +527,184 @@ def feature_store_loader(feature_store, durations: dict[str, float] | None = Non
     return load
 
 
-def video_folder_loader(processor: VTimeProcessor, video_dir: str | Path):
-    """`load_features` for [`evaluate_grounding`] that decodes and encodes `{video_dir}/{video_id}.*` once."""
+def find_video(video_dir: str | Path, video_id: str) -> Path:
+    """The file of `video_id` in `video_dir`: `{video_id}` plus a video extension (see [`_stored_id`] for `v_` ids)."""
     video_dir = Path(video_dir)
 
+    def path_of(name: str) -> Path | None:
+        paths = (video_dir / f"{name}{extension}" for extension in VIDEO_EXTENSIONS)
+        return next((path for path in paths if path.is_file()), None)
+
+    path = path_of(_stored_id(video_id, lambda name: path_of(name) is not None))
+    if path is None:
+        raise FileNotFoundError(
+            f"No video for {video_id} in {video_dir}: no {video_id}.* file with a video extension "
+            f"({', '.join(VIDEO_EXTENSIONS)})."
+        )
+    return path
+
+
+def video_folder_loader(processor: VTimeProcessor, video_dir: str | Path) -> FeatureLoader:
+    """`load_features` for the evaluations: decodes and encodes `{video_dir}/{video_id}.*`, gives its duration."""
+
     def load(video_id: str):
-        matches = sorted(video_dir.glob(f"{video_id}.*"))
-        if not matches:
-            raise FileNotFoundError(f"No video for {video_id} in {video_dir}.")
-        features, _ = video_features(processor, matches[0])
-        return features, get_video_duration(matches[0])
+        return video_features(processor, find_video(video_dir, video_id))
 
     return load
+
+
+# Command line
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """The model and generation options shared by every command that generates."""
+    group = parser.add_argument_group("model and generation")
+    group.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="VTimeLLM checkpoint: a folder or Hub id")
+    group.add_argument("--device", default=None, help="device of the model (default: cuda if available, else cpu)")
+    group.add_argument(
+        "--dtype", choices=_DTYPES, default="auto", help="model dtype (default: %(default)s, the checkpoint's)"
+    )
+    group.add_argument(
+        "--max-new-tokens", type=_positive_int, default=max_new_tokens, help="tokens per answer (default: %(default)s)"
+    )
+    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    group.add_argument("--temperature", type=float, default=None, help="with --do-sample (the original: 0.05)")
+    group.add_argument("--top-p", type=float, default=None, help="with --do-sample: nucleus sampling mass")
+
+
+def generation_kwargs_from_args(args: argparse.Namespace) -> dict:
+    """`generate` keyword arguments from [`add_generation_arguments`] options; unset ones keep generate's defaults."""
+    kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
+    if args.do_sample:
+        kwargs.update({name: value for name in ("temperature", "top_p") if (value := getattr(args, name)) is not None})
+    elif args.temperature is not None or args.top_p is not None:
+        raise ValueError("--temperature and --top-p apply to sampling; add --do-sample.")
+    return kwargs
+
+
+def add_subcommand(subparsers) -> None:
+    """Registers `ground`, `caption` and `chat` on an argparse `subparsers` object (each sets `run(args) -> status`)."""
+    parser = subparsers.add_parser(
+        "ground",
+        help="find when something happens in a video",
+        description="Print the moment of QUERY in VIDEO in seconds (exit status 1 when the answer names none).",
+    )
+    parser.add_argument("video", metavar="VIDEO", help="video file")
+    parser.add_argument("query", metavar="QUERY", help='what to find, e.g. "the man cracks an egg"')
+    parser.add_argument(
+        "--window", nargs=2, type=float, metavar=("START", "END"), help="look only at this part of the video (seconds)"
+    )
+    parser.add_argument(
+        "--question", default=GROUNDING_QUESTION, help="question template with {query} (default: %(default)r)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="also print the model's answer")
+    parser.add_argument("--plot", metavar="PNG", help="draw the moment on the video's timeline into this file")
+    add_generation_arguments(parser, GROUNDING_MAX_NEW_TOKENS)
+    parser.set_defaults(run=_run_ground)
+
+    parser = subparsers.add_parser(
+        "caption", help="describe the events of a video with their times", description="Dense captions of VIDEO."
+    )
+    parser.add_argument("video", metavar="VIDEO", help="video file")
+    parser.add_argument("--question", default=CAPTIONING_QUESTION, help="the question asked (default: the original's)")
+    parser.add_argument("--verbose", action="store_true", help="also print the model's answer")
+    parser.add_argument("--plot", metavar="PNG", help="draw the events on the video's timeline into this file")
+    add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
+    parser.set_defaults(run=_run_caption)
+
+    parser = subparsers.add_parser(
+        "chat",
+        help="talk about a video in the terminal",
+        description="Multi-turn chat about VIDEO: one question a line on stdin, until end of input or 'exit'. "
+        "Frame indices in the answers are also given in seconds.",
+    )
+    parser.add_argument("video", metavar="VIDEO", help="video file")
+    add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
+    parser.set_defaults(run=_run_chat)
+
+
+def _run_ground(args: argparse.Namespace) -> int:
+    try:
+        if "{query}" not in args.question:
+            raise ValueError(f"--question must hold {{query}}, got {args.question!r}.")
+        kwargs = generation_kwargs_from_args(args)
+        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+        moment = ground(model, processor, args.video, args.query, args.question, args.window, **kwargs)
+    except (OSError, ValueError) as error:
+        print(f"ground: error: {error}", file=sys.stderr)
+        return 2
+    if args.verbose or moment.start is None:
+        print(f"answer: {moment.answer}")
+    if moment.start is None:
+        print("ground: the answer names no moment", file=sys.stderr)
+        return 1
+    print(f"{moment.start:.2f} s - {moment.end:.2f} s")
+    if args.plot:
+        from .plotting import TimelineRow, plot_timeline
+
+        row = TimelineRow(args.query, get_video_duration(args.video), [(moment.start, moment.end)])
+        print(f"timeline: {plot_timeline([row], args.plot, title=Path(args.video).name)}", file=sys.stderr)
+    return 0
+
+
+def _run_caption(args: argparse.Namespace) -> int:
+    try:
+        kwargs = generation_kwargs_from_args(args)
+        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+        events, answer = caption(model, processor, args.video, args.question, **kwargs)
+    except (OSError, ValueError) as error:
+        print(f"caption: error: {error}", file=sys.stderr)
+        return 2
+    if args.verbose or not events:
+        print(f"answer: {answer}")
+    if not events:
+        print("caption: the answer names no event", file=sys.stderr)
+        return 1
+    for start, end, sentence in events:
+        print(f"{start:7.2f} s - {end:7.2f} s  {sentence}")
+    if args.plot:
+        from .plotting import TimelineRow, plot_timeline
+
+        duration = get_video_duration(args.video)
+        rows = [TimelineRow(sentence, duration, [(start, end)]) for start, end, sentence in events]
+        print(f"timeline: {plot_timeline(rows, args.plot, title=Path(args.video).name)}", file=sys.stderr)
+    return 0
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    try:
+        kwargs = generation_kwargs_from_args(args)
+        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+        features, duration = video_features(processor, args.video)
+    except (OSError, ValueError) as error:
+        print(f"chat: error: {error}", file=sys.stderr)
+        return 2
+    interactive = sys.stdin.isatty()
+    print(
+        f"{Path(args.video).name}: {duration:.1f} s. Ask about it; 'exit' or end of input (Ctrl-D) ends.",
+        file=sys.stderr,
+    )
+    conversation: list[dict] = []
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() == "exit":
+            return 0
+        question = line.strip()
+        if not question:
+            continue
+        # The video goes with the first question only; the conversation so far is the context of the next answer
+        conversation.append(user_turn(question, with_video=not conversation))
+        answer = generate_answers(model, processor, [conversation], [features], **kwargs)[0]
+        conversation.append(assistant_turn(answer))
+        moments = parse_moments(answer, duration, GROUNDING)
+        seconds = f"  [{', '.join(f'{start:.1f}-{end:.1f} s' for start, end in moments)}]" if moments else ""
+        print(f"{answer}{seconds}", flush=True)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

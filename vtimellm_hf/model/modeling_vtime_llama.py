@@ -6,7 +6,7 @@ transformers and its sibling configuration module.
 
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
+from transformers import Cache, LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_vtime_llama import VTimeLlamaConfig
@@ -123,6 +123,8 @@ class VTimeLlamaForCausalLM(LlamaForCausalLM):
         attention_mask: torch.Tensor | None = None,
         video_features: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -135,6 +137,9 @@ class VTimeLlamaForCausalLM(LlamaForCausalLM):
                 Precomputed CLIP frame embeddings, one video per sample (see [`VTimeLlamaModel.forward`]).
             labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
                 Target ids, -100 where no loss is taken (placeholders, prompt, padding).
+            position_ids, cache:
+                As for [`LlamaForCausalLM.forward`]; named here because `generate` derives position ids from the
+                attention mask, and accepts a ready KV cache, only for a model whose `forward` names them.
             Other arguments are those of [`LlamaForCausalLM.forward`].
         """
         return super().forward(
@@ -142,6 +147,8 @@ class VTimeLlamaForCausalLM(LlamaForCausalLM):
             attention_mask=attention_mask,
             labels=labels,
             video_features=video_features,
+            position_ids=position_ids,
+            cache=cache,
             **kwargs,
         )
 
