@@ -22,5 +22,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PYTHON) -m pytest -q -m "not slow"
 
+bench: $(STAMP)
+	$(PYTHON) bench/run_all.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -10,6 +10,7 @@ control in which each video's frames are shuffled (a model that reads the video 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,7 +136,8 @@ def evaluate(output: Path, num_plotted: int = 6) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vtimellm_hf.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--num-videos", type=int, default=240)
+    # Many videos seen about three times each: with a few hundred seen many times, the tiny model memorises them
+    parser.add_argument("--num-videos", type=int, default=1040)
     parser.add_argument("--num-val-videos", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.time()
     output = args.output.resolve()
+    # Everything is rebuilt: features or stages of an earlier run with other settings must not be reused
+    for derived in ("data", "base", "clip", "features", "stage1", "stage2", "stage3"):
+        shutil.rmtree(output / derived, ignore_errors=True)
     num_videos, num_val = (16, 4) if args.quick else (args.num_videos, args.num_val_videos)
     build_inputs(output, num_videos, num_val, args.seed, pretrain_steps=5 if args.quick else 300)
     extra = ["--max_steps", "3"] if args.quick else []
