@@ -14,13 +14,18 @@ pipeline around the encoder: decoding, preprocessing, batching and writing.
   next video; encoder loading included;
 * decode only: the sequential loop's decoding alone (decord reading the sampled frames), for scale.
 
+`cores_used` is each side's CPU time (the process and its decoding workers) over its wall time: ours can only be
+faster than the sequential loop by as many cores as the scheduler grants it, which other jobs on a shared machine
+take.
+
 Repetitions alternate (order swapped every repetition); figures come from the median times. Every feature of ours
-must equal the baseline's bit for bit.
+must equal the baseline's bit for bit (`check`).
 """
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -80,6 +85,14 @@ def decode_only(videos: list[Path]) -> None:
         load_video_frames(path, NUM_FRAMES)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the decoding workers)."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "extract.json")
@@ -108,12 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         for name, side in sides.items():  # warm-up on two videos, not timed
             side(scratch / f"warmup_{name}", videos[:2])
-        times = {name: [] for name in sides}
+        times, cores = {name: [] for name in sides}, {name: [] for name in sides}
         for repeat in range(args.repeats):
             for name in sorted(sides, reverse=repeat % 2 == 1):
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), cpu_seconds()
                 sides[name](scratch / f"{name}_{repeat}")
                 times[name].append(time.perf_counter() - started)
+                cores[name].append((cpu_seconds() - cpu_started) / times[name][-1])
         ours_dir, baseline_dir = scratch / "ours_0", scratch / "baseline_0"
         differing = [
             path.stem
@@ -129,20 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         "target": TARGET,
         "unit": "videos/s",
         "decode_only": round(rates["decode_only"], 2),
+        "cores_used": {name: round(statistics.median(cores[name]), 2) for name in ("ours", "baseline")},
         "videos": source,
         "encoder": f"random CLIP, 2 layers, hidden 64, {IMAGE_SIZE} px, {EMBEDDING_SIZE}-d embeddings",
         "workers": args.workers,
         "threads": torch.get_num_threads(),
-        "identical_features": not differing,
         "repeats": args.repeats,
+        "check": f"{len(differing)} feature(s) differ from the sequential loop's: {differing[:5]}"
+        if differing
+        else "ok",
     }
     print(json.dumps(entry))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-    if differing:
-        print(f"extract: {len(differing)} feature(s) differ from the sequential loop's: {differing[:5]}", file=sys.stderr)
-        return 1
-    return 0 if entry["ratio"] >= TARGET else 1
+    return 0 if entry["check"] == "ok" and entry["ratio"] >= TARGET else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import BatchFeature, ProcessorMixin
 
 VIDEO_TOKEN = "<video>"
@@ -223,6 +222,10 @@ def preprocess_frames(
     The original CLIP transform, batched on tensors: `/255`, bicubic resize of the short side to `size` (no
     antialiasing, as torchvision did on tensors), center crop, normalise.
 
+    The separable resize runs as banded matrix products for the rows and columns the crop keeps only, with the
+    scaling and normalisation folded in: several times faster than `interpolate(mode="bicubic")` on a CPU, equal
+    to it up to float32 rounding.
+
     Args:
         frames: uint8 RGB frames of shape `(num_frames, height, width, 3)`.
     Returns:
@@ -234,19 +237,59 @@ def preprocess_frames(
     height, width = frames.shape[1:3]
     short, long = min(height, width), max(height, width)
     long_resized = int(size * long / short)
-    resized_shape = (size, long_resized) if height <= width else (long_resized, size)
-    top = int(round((resized_shape[0] - size) / 2.0))
-    left = int(round((resized_shape[1] - size) / 2.0))
-    mean_tensor = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    # Chunks bound the float copy of high-resolution frames
+    resized_height, resized_width = (size, long_resized) if height <= width else (long_resized, size)
+    top = int(round((resized_height - size) / 2.0))
+    left = int(round((resized_width - size) / 2.0))
+    # Separable resize, computed for the cropped rows and columns only, as banded matrix products
+    row_blocks = _bicubic_blocks(height, resized_height, top, size)
+    column_blocks = _bicubic_blocks(width, resized_width, left, size)
+    row_first = row_blocks[0][1]
+    row_last = max(low + weights.shape[1] for _, low, weights in row_blocks)
+    column_first = column_blocks[0][1]
+    column_last = max(low + weights.shape[1] for _, low, weights in column_blocks)
+    columns = column_last - column_first
+    # (x / 255 - mean) / std = x * scale - shift; the resize weights sum to 1, so the shift commutes with it
+    scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float64))).float().view(1, 3, 1, 1)
+    shift = (torch.tensor(mean, dtype=torch.float64) / torch.tensor(std, dtype=torch.float64)).float().view(1, 3, 1, 1)
     outputs = []
-    for chunk in frames.split(chunk_size):
-        pixels = chunk.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        pixels = F.interpolate(pixels, size=resized_shape, mode="bicubic", align_corners=False, antialias=False)
-        pixels = pixels[:, :, top : top + size, left : left + size]
-        outputs.append((pixels - mean_tensor) / std_tensor)
+    for chunk in frames[:, row_first:row_last, column_first:column_last].split(chunk_size):
+        count = len(chunk)
+        pixels = chunk.to(torch.float32).view(count, row_last - row_first, columns * 3)
+        vertical = torch.empty(count, size, columns * 3)
+        for first, low, weights in row_blocks:
+            rows = slice(low - row_first, low - row_first + weights.shape[1])
+            torch.matmul(weights, pixels[:, rows], out=vertical[:, first : first + len(weights)])
+        planes = torch.empty(count, 3, size, columns)
+        torch.addcmul(-shift, vertical.view(count, size, columns, 3).permute(0, 3, 1, 2), scale, out=planes)
+        planes = planes.view(-1, columns)
+        output = torch.empty(len(planes), size)
+        for first, low, weights in column_blocks:
+            inputs = slice(low - column_first, low - column_first + weights.shape[1])
+            torch.mm(planes[:, inputs], weights.T, out=output[:, first : first + len(weights)])
+        outputs.append(output.view(count, 3, size, size))
     return torch.cat(outputs)
+
+
+def _bicubic_blocks(in_size: int, out_size: int, start: int, count: int, block: int = 32):
+    """
+    Outputs `start .. start + count` of a bicubic resize `in_size -> out_size` (a = -0.75, half-pixel centres, edges
+    clamped, no antialiasing: what `interpolate(mode="bicubic")` computes), as blocks of `block` outputs:
+    `[(first_output, first_input, float32 weights (outputs, inputs))]`, each reading only the inputs it weighs.
+    """
+    source = (torch.arange(start, start + count, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5
+    base = source.floor()
+    distance = ((source - base)[:, None] - torch.arange(-1, 3, dtype=torch.float64)).abs()
+    weights = torch.where(
+        distance <= 1, (1.25 * distance - 2.25) * distance**2 + 1, ((-0.75 * distance + 3.75) * distance - 6) * distance + 3
+    )
+    taps = (base.long()[:, None] + torch.arange(-1, 3)).clamp(0, in_size - 1)
+    matrix = torch.zeros(count, in_size, dtype=torch.float64).scatter_add_(1, taps, weights)
+    blocks = []
+    for first in range(0, count, block):
+        rows = taps[first : first + block]
+        low, high = int(rows.min()), int(rows.max()) + 1
+        blocks.append((first, low, matrix[first : first + block, low:high].float()))
+    return blocks
 
 
 def read_frame_preprocessing(frame_encoder_name_or_path: str, default_size: int = 224) -> dict:
