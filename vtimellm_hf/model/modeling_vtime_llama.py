@@ -87,7 +87,20 @@ class VTimeLlamaModel(LlamaModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        if video_features is not None:
+        if video_features is None:
+            if input_ids is not None and self.config.video_token_id is not None:
+                # Placeholders without frames would be read as the untrained <video> embedding, silently
+                if (input_ids == self.config.video_token_id).any():
+                    raise ValueError(
+                        "input_ids hold video placeholder tokens but no video_features were given; pass the "
+                        "features of each sample's video (the processor returns them as `video_features`)."
+                    )
+        else:
+            if video_features.shape[-1] != self.config.mm_hidden_size:
+                raise ValueError(
+                    f"video_features have {video_features.shape[-1]} values per row but the projector takes "
+                    f"mm_hidden_size={self.config.mm_hidden_size}: were they made by another frame encoder?"
+                )
             projected = self.mm_projector(video_features.to(self.mm_projector.weight.dtype))
             placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, projected)
             inputs_embeds = inputs_embeds.masked_scatter(

@@ -7,6 +7,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from ..data.features import check_feature
 from ..model import VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeProcessor
 
 logger = logging.getLogger(__name__)
@@ -100,13 +101,13 @@ class VTimeDataCollator:
     def load_features(self, example: dict) -> torch.Tensor:
         """The `(rows, mm_hidden_size)` features of a record; a stage-1 image `(D,)` is one row."""
         features = np.asarray(self.feature_store.load(example["video_id"]))
+        try:
+            # Non-finite or integer features would give a NaN or meaningless loss without a word
+            check_feature(features, self.num_rows, None, example["video_id"])
+        except ValueError as error:
+            raise ValueError(f"Record {example.get('id')!r}: {error}") from None
         if features.ndim == 1:
             features = features[None]
-        if features.shape[0] != self.num_rows:
-            raise ValueError(
-                f"Record {example.get('id')!r}: features {example['video_id']!r} have {features.shape[0]} rows, "
-                f"expected {self.num_rows}."
-            )
         return torch.from_numpy(features.astype(np.float32))
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:

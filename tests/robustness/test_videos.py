@@ -1,0 +1,275 @@
+"""Videos and images that are damaged, unusual or huge: a clear error naming the file, or frames that are right.
+
+Videos are written with the ffmpeg binary of imageio-ffmpeg. Frame `k` of the test videos is a flat grey of level
+`GREY_STEP * k`, so that a decoded frame tells which frame it is.
+"""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vtimellm_hf.data.extract import FAILURES_FILE, extract_features
+from vtimellm_hf.data.synthetic import encode_mp4
+from vtimellm_hf.inference import video_features
+from vtimellm_hf.model.processing_vtime import image_as_frame, load_video_frames, preprocess_frames
+
+from .conftest import ffmpeg
+
+pytest.importorskip("imageio_ffmpeg", reason="the test videos are written with imageio-ffmpeg")
+pytest.importorskip("decord", reason="videos are decoded with decord")
+
+FPS = 10
+GREY_STEP = 6
+HEIGHT, WIDTH = 64, 96
+# The variable-frame-rate video: its first frames 0.1 s apart, the others 0.4 s apart.
+VFR_FAST_FRAMES, VFR_FRAMES = 20, 40
+HUGE_HEIGHT, HUGE_WIDTH = 3000, 4000
+
+
+def grey_frames(count: int) -> np.ndarray:
+    levels = np.arange(count, dtype=np.uint8) * GREY_STEP
+    return np.broadcast_to(levels[:, None, None, None], (count, HEIGHT, WIDTH, 3)).copy()
+
+
+def frame_numbers(frames: np.ndarray) -> list[int]:
+    """Which frame of a grey video each decoded frame is."""
+    return [round(level) for level in frames.reshape(len(frames), -1).mean(1) / GREY_STEP]
+
+
+def vfr_timestamp(frame: int) -> float:
+    fast = min(frame, VFR_FAST_FRAMES)
+    return fast / FPS + (frame - fast) * 4 / FPS
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    encode_mp4(folder / "three_seconds.mp4", grey_frames(3 * FPS), fps=FPS)
+    encode_mp4(folder / "one_frame.mp4", grey_frames(1), fps=FPS)
+    encode_mp4(folder / "five_frames.mp4", grey_frames(5), fps=FPS)
+    (folder / "zero_bytes.mp4").write_bytes(b"")
+    whole = (folder / "three_seconds.mp4").read_bytes()
+    # The index (moov) is at the end: a copy cut in the middle has none
+    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    # With the index first, the cut copy announces frames whose data is missing
+    indexed = folder / "indexed.mp4"
+    ffmpeg("-i", str(folder / "three_seconds.mp4"), "-c", "copy", "-movflags", "+faststart", str(indexed))
+    (folder / "truncated_indexed.mp4").write_bytes(indexed.read_bytes()[: indexed.stat().st_size // 2])
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", str(folder / "audio_only.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", str(folder / "audio_only.wav"))
+
+    encode_mp4(folder / "constant.mp4", grey_frames(VFR_FRAMES), fps=FPS)
+    slow_down = f"setpts='if(lt(N,{VFR_FAST_FRAMES}),N,{VFR_FAST_FRAMES}+(N-{VFR_FAST_FRAMES})*4)/{FPS}/TB'"
+    ffmpeg("-i", str(folder / "constant.mp4"), "-vf", slow_down, "-fps_mode", "vfr", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", "-threads", "1", str(folder / "variable_rate.mp4"))  # fmt: skip
+
+    # Phone videos store landscape pixels and a rotation for the player to apply
+    for degrees in (90, 180):
+        ffmpeg("-display_rotation", str(degrees), "-i", str(folder / "three_seconds.mp4"), "-c", "copy",
+               str(folder / f"rotated{degrees}.mp4"))  # fmt: skip
+    ffmpeg("-f", "lavfi", "-i", f"color=c=gray:size={HUGE_WIDTH}x{HUGE_HEIGHT}:rate={FPS}:duration=0.2",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-threads", "1",
+           str(folder / "huge.mp4"))  # fmt: skip
+    return folder
+
+
+# Files that hold no usable video
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("zero_bytes.mp4", "Cannot decode video"),
+        ("truncated.mp4", "Cannot decode video"),
+        ("truncated_indexed.mp4", "Cannot decode"),
+        ("audio_only.mp4", "Cannot decode video .*cannot find video stream"),
+        ("audio_only.wav", "Cannot decode video .*cannot find video stream"),
+    ],
+)
+def test_unusable_video_raises_a_value_error_naming_the_file(videos, name, reason):
+    with pytest.raises(ValueError, match=reason) as error:
+        load_video_frames(videos / name)
+    assert str(videos / name) in str(error.value)
+
+
+def test_ground_command_on_an_audio_file_exits_with_status_2(videos, checkpoint, run_cli):
+    status, out, err = run_cli("ground", videos / "audio_only.mp4", "a dog barks", "--model", checkpoint)
+    assert status == 2 and out == ""
+    assert f"ground: error: Cannot decode video {videos / 'audio_only.mp4'}" in err
+
+
+# Short, long, variable and rotated videos
+
+
+def test_one_frame_video_repeats_its_frame(videos):
+    frames, duration = load_video_frames(videos / "one_frame.mp4", num_frames=100)
+    assert frames.shape == (100, HEIGHT, WIDTH, 3) and duration == pytest.approx(1 / FPS)
+    assert frame_numbers(frames) == [0] * 100
+
+
+def test_video_with_fewer_frames_than_sampled_repeats_them_in_order(videos):
+    frames, duration = load_video_frames(videos / "five_frames.mp4", num_frames=100)
+    assert duration == pytest.approx(5 / FPS)
+    assert frame_numbers(frames) == np.linspace(0, 4, 100, dtype=np.int32).tolist()
+
+
+def test_variable_frame_rate_video_decodes_from_first_to_last_frame(videos):
+    frames, duration = load_video_frames(videos / "variable_rate.mp4")
+    numbers = frame_numbers(frames)
+    assert numbers[0] == 0 and numbers[-1] == VFR_FRAMES - 1 and numbers == sorted(numbers)
+    # frames / average frame rate, as the original computes it: about the time of the last frame
+    assert vfr_timestamp(VFR_FRAMES - 1) - 1 <= duration <= vfr_timestamp(VFR_FRAMES)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="frames are sampled evenly by index, not by time: on a variable-frame-rate video frame k of 100 is not "
+    "at k/100 of the duration, so every moment the model names is placed at the wrong time",
+)
+def test_variable_frame_rate_video_is_sampled_evenly_in_time(videos):
+    frames, duration = load_video_frames(videos / "variable_rate.mp4")
+    times = [vfr_timestamp(number) for number in frame_numbers(frames)]
+    wanted = np.arange(100) / 100 * duration
+    # Each sample is within one frame (0.4 s) of the time its index stands for
+    assert np.abs(np.array(times) - wanted).max() <= 4 / FPS
+
+
+def test_video_rotated_upside_down_is_decoded_upright(videos):
+    rotated, _ = load_video_frames(videos / "rotated180.mp4", num_frames=4)
+    stored, _ = load_video_frames(videos / "three_seconds.mp4", num_frames=4)
+    np.testing.assert_array_equal(rotated, stored[:, ::-1, ::-1])
+
+
+def test_portrait_phone_video_is_decoded_in_portrait(videos):
+    rotated, _ = load_video_frames(videos / "rotated90.mp4", num_frames=4)
+    stored, _ = load_video_frames(videos / "three_seconds.mp4", num_frames=4)
+    assert rotated.shape == (4, WIDTH, HEIGHT, 3)
+    assert frame_numbers(rotated) == frame_numbers(stored)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="decord returns 4 channels for some small frame widths (16, 24, 48, 72 px; dmlc/decord#336): such "
+    "videos fail with 'Cannot decode frames of video ...: DECORDArrayCopyFromTo', with no fallback decoder",
+)
+def test_video_48_pixels_wide_is_decoded(tmp_path):
+    encode_mp4(tmp_path / "narrow.mp4", grey_frames(5)[:, :32, :48], fps=FPS)
+    frames, _ = load_video_frames(tmp_path / "narrow.mp4", num_frames=5)
+    assert frame_numbers(frames) == list(range(5))
+
+
+# Windows
+
+
+@pytest.mark.parametrize("window", [(3.0, 4.0), (10.0, 20.0), (-1.0, 1.0), (1.0, 1.0), (2.0, 1.0)])
+def test_window_outside_the_video_raises_a_value_error_naming_the_file(videos, window):
+    path = videos / "three_seconds.mp4"
+    with pytest.raises(ValueError, match=r"three_seconds\.mp4: Window .* lies outside the video \(3\.00 s\)"):
+        load_video_frames(path, window=window)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a window that runs past the end of the video keeps its full length as the duration while its frames "
+    "stop at the end: moments are stretched over time the frames do not show, and can end after the video",
+)
+def test_window_running_past_the_end_lasts_until_the_end(videos):
+    frames, duration = load_video_frames(videos / "three_seconds.mp4", num_frames=10, window=(2.0, 5.0))
+    assert frame_numbers(frames)[-1] == 3 * FPS - 1
+    assert duration == pytest.approx(1.0, abs=1 / FPS)
+
+
+# Huge frames
+
+
+def test_huge_frames_are_preprocessed_one_chunk_at_a_time(videos, peak_memory):
+    frames, _ = load_video_frames(videos / "huge.mp4", num_frames=4)
+    assert frames.shape == (4, HUGE_HEIGHT, HUGE_WIDTH, 3)
+    float_frame_mib = frames[0].nbytes * 4 / 2**20
+    with peak_memory() as memory:
+        pixels = preprocess_frames(frames, size=224, chunk_size=1)
+    assert pixels.shape == (4, 3, 224, 224) and pixels.isfinite().all()
+    # One-frame chunks hold a couple of frames in float32 at most; the four at once would take twice that
+    assert memory.mib < 2.5 * float_frame_mib
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="every sampled index is decoded at full resolution, repeated frames included, and preprocessed 32 "
+    "frames at a time whatever their size: 100 frames of a 4000x3000 video hold 3.6 GB of pixels, and a chunk "
+    "as much again in float32",
+)
+def test_huge_video_features_need_memory_bounded_by_its_frame_size(videos, processor, peak_memory):
+    processor.num_frames = 8
+    frame_mib = HUGE_HEIGHT * HUGE_WIDTH * 3 / 2**20
+    with peak_memory() as memory:
+        features, _ = video_features(processor, videos / "huge.mp4")
+    assert features.shape == (8, 32)
+    # The two distinct frames, the decoder's buffers and the float copy of one frame
+    assert memory.mib < 16 * frame_mib
+
+
+# Images
+
+
+IMAGE_MODES = ["1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F"]
+
+
+def test_image_modes_become_rgb_frames(processor):
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    images = [Image.fromarray(rgb).convert(mode) for mode in IMAGE_MODES]
+    for image in images:
+        frame = image_as_frame(image)
+        assert frame.shape == (1, 20, 30, 3) and frame.dtype == np.uint8, image.mode
+    batch = processor(text=["<video>\nA caption:"] * len(images), images=images, return_tensors="pt")
+    assert batch["video_features"].shape == (len(images), 1, 32) and batch["video_features"].isfinite().all()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((20, 30), np.uint8), np.zeros((20, 30, 4), np.uint8), np.zeros((2, 20, 30, 3), np.uint8)],
+    ids=["greyscale", "alpha", "batch"],
+)
+def test_image_arrays_that_are_not_rgb_are_refused(array):
+    with pytest.raises(ValueError, match=r"An image must be RGB with shape \(height, width, 3\), got"):
+        image_as_frame(array)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="float arrays (pixels in [0, 1]) pass as images and are divided by 255 again: features of a black "
+    "image, silently",
+)
+def test_float_image_array_is_refused():
+    with pytest.raises(ValueError, match="uint8"):
+        image_as_frame(np.full((20, 30, 3), 0.5, np.float32))
+
+
+def test_unreadable_images_are_extraction_failures_and_the_others_are_kept(tmp_path, frame_encoder_path):
+    inputs = tmp_path / "images"
+    inputs.mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    for name, mode in (("colour.png", "RGB"), ("grey.png", "L"), ("alpha.png", "RGBA"), ("print.jpg", "CMYK")):
+        Image.fromarray(rgb).convert(mode).save(inputs / name)
+    (inputs / "garbage.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    encoded = io.BytesIO()
+    Image.fromarray(rgb).save(encoded, "JPEG")
+    (inputs / "cut.jpg").write_bytes(encoded.getvalue()[: len(encoded.getvalue()) // 2])
+    output_dir = tmp_path / "features"
+
+    for attempt in range(2):
+        report = extract_features(inputs, output_dir, clip=str(frame_encoder_path), workers=0, progress=False)
+        reasons = {failure.feature_id: failure.reason for failure in report.failures}
+        assert reasons.keys() == {"garbage", "cut"}
+        assert "UnidentifiedImageError" in reasons["garbage"] and "runcated" in reasons["cut"]
+        # The usable images are encoded once, then kept; the failures are retried and listed again
+        assert (report.extracted, report.skipped) == ((4, 0) if attempt == 0 else (0, 4))
+    assert sorted(path.stem for path in output_dir.glob("*.npy")) == ["alpha", "colour", "grey", "print"]
+    assert all(np.load(path).shape == (32,) for path in output_dir.glob("*.npy"))
+    assert len((output_dir / FAILURES_FILE).read_text().splitlines()) == 2
