@@ -172,12 +172,6 @@ def test_window_outside_the_video_raises_a_value_error_naming_the_file(videos, w
         load_video_frames(path, window=window)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a window that runs past the end of the video keeps its full length as the duration while its frames "
-    "stop at the end: moments are stretched over time the frames do not show, and can end after the video",
-)
 def test_window_running_past_the_end_lasts_until_the_end(videos):
     frames, duration = load_video_frames(videos / "three_seconds.mp4", num_frames=10, window=(2.0, 5.0))
     assert frame_numbers(frames)[-1] == 3 * FPS - 1
@@ -241,11 +235,6 @@ def test_image_arrays_that_are_not_rgb_are_refused(array):
         image_as_frame(array)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="float arrays (pixels in [0, 1]) pass as images and are divided by 255 again: features of a black "
-    "image, silently",
-)
 def test_float_image_array_is_refused():
     with pytest.raises(ValueError, match="uint8"):
         image_as_frame(np.full((20, 30, 3), 0.5, np.float32))

@@ -199,7 +199,9 @@ def load_video_frames(
         frames = reader.get_batch(indices.tolist()).asnumpy()
     except Exception as error:
         raise ValueError(f"Cannot decode frames of video {path}: {error}") from error
-    duration = (window[1] - window[0]) if window is not None else total_frames / fps
+    video_duration = total_frames / fps
+    # A window running past the end lasts until the end: its frames stop there, and so must its moments
+    duration = min(window[1], video_duration) - window[0] if window is not None else video_duration
     return frames, float(duration)
 
 
@@ -615,9 +617,12 @@ def image_as_frame(image) -> np.ndarray:
     """An image as one RGB frame `(1, height, width, 3)`; greyscale, alpha and CMYK PIL images are converted."""
     if hasattr(image, "convert"):
         image = image.convert("RGB")
-    array = np.asarray(image)
+    array = np.array(image)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"An image must be RGB with shape (height, width, 3), got {array.shape}.")
+    if array.dtype != np.uint8:
+        # A float image in [0, 1] would be divided by 255 once more and encoded as black
+        raise ValueError(f"An image array must be uint8 RGB (0-255), got dtype {array.dtype}.")
     return array[None]
 
 
