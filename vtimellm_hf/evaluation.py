@@ -24,7 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .data.raw_annotations import GroundingQuery, Video, grounding_queries, read_activitynet_captions, read_charades_sta
+from .data.raw_annotations import (
+    GroundingQuery,
+    Video,
+    grounding_queries,
+    read_activitynet_captions,
+    read_charades_sta,
+    read_text_lines,
+)
 from .inference import (
     CAPTIONING_MAX_NEW_TOKENS,
     CAPTIONING_QUESTION,
@@ -64,17 +71,17 @@ def read_grounding_query_lines(path: str | Path) -> list[GroundingQuery]:
             `0 <= start <= end` or a duration that is not positive.
     """
     queries = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                queries.append(_grounding_query(record))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: invalid JSON: {error.msg} (column {error.colno})") from None
-            except ValueError as error:
-                raise ValueError(f"{path}, line {number}: {error}") from None
+    # Decoded line by line by the annotation reader, so that bytes that are not UTF-8 are named with their line
+    for number, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            queries.append(_grounding_query(record))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: invalid JSON: {error.msg} (column {error.colno})") from None
+        except ValueError as error:
+            raise ValueError(f"{path}, line {number}: {error}") from None
     return queries
 
 

@@ -135,12 +135,6 @@ def test_grounding_query_line_errors_name_the_file_and_line(tmp_path, line, reas
         read_grounding_query_lines(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="read_grounding_query_lines opens the file as text: bytes that are not UTF-8 raise a bare "
-    "UnicodeDecodeError that names neither the file nor the line",
-)
 def test_grounding_query_lines_that_are_not_utf8_name_the_file_and_line(tmp_path):
     path = tmp_path / "queries.jsonl"
     path.write_bytes(b'{"video_id": "v0", "query": "fine", "start": 0, "end": 1}\n'

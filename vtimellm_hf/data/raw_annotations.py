@@ -128,7 +128,7 @@ def read_charades_sta(path: PathLike, durations: Mapping[str, float] | None = No
             after its end or an empty sentence, or whose video has no positive duration in `durations`.
     """
     queries = []
-    for line_number, line in _read_text_lines(path):
+    for line_number, line in read_text_lines(path):
         if not line.strip():
             continue
         try:
@@ -407,7 +407,7 @@ def _iter_json_records(path: PathLike) -> Iterator[tuple[str, Any]]:
         for index, record in enumerate(_load_json(path)):
             yield f"{path}, record #{index}", record
         return
-    for line_number, line in _read_text_lines(path):
+    for line_number, line in read_text_lines(path):
         if not line.strip():
             continue
         where = f"{path}, line {line_number}"
@@ -472,7 +472,7 @@ def split_sentences(caption: str) -> list[str]:
     return [sentence.strip() for sentence in _SENTENCE_BOUNDARY.split(caption) if sentence.strip()]
 
 
-def _read_text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+def read_text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
     """`(line_number, line)` pairs, line endings removed; decoded line by line so that an error names its line."""
     with open(path, "rb") as file:
         for line_number, raw_line in enumerate(file, start=1):
