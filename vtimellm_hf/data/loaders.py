@@ -426,6 +426,10 @@ def _convert_stage3_record(record: Any) -> dict:
     return _convert_dialogue(record, require_meta=False, default_source=default_source)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _convert_dialogue(record: Any, require_meta: bool, default_source: str | None) -> dict:
     _require_object(record)
     record_id = _require_text(record, "id")
@@ -452,6 +456,13 @@ def _convert_dialogue(record: Any, require_meta: bool, default_source: str | Non
         replacements = [
             (placeholder, _index_text(placeholder, seconds, duration)) for placeholder, seconds in times.items()
         ]
+        # A moment that ends before it starts would teach answers like "From 60 to 40", which name no moment
+        for placeholder, seconds in times.items():
+            end = "<e" + placeholder[2:]
+            if placeholder.startswith("<s") and end in times and _is_number(seconds) and _is_number(times[end]):
+                if seconds > times[end]:
+                    raise _RecordError(f"moment {placeholder[2:-1]} starts after it ends: {placeholder} = {seconds} s, "
+                                       f"{end} = {times[end]} s")
         # As the original: each placeholder of meta.token, in order, replaced in every turn.
         replaced = []
         for role, text in turns:
