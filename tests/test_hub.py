@@ -441,7 +441,7 @@ def test_push_uploads_and_names_network_failures(merged, tmp_path, monkeypatch):
     def recorder(name):
         def record(self, repo_id=None, **kwargs):
             calls.append((name, repo_id or kwargs["repo_id"], kwargs))
-            return CommitInfo(f"https://huggingface.co/{REPO_ID}/commit/1", "", "", "1")
+            return CommitInfo(f"{constants.ENDPOINT}/{REPO_ID}/commit/1", "", "", "1")
 
         return record
 
@@ -466,7 +466,7 @@ def test_push_uploads_and_names_network_failures(merged, tmp_path, monkeypatch):
         push_folder(folder, REPO_ID)
 
     def rejected(self, repo_id, **kwargs):
-        request = httpx2.Request("POST", "https://huggingface.co/api/repos/create")
+        request = httpx2.Request("POST", f"{constants.ENDPOINT}/api/repos/create")
         raise HfHubHTTPError("401 Unauthorized", response=httpx2.Response(401, request=request))
 
     monkeypatch.setattr(HfApi, "create_repo", rejected)
