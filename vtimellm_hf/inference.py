@@ -275,16 +275,12 @@ def caption(model, processor, video, question: str = CAPTIONING_QUESTION, **gene
 # Evaluation
 
 
-def query_key(video_id: str, query: str, occurrence: int) -> tuple[str, str, int]:
-    return video_id, query, occurrence
-
-
 def keyed(queries: Iterable[Mapping]) -> Iterator[tuple[tuple[str, str, int], Mapping]]:
     """Each query with its key: the k-th repeat of a (video_id, query) pair is occurrence k, in file order."""
     seen = Counter()
     for query in queries:
         pair = (query["video_id"], query["query"])
-        yield query_key(*pair, seen[pair]), query
+        yield (*pair, seen[pair]), query
         seen[pair] += 1
 
 
