@@ -5,7 +5,8 @@
 The frames are the 100 sampled frames of the Charades video 3MSZA (480x270, decoded with `load_video_frames`) when
 the test data is present (`$VTIMELLM_TEST_DATA`, default `../shared/data`), else 100 random 480x270 frames.
 
-* ours: [`preprocess_frames`]: one batched float32 tensor path (bicubic without antialiasing, crop, normalise);
+* ours: [`preprocess_frames`]: float32 tensors, a few frames at a time: the bicubic resize (no antialiasing) of
+  the rows and columns the center crop keeps only, as banded matrix products, normalised in the pass between;
 * baseline: transformers' `CLIPImageProcessorPil` (the CLIP image processor on its PIL backend, which needs no
   torchvision) called once on the list of 100 frames: per frame, a PIL bicubic resize of the short side to 224,
   center crop, rescale and normalise in numpy.

@@ -261,12 +261,17 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N queries or videos")
 
 
-def _loader(args: argparse.Namespace, processor):
+def _loader(args: argparse.Namespace, model, processor):
     if args.videos:
         return video_folder_loader(processor, args.videos)
     from .data.features import open_feature_store
 
-    return feature_store_loader(open_feature_store(args.features))
+    # Features the model cannot take are refused by name, not answered
+    return feature_store_loader(
+        open_feature_store(args.features),
+        num_frames=model.config.num_frames,
+        mm_hidden_size=model.config.mm_hidden_size,
+    )
 
 
 def _durations(path: str | None) -> dict[str, float] | None:
@@ -302,7 +307,7 @@ def _run_evaluate_grounding(args: argparse.Namespace) -> int:
         answered_before = len(read_jsonl_records(args.out, ("video_id", "query")))
         model, processor = load_model_and_processor(args.model, args.device, args.dtype)
         evaluate_grounding(
-            model, processor, queries, args.out, _loader(args, processor), question=args.question,
+            model, processor, queries, args.out, _loader(args, model, processor), question=args.question,
             batch_size=args.batch_size, progress=True, **kwargs,
         )  # fmt: skip
         by_key = dict(keyed(read_jsonl_records(args.out, ("video_id", "query", "timestamp"))))
@@ -328,7 +333,7 @@ def _run_evaluate_captioning(args: argparse.Namespace) -> int:
         )  # fmt: skip
         model, processor = load_model_and_processor(args.model, args.device, args.dtype)
         evaluate_captioning(
-            model, processor, videos, args.out, _loader(args, processor), question=args.question,
+            model, processor, videos, args.out, _loader(args, model, processor), question=args.question,
             batch_size=args.batch_size, progress=True, **kwargs,
         )  # fmt: skip
         answers = {

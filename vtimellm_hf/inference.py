@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .data.features import check_feature
 from .model import (
     CAPTIONING,
     GROUNDING,
     VTimeProcessor,
     get_video_duration,
-    load_video_frames,
     parse_events,
     parse_moments,
 )
@@ -105,8 +105,7 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
 
 def video_features(processor: VTimeProcessor, video: str | Path, window: Sequence[float] | None = None):
     """`(features (rows, D), duration in seconds)` of a video file (or of its `window`): decoded once, encoded once."""
-    frames, duration = load_video_frames(video, processor.num_frames, window)
-    return processor.encode_frames(frames), duration
+    return processor.encode_video(video, window)
 
 
 def user_turn(question: str, with_video: bool = True) -> dict:
@@ -504,17 +503,32 @@ def _stored_id(video_id: str, is_stored: Callable[[str], bool]) -> str:
 
 
 def feature_store_loader(
-    feature_store, durations: Mapping[str, float] | None = None, shuffle_seed: int | None = None
+    feature_store,
+    durations: Mapping[str, float] | None = None,
+    shuffle_seed: int | None = None,
+    *,
+    num_frames: int | None = None,
+    mm_hidden_size: int | None = None,
 ) -> FeatureLoader:
     """
     `load_features` for the evaluations over precomputed features (a [`FeatureStore`]); durations come from
     `durations` when given. With `shuffle_seed`, each video's frame rows are permuted: a control in which a model that
     reads the video must fail.
+
+    Each feature is checked as it is loaded ([`check_feature`]): float16 or float32, finite, and of shape
+    `(num_frames, mm_hidden_size)` where those of the model are given (any rows or width where not). A feature that
+    fails raises a `ValueError` naming its id and file, rather than failing deep in the model or, worse, being
+    answered and scored as if the video had been seen.
     """
 
     def load(video_id: str):
         stored = _stored_id(video_id, feature_store.__contains__)
-        features = torch.from_numpy(np.asarray(feature_store.load(stored), dtype=np.float32))
+        array = feature_store.load(stored)
+        try:
+            check_feature(array, num_frames, mm_hidden_size, stored)
+        except ValueError as error:
+            raise ValueError(f"{feature_store.location(stored)}: {error}") from error
+        features = torch.from_numpy(np.asarray(array, dtype=np.float32))
         if shuffle_seed is not None:
             generator = torch.Generator().manual_seed(shuffle_seed)
             features = features[torch.randperm(features.shape[0], generator=generator)]

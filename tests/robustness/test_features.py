@@ -5,6 +5,8 @@ What `tests/test_extract.py`, `tests/test_loaders.py` and `tests/test_collator.p
 listed in `RELIABILITY.md`.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -72,18 +74,24 @@ def test_missing_features_stop_the_evaluation_and_the_rerun_keeps_earlier_answer
     assert results.read_text().startswith(answered)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="feature_store_loader does not check what it loads: features of the wrong width fail in the projector "
-    "with 'mat1 and mat2 shapes cannot be multiplied', and too few rows, a 1-D image feature, NaN or integer "
-    "features are answered silently, the answers then scored as if the video had been seen",
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("wrong_width", r"shape \(100, 16\), expected \(100, 32\)"),
+        ("few_rows", r"shape \(7, 32\), expected \(100, 32\)"),
+        ("one_dimensional", r"shape \(32,\), expected \(100, 32\)"),
+        ("nan", r"1 non-finite value\(s\) \(NaN or inf\), the first at index \(7, 3\)"),
+        ("int64", r"dtype int64, expected float16"),
+    ],
 )
-@pytest.mark.parametrize("kind", ["wrong_width", "few_rows", "one_dimensional", "nan", "int64"])
-def test_evaluation_refuses_unusable_features_naming_them(tmp_path, checkpoint, run_cli, kind):
+def test_evaluation_refuses_unusable_features_naming_them(tmp_path, checkpoint, run_cli, kind, reason):
     features = tmp_path / "features"
     features.mkdir()
     np.save(features / "broken.npy", bad_feature(kind))
     queries = write_queries(tmp_path / "queries.jsonl", ["broken"], per_video=1)
+    results = tmp_path / "results.jsonl"
     status, _, err = run_cli("evaluate", "grounding", "--model", checkpoint, "--annotations", queries, "--features",
-                             features, "--out", tmp_path / "results.jsonl", "--max-new-tokens", 2)  # fmt: skip
-    assert status == 2 and "'broken'" in err
+                             features, "--out", results, "--max-new-tokens", 2)  # fmt: skip
+    assert status == 2
+    assert re.search(f"error: {re.escape(str(features / 'broken.npy'))}: Feature 'broken': {reason}", err), err
+    assert not results.exists() or results.read_text() == ""

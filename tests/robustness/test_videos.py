@@ -5,6 +5,7 @@ Videos are written with the ffmpeg binary of imageio-ffmpeg. Frame `k` of the te
 """
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -13,12 +14,17 @@ from PIL import Image
 from vtimellm_hf.data.extract import FAILURES_FILE, extract_features
 from vtimellm_hf.data.synthetic import encode_mp4
 from vtimellm_hf.inference import video_features
-from vtimellm_hf.model.processing_vtime import image_as_frame, load_video_frames, preprocess_frames
+from vtimellm_hf.model.processing_vtime import (
+    get_video_duration,
+    image_as_frame,
+    load_video_frames,
+    preprocess_frames,
+)
 
 from .conftest import ffmpeg
 
 pytest.importorskip("imageio_ffmpeg", reason="the test videos are written with imageio-ffmpeg")
-pytest.importorskip("decord", reason="videos are decoded with decord")
+decord = pytest.importorskip("decord", reason="videos are decoded with decord")
 
 FPS = 10
 GREY_STEP = 6
@@ -123,18 +129,22 @@ def test_variable_frame_rate_video_decodes_from_first_to_last_frame(videos):
     assert vfr_timestamp(VFR_FRAMES - 1) - 1 <= duration <= vfr_timestamp(VFR_FRAMES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="frames are sampled evenly by index, not by time: on a variable-frame-rate video frame k of 100 is not "
-    "at k/100 of the duration, so every moment the model names is placed at the wrong time",
-)
 def test_variable_frame_rate_video_is_sampled_evenly_in_time(videos):
     frames, duration = load_video_frames(videos / "variable_rate.mp4")
     times = [vfr_timestamp(number) for number in frame_numbers(frames)]
     wanted = np.arange(100) / 100 * duration
-    # Each sample is within one frame (0.4 s) of the time its index stands for
+    # Each sample is within one frame (0.4 s) of the time its index stands for; by index, frame 50 would be at 4.4 s
     assert np.abs(np.array(times) - wanted).max() <= 4 / FPS
+    # The duration that turns the model's indices into seconds is the one the frames were sampled over
+    assert get_video_duration(videos / "variable_rate.mp4") == duration
+
+
+def test_window_of_a_variable_frame_rate_video_is_sampled_evenly_in_time(videos):
+    frames, duration = load_video_frames(videos / "variable_rate.mp4", num_frames=10, window=(3.0, 7.0))
+    times = np.array([vfr_timestamp(number) for number in frame_numbers(frames)])
+    assert duration == pytest.approx(4.0)
+    # The nearest frames: within half a frame interval (0.4 s) of the evenly spaced times
+    assert np.abs(times - np.linspace(3.0, 7.0, 10)).max() <= 2 / FPS + 1e-9
 
 
 def test_video_rotated_upside_down_is_decoded_upright(videos):
@@ -150,16 +160,42 @@ def test_portrait_phone_video_is_decoded_in_portrait(videos):
     assert frame_numbers(rotated) == frame_numbers(stored)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="decord returns 4 channels for some small frame widths (16, 24, 48, 72 px; dmlc/decord#336): such "
-    "videos fail with 'Cannot decode frames of video ...: DECORDArrayCopyFromTo', with no fallback decoder",
+@pytest.mark.parametrize("width", [16, 24, 48, 72])
+def test_video_of_a_width_decord_cannot_copy_is_decoded_by_ffmpeg(tmp_path, width):
+    """decord returns 4 channels for some small frame widths (dmlc/decord#336) and fails to copy them."""
+    encode_mp4(tmp_path / "narrow.mp4", grey_frames(5)[:, :32, :width], fps=FPS)
+    frames, duration = load_video_frames(tmp_path / "narrow.mp4", num_frames=8)
+    assert frames.shape == (8, 32, width, 3) and duration == pytest.approx(5 / FPS)
+    assert frame_numbers(frames) == np.linspace(0, 4, 8, dtype=np.int32).tolist()
+
+
+@pytest.mark.parametrize(
+    ("name", "window"), [("variable_rate.mp4", None), ("rotated90.mp4", None), ("three_seconds.mp4", (1.0, 2.5))]
 )
-def test_video_48_pixels_wide_is_decoded(tmp_path):
-    encode_mp4(tmp_path / "narrow.mp4", grey_frames(5)[:, :32, :48], fps=FPS)
-    frames, _ = load_video_frames(tmp_path / "narrow.mp4", num_frames=5)
-    assert frame_numbers(frames) == list(range(5))
+def test_ffmpeg_decodes_the_frames_decord_would(videos, monkeypatch, name, window):
+    expected, expected_duration = load_video_frames(videos / name, num_frames=12, window=window)
+
+    def fail(*args):
+        raise decord.DECORDError("DECORDArrayCopyFromTo: The size must exactly match")
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", fail)
+    frames, duration = load_video_frames(videos / name, num_frames=12, window=window)
+    assert frames.shape == expected.shape and duration == expected_duration
+    assert frame_numbers(frames) == frame_numbers(expected)
+
+
+def test_frames_neither_decoder_can_decode_name_the_file_and_both_reasons(tmp_path, monkeypatch):
+    import imageio_ffmpeg._io
+
+    path = tmp_path / "narrow.mp4"
+    encode_mp4(path, grey_frames(5)[:, :32, :48], fps=FPS)
+    monkeypatch.setattr(imageio_ffmpeg._io, "get_ffmpeg_exe", lambda: str(tmp_path / "no-ffmpeg"))
+    with pytest.raises(ValueError, match=r"DECORDArrayCopyFromTo.*, and so did ffmpeg: .*no-ffmpeg") as error:
+        load_video_frames(path)
+    assert f"Cannot decode frames of video {path}: decord failed (" in str(error.value)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    with pytest.raises(ValueError, match=r"DECORDArrayCopyFromTo.*the fallback decoder needs imageio-ffmpeg"):
+        load_video_frames(path)
 
 
 # Windows
@@ -192,13 +228,6 @@ def test_huge_frames_are_preprocessed_one_chunk_at_a_time(videos, peak_memory):
     assert memory.mib < 2.5 * float_frame_mib
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="every sampled index is decoded at full resolution, repeated frames included, and preprocessed 32 "
-    "frames at a time whatever their size: 100 frames of a 4000x3000 video hold 3.6 GB of pixels, and a chunk "
-    "as much again in float32",
-)
 def test_huge_video_features_need_memory_bounded_by_its_frame_size(videos, processor, peak_memory):
     processor.num_frames = 8
     frame_mib = HUGE_HEIGHT * HUGE_WIDTH * 3 / 2**20

@@ -349,6 +349,9 @@ class _DecodedMedia(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _preprocess(self, frames) -> torch.Tensor:
+        return preprocess_frames(frames, self.frame_size, self.mean, self.std)
+
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         item = self.items[index]
         try:
@@ -357,10 +360,11 @@ class _DecodedMedia(Dataset):
 
                 with Image.open(item.path) as image:
                     # A copy: PIL's array is read-only, which torch warns about
-                    frames = image_as_frame(image).copy()
+                    pixels = self._preprocess(image_as_frame(image).copy())
             else:
-                frames, _ = load_video_frames(item.path, self.num_frames, item.window)
-            pixels = preprocess_frames(frames, self.frame_size, self.mean, self.std)
+                # Each chunk of decoded frames is preprocessed before the next is decoded: a worker never holds a
+                # video of huge frames whole
+                pixels, _ = load_video_frames(item.path, self.num_frames, item.window, self._preprocess)
         except Exception as error:  # whatever a damaged file makes the decoders raise, it is that file's failure
             return index, None, f"{type(error).__name__}: {error}"
         # The encoder casts to its dtype anyway; casting here halves what crosses processes for a float16 encoder

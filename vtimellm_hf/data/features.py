@@ -244,6 +244,10 @@ class FeatureStore(abc.ABC):
     def ids(self) -> list[str]:
         """The ids of all stored features, sorted."""
 
+    @abc.abstractmethod
+    def location(self, feature_id: str) -> str:
+        """The file that holds (or would hold) the feature of `feature_id`, for messages."""
+
     def __len__(self) -> int:
         return len(self.ids())
 
@@ -280,6 +284,9 @@ class NpyFeatureStore(FeatureStore):
 
     def shape(self, feature_id: str) -> tuple[int, ...]:
         return read_npy_header(self._existing_path(feature_id)).shape
+
+    def location(self, feature_id: str) -> str:
+        return str(feature_path(self.folder, feature_id))
 
     def ids(self) -> list[str]:
         # scandir rather than glob: one pass over a folder that may hold hundreds of thousands of files
@@ -345,6 +352,9 @@ class ConsolidatedFeatureStore(FeatureStore):
         self._check_present(feature_id)
         return tuple(self._open().get_slice(feature_id).get_shape())
 
+    def location(self, feature_id: str) -> str:
+        return str(self.path)
+
     def ids(self) -> list[str]:
         self._open()
         return sorted(self._ids)
@@ -395,14 +405,19 @@ def consolidate_features(
     for feature_id in ids:
         path = store._existing_path(feature_id)
         npy_header = read_npy_header(path)
+        # The dtype first: the size of an object array's data is not that of its pickled objects, so it cannot be
+        # told complete or truncated
+        dtype = npy_header.dtype.newbyteorder("=")
+        if dtype not in _SAFETENSORS_DTYPES:
+            pickled = "; it holds pickled Python objects, which are not loaded" if dtype.hasobject else ""
+            raise ValueError(
+                f"{path}: feature {feature_id!r} has dtype {dtype}, expected float16 or float32{pickled}."
+            )
         if not npy_header.complete:
             raise ValueError(
                 f"{path}: truncated feature {feature_id!r}: the header announces {npy_header.data_bytes} bytes of "
                 f"data, the file holds {npy_header.file_size - npy_header.data_offset}."
             )
-        dtype = npy_header.dtype.newbyteorder("=")
-        if dtype not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: feature {feature_id!r} has dtype {dtype}, expected float16 or float32.")
         end = offset + npy_header.data_bytes
         header[feature_id] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(npy_header.shape),
                               "data_offsets": [offset, end]}  # fmt: skip

@@ -4,12 +4,12 @@ Also the public timestamp helpers: VTimeLLM writes a moment as two-digit indices
 ("from 05 to 23"); these helpers convert between seconds and indices and parse generated text.
 
 This file travels to the Hub with every checkpoint (`trust_remote_code=True`): it imports only torch, numpy
-and transformers (decord is imported when a video file is decoded).
+and transformers (decord is imported when a video file is decoded, imageio-ffmpeg where decord fails).
 """
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,11 @@ VIDEO_TOKEN = "<video>"
 DEFAULT_FRAME_ENCODER = "openai/clip-vit-large-patch14"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Decoded frames held at once while a video is sampled: 100 frames of 640x480 fit, or 3 frames of 4000x3000
+DECODE_CHUNK_BYTES = 128 * 2**20
+# float32 pixels that `preprocess_frames` converts at once by default (one frame at least): two frames of 480x270,
+# so that each resize pass reads the previous one's output from cache (chunks of 8 such frames run 1.3x slower)
+PREPROCESS_CHUNK_BYTES = 2 * 2**20
 
 # The Vicuna v1 prompt of the original, byte for byte: "SYSTEM USER: <video>\n... ASSISTANT: answer</s>USER: ...".
 # The `generation` markers let `apply_chat_template(return_assistant_tokens_mask=True)` find the trained tokens.
@@ -154,63 +159,194 @@ def sample_frame_indices(
         raise ValueError("The video has no frames.")
     first, last = 0, total_frames - 1
     if window is not None:
-        start_seconds, end_seconds = window
         if fps is None or fps <= 0:
             raise ValueError(f"A window needs the video's frame rate, got fps={fps}.")
-        duration = total_frames / fps
-        if not 0 <= start_seconds < end_seconds or start_seconds >= duration:
-            raise ValueError(
-                f"Window [{start_seconds}, {end_seconds}] s lies outside the video ({duration:.2f} s) or is empty."
-            )
-        first = min(round(start_seconds * fps), last)
-        last = min(round(end_seconds * fps), last)
+        _check_window(window, total_frames / fps)
+        first = min(round(window[0] * fps), last)
+        last = min(round(window[1] * fps), last)
     return np.linspace(first, last, num_frames, dtype=np.int32)
 
 
-def load_video_frames(
-    path: str | Path, num_frames: int = 100, window: Sequence[float] | None = None
-) -> tuple[np.ndarray, float]:
-    """
-    Decodes only the sampled frames of a video with decord.
+def _check_window(window: Sequence[float], duration: float) -> None:
+    start_seconds, end_seconds = window
+    if not 0 <= start_seconds < end_seconds or start_seconds >= duration:
+        raise ValueError(
+            f"Window [{start_seconds}, {end_seconds}] s lies outside the video ({duration:.2f} s) or is empty."
+        )
 
-    Returns:
-        `(frames, duration)`: uint8 array of shape `(num_frames, height, width, 3)` and the duration in seconds of
-        the video, or of the window when one is given.
+
+def _sample_frame_times(
+    frame_times: np.ndarray, num_frames: int, window: Sequence[float] | None, duration: float
+) -> np.ndarray:
     """
+    Sampling by time, for a video whose frame rate varies: the frames nearest to `num_frames` evenly spaced times
+    from its first frame to its last (or from the start of `window` to its end, stopping at the last frame), as
+    [`sample_frame_indices`] spaces indices at a constant rate.
+
+    Args:
+        frame_times: the start of each frame in seconds from the first frame, sorted; two frames at least.
+        duration: the video's, to check `window` against.
+    """
+    first, last = frame_times[0], frame_times[-1]
+    if window is not None:
+        _check_window(window, duration)
+        first, last = min(window[0], last), min(window[1], last)
+    targets = np.linspace(first, last, num_frames)
+    after = np.clip(np.searchsorted(frame_times, targets), 1, len(frame_times) - 1)
+    before = after - 1
+    nearest = np.where(targets - frame_times[before] <= frame_times[after] - targets, before, after)
+    return nearest.astype(np.int32)
+
+
+def _open_video(path: Path):
+    """decord's reader of the video at `path`; a `ValueError` naming the file when it holds no decodable video."""
     try:
         from decord import VideoReader, cpu
     except ImportError as error:
         raise ImportError("Decoding videos needs decord: `pip install decord`.") from error
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Video not found: {path}")
     try:
         reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
-        total_frames, fps = len(reader), reader.get_avg_fps()
+        total_frames = len(reader)
     except Exception as error:  # decord raises its own DECORDError and RuntimeError subclasses
         raise ValueError(f"Cannot decode video {path}: {error}") from error
     if total_frames < 1:
         raise ValueError(f"Cannot decode video {path}: it holds no frames.")
+    return reader
+
+
+def _video_timing(reader) -> tuple[float, np.ndarray | None, float]:
+    """
+    `(average fps, frame_times, duration in seconds)` of a video.
+
+    `frame_times` (the start of each frame in seconds from the first) is `None` when the frame rate is constant:
+    every frame starts within half a frame of `index / fps`. Such videos are sampled by index and last
+    `frames / fps`, exactly as in the original. Where the rate varies, the index of a frame says nothing of its
+    time: those videos are sampled by time and last as long as their frames span, plus one mean frame interval
+    (which is `frames / fps` at a constant rate).
+    """
+    total_frames, fps = len(reader), reader.get_avg_fps()
+    starts = reader.get_frame_timestamp(np.arange(total_frames))[:, 0].astype(np.float64)
+    frame_times = starts - starts[0]
+    if np.abs(frame_times - np.arange(total_frames) / fps).max() <= 0.5 / fps:
+        return fps, None, total_frames / fps
+    return fps, frame_times, float(frame_times[-1]) * total_frames / (total_frames - 1)
+
+
+def load_video_frames(
+    path: str | Path,
+    num_frames: int = 100,
+    window: Sequence[float] | None = None,
+    preprocess: Callable[[np.ndarray], torch.Tensor | np.ndarray] | None = None,
+) -> tuple[np.ndarray | torch.Tensor, float]:
+    """
+    Decodes the sampled frames of a video with decord, or with the ffmpeg of imageio-ffmpeg where decord fails.
+
+    A video whose frame rate is constant is sampled by index, as the original does ([`sample_frame_indices`]); one
+    whose rate varies, by time (the frames nearest to evenly spaced times), so that frame `k` of `num_frames` stays
+    at about `k / num_frames` of the duration.
+
+    Each sampled frame is decoded once, however often it is repeated, and at most `DECODE_CHUNK_BYTES` of decoded
+    frames are held at a time: with `preprocess`, each chunk is preprocessed before the next is decoded, so that
+    the memory needed does not grow with the resolution times the number of frames.
+
+    Args:
+        path: the video file.
+        num_frames: frames to sample.
+        window: `(start_seconds, end_seconds)` of a clip of the video.
+        preprocess: applied to each chunk of decoded uint8 frames `(frames, height, width, 3)`, giving a tensor or
+            array with one item per frame (such as [`preprocess_frames`]).
+
+    Returns:
+        `(frames, duration)`: the uint8 frames `(num_frames, height, width, 3)`, or what `preprocess` makes of
+        them, in sampled order; and the duration in seconds of the video, or of the window when one is given.
+    """
+    path = Path(path)
+    reader = _open_video(path)
+    fps, frame_times, video_duration = _video_timing(reader)
     try:
-        indices = sample_frame_indices(total_frames, num_frames, fps, window)
+        if frame_times is None:
+            indices = sample_frame_indices(len(reader), num_frames, fps, window)
+        else:
+            indices = _sample_frame_times(frame_times, num_frames, window, video_duration)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
-    try:
-        frames = reader.get_batch(indices.tolist()).asnumpy()
-    except Exception as error:
-        raise ValueError(f"Cannot decode frames of video {path}: {error}") from error
-    video_duration = total_frames / fps
+    distinct, positions = np.unique(indices, return_inverse=True)
+    chunks = [chunk if preprocess is None else preprocess(chunk) for chunk in _decode_frames(path, reader, distinct)]
+    if isinstance(chunks[0], torch.Tensor):
+        frames = torch.cat(chunks)[torch.from_numpy(positions)]
+    else:
+        frames = np.concatenate(chunks)[positions]
     # A window running past the end lasts until the end: its frames stop there, and so must its moments
     duration = min(window[1], video_duration) - window[0] if window is not None else video_duration
     return frames, float(duration)
 
 
-def get_video_duration(path: str | Path) -> float:
-    """Duration in seconds of a video file (frames / average fps), as the original computes it."""
-    from decord import VideoReader, cpu
+def _decode_frames(path: Path, reader, indices: np.ndarray) -> Iterator[np.ndarray]:
+    """
+    The frames `indices` (distinct, sorted) as uint8 chunks `(frames, height, width, 3)` of at most
+    `DECODE_CHUNK_BYTES` (one frame at least), decoded by decord or, from the first chunk it fails on, by ffmpeg.
+    """
+    # The first frame comes alone: its size sets the length of the other chunks
+    frames_per_chunk, start = 1, 0
+    while start < len(indices):
+        chunk = indices[start : start + frames_per_chunk]
+        try:
+            frames = reader.get_batch(chunk.tolist()).asnumpy()
+        except Exception as error:  # such as decord's DECORDArrayCopyFromTo on frames 16, 24, 48 or 72 px wide
+            yield from _decode_frames_with_ffmpeg(path, indices[start:], error)
+            return
+        frames_per_chunk = max(1, DECODE_CHUNK_BYTES // frames[0].nbytes)
+        start += len(chunk)
+        yield frames
+        # Not held while the next chunk is decoded
+        del frames
 
-    reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
-    return len(reader) / reader.get_avg_fps()
+
+def _decode_frames_with_ffmpeg(path: Path, indices: np.ndarray, decord_error: Exception) -> Iterator[np.ndarray]:
+    """
+    [`_decode_frames`] by the ffmpeg binary of imageio-ffmpeg, for what decord failed to decode (`decord_error`).
+
+    The frames are those decord indexes: ffmpeg's `select` filter counts decoded frames in presentation order as
+    decord does, and `-fps_mode passthrough` keeps it from dropping or duplicating frames to reach a constant rate.
+    """
+    reason = f"Cannot decode frames of video {path}: decord failed ({decord_error})"
+    try:
+        import imageio_ffmpeg
+    except ImportError as error:
+        raise ValueError(
+            f"{reason}, and the fallback decoder needs imageio-ffmpeg: `pip install imageio-ffmpeg`."
+        ) from error
+    selection = "+".join(f"eq(n,{index})" for index in indices)
+    # One decoding thread, as decord is given: extraction runs a decoder in each of its worker processes
+    decoded_frames = imageio_ffmpeg.read_frames(
+        str(path),
+        input_params=["-threads", "1"],
+        output_params=["-vf", f"select='{selection}'", "-fps_mode", "passthrough"],
+    )
+    decoded = 0
+    try:
+        width, height = next(decoded_frames)["size"]
+        frames_per_chunk = max(1, DECODE_CHUNK_BYTES // (width * height * 3))
+        chunk = []
+        for data in decoded_frames:
+            chunk.append(np.frombuffer(data, np.uint8).reshape(height, width, 3))
+            if len(chunk) == frames_per_chunk or decoded + len(chunk) == len(indices):
+                decoded += len(chunk)
+                yield np.stack(chunk)
+                chunk = []
+    except (OSError, RuntimeError) as error:  # imageio-ffmpeg's errors quote ffmpeg's log
+        raise ValueError(f"{reason}, and so did ffmpeg: {error}") from error
+    finally:
+        decoded_frames.close()
+    if decoded < len(indices):
+        raise ValueError(f"{reason}, and ffmpeg decoded {decoded} of its {len(indices)} sampled frames.")
+
+
+def get_video_duration(path: str | Path) -> float:
+    """Duration in seconds of a video, as [`load_video_frames`] gives it: frames / average fps at a constant rate."""
+    return _video_timing(_open_video(Path(path)))[2]
 
 
 def preprocess_frames(
@@ -218,61 +354,69 @@ def preprocess_frames(
     size: int = 224,
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
-    chunk_size: int = 32,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """
     The original CLIP transform, batched on tensors: `/255`, bicubic resize of the short side to `size` (no
     antialiasing, as torchvision did on tensors), center crop, normalise.
 
-    The separable resize runs as banded matrix products for the rows and columns the crop keeps only, with the
-    scaling and normalisation folded in: several times faster than `interpolate(mode="bicubic")` on a CPU, equal
-    to it up to float32 rounding.
+    The separable resize runs as banded matrix products for the rows and columns the crop keeps only, a few frames
+    at a time so that each pass finds the previous one's output in cache: several times faster than
+    `interpolate(mode="bicubic")` on a CPU, equal to it up to float32 rounding.
 
     Args:
         frames: uint8 RGB frames of shape `(num_frames, height, width, 3)`.
+        chunk_size: frames converted to float32 at a time; by default as many as fit in `PREPROCESS_CHUNK_BYTES`.
+            A frame's output does not depend on the chunk it was in.
     Returns:
         float32 tensor of shape `(num_frames, 3, size, size)`.
     """
     frames = torch.as_tensor(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"Frames must have shape (num_frames, height, width, 3), got {tuple(frames.shape)}.")
-    height, width = frames.shape[1:3]
+    num_frames, height, width = frames.shape[:3]
     short, long = min(height, width), max(height, width)
     long_resized = int(size * long / short)
     resized_height, resized_width = (size, long_resized) if height <= width else (long_resized, size)
     top = int(round((resized_height - size) / 2.0))
     left = int(round((resized_width - size) / 2.0))
-    # Separable resize, computed for the cropped rows and columns only, as banded matrix products
-    row_blocks = _bicubic_blocks(height, resized_height, top, size)
-    column_blocks = _bicubic_blocks(width, resized_width, left, size)
+    # The vertical products are as wide as a chunk of frames, so short blocks (fewer zeros multiplied in the band)
+    # lose nothing; the horizontal ones are as wide as their block, and 16 outputs is the fastest width measured
+    row_blocks = _bicubic_blocks(height, resized_height, top, size, block=8)
+    column_blocks = _bicubic_blocks(width, resized_width, left, size, block=16)
     row_first = row_blocks[0][1]
-    row_last = max(low + weights.shape[1] for _, low, weights in row_blocks)
+    rows = max(low + weights.shape[1] for _, low, weights in row_blocks) - row_first
     column_first = column_blocks[0][1]
-    column_last = max(low + weights.shape[1] for _, low, weights in column_blocks)
-    columns = column_last - column_first
-    # (x / 255 - mean) / std = x * scale - shift; the resize weights sum to 1, so the shift commutes with it
+    columns = max(low + weights.shape[1] for _, low, weights in column_blocks) - column_first
+    if chunk_size is None:
+        chunk_size = max(1, PREPROCESS_CHUNK_BYTES // (rows * columns * 3 * 4))
+    # (x / 255 - mean) / std = x * scale + shift
     scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float64))).float().view(1, 3, 1, 1)
-    shift = (torch.tensor(mean, dtype=torch.float64) / torch.tensor(std, dtype=torch.float64)).float().view(1, 3, 1, 1)
-    outputs = []
-    for chunk in frames[:, row_first:row_last, column_first:column_last].split(chunk_size):
-        count = len(chunk)
-        pixels = chunk.to(torch.float32).view(count, row_last - row_first, columns * 3)
-        vertical = torch.empty(count, size, columns * 3)
+    shift = (-torch.tensor(mean, dtype=torch.float64) / torch.tensor(std, dtype=torch.float64)).float().view(1, 3, 1, 1)
+    output = torch.empty(num_frames, 3, size, size)
+    # Rows leading, the frames of a chunk side by side in each row: one product per block of output rows
+    window = frames[:, row_first : row_first + rows, column_first : column_first + columns].transpose(0, 1)
+    for start in range(0, num_frames, chunk_size):
+        count = min(chunk_size, num_frames - start)
+        pixels = window[:, start : start + count].to(torch.float32, memory_format=torch.contiguous_format)
+        pixels = pixels.view(rows, -1)
+        vertical = torch.empty(size, count * columns * 3)
         for first, low, weights in row_blocks:
-            rows = slice(low - row_first, low - row_first + weights.shape[1])
-            torch.matmul(weights, pixels[:, rows], out=vertical[:, first : first + len(weights)])
+            inputs = slice(low - row_first, low - row_first + weights.shape[1])
+            torch.mm(weights, pixels[inputs], out=vertical[first : first + len(weights)])
+        # One pass splits the channels into planes and normalises them; the horizontal weights sum to 1, so
+        # normalising before that pass gives the same result
         planes = torch.empty(count, 3, size, columns)
-        torch.addcmul(-shift, vertical.view(count, size, columns, 3).permute(0, 3, 1, 2), scale, out=planes)
+        torch.addcmul(shift, vertical.view(size, count, columns, 3).permute(1, 3, 0, 2), scale, out=planes)
         planes = planes.view(-1, columns)
-        output = torch.empty(len(planes), size)
+        chunk_output = output[start : start + count].view(-1, size)
         for first, low, weights in column_blocks:
             inputs = slice(low - column_first, low - column_first + weights.shape[1])
-            torch.mm(planes[:, inputs], weights.T, out=output[:, first : first + len(weights)])
-        outputs.append(output.view(count, 3, size, size))
-    return torch.cat(outputs)
+            torch.mm(planes[:, inputs], weights.T, out=chunk_output[:, first : first + len(weights)])
+    return output
 
 
-def _bicubic_blocks(in_size: int, out_size: int, start: int, count: int, block: int = 32):
+def _bicubic_blocks(in_size: int, out_size: int, start: int, count: int, block: int):
     """
     Outputs `start .. start + count` of a bicubic resize `in_size -> out_size` (a = -0.75, half-pixel centres, edges
     clamped, no antialiasing: what `interpolate(mode="bicubic")` computes), as blocks of `block` outputs:
@@ -413,14 +557,33 @@ class VTimeProcessor(ProcessorMixin):
         finally:
             self._frame_encoder = encoder
 
-    @torch.no_grad()
+    def frame_pixels(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """
+        The encoder's input, float32 `(num_frames, 3, frame_size, frame_size)`, of uint8 RGB frames
+        `(num_frames, height, width, 3)`: [`preprocess_frames`] with this processor's size, mean and std.
+        """
+        return preprocess_frames(frames, self.frame_size, self.image_mean, self.image_std)
+
     def encode_frames(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """
         CLIP image embeddings of uint8 RGB frames `(num_frames, height, width, 3)` -> float32 `(num_frames, D)`.
         """
+        return self.encode_pixels(self.frame_pixels(frames))
+
+    def encode_video(self, path: str | Path, window: Sequence[float] | None = None) -> tuple[torch.Tensor, float]:
+        """
+        `(features (num_frames, D), duration in seconds)` of a video file, or of its `window`: each chunk of decoded
+        frames is preprocessed before the next is decoded, so that a video of huge frames is never held whole (see
+        [`load_video_frames`]). The features equal `encode_frames` of the decoded frames.
+        """
+        pixels, duration = load_video_frames(path, self.num_frames, window, self.frame_pixels)
+        return self.encode_pixels(pixels), duration
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings of preprocessed frames (see [`frame_pixels`]) -> float32 `(num_frames, D)`."""
         encoder = self.frame_encoder
         parameter = next(encoder.parameters())
-        pixels = preprocess_frames(frames, self.frame_size, self.image_mean, self.image_std)
         embeddings = [
             encoder(pixel_values=batch.to(parameter.device, parameter.dtype)).image_embeds.float().cpu()
             for batch in pixels.split(self.encoder_batch_size)
@@ -453,20 +616,18 @@ class VTimeProcessor(ProcessorMixin):
             windows = list(video_windows) if video_windows is not None else [None] * len(videos)
             if len(windows) != len(videos):
                 raise ValueError(f"Got {len(videos)} videos but {len(windows)} video_windows.")
-            frames = [self._decode(video, window) for video, window in zip(videos, windows)]
-        elif images is not None:
-            frames = [image_as_frame(image) for image in _flatten(images)]
-        else:
-            return []
-        return [self.encode_frames(video_frames) for video_frames in frames]
+            return [self._encode_video(video, window) for video, window in zip(videos, windows)]
+        if images is not None:
+            return [self.encode_frames(image_as_frame(image)) for image in _flatten(images)]
+        return []
 
-    def _decode(self, video, window) -> np.ndarray:
+    def _encode_video(self, video, window) -> torch.Tensor:
         if isinstance(video, (str, Path)):
-            return load_video_frames(video, self.num_frames, window)[0]
+            return self.encode_video(video, window)[0]
         frames = np.asarray(video)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"A decoded video must have shape (frames, height, width, 3), got {frames.shape}.")
-        return frames[sample_frame_indices(len(frames), self.num_frames)]
+        return self.encode_frames(frames[sample_frame_indices(len(frames), self.num_frames)])
 
     def encode_prompt(
         self, text: str, rows: int, add_special_tokens: bool = True, return_offsets_mapping: bool = False
