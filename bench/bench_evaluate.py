@@ -106,7 +106,10 @@ def batched(model, processor, queries: list[dict], feature_dir: Path, results: P
     """`evaluate_grounding` from scratch; the answers in query order."""
     results.unlink(missing_ok=True)
     evaluate_grounding(
-        model, processor, queries, results, feature_store_loader(open_feature_store(feature_dir)),
+        model, processor, queries, results, feature_store_loader(
+            open_feature_store(feature_dir), num_frames=model.config.num_frames,
+            mm_hidden_size=model.config.mm_hidden_size,
+        ),
         batch_size=batch_size, max_new_tokens=max_new_tokens,
     )  # fmt: skip
     by_key = {}

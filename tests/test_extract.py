@@ -368,7 +368,7 @@ def test_consolidation_refuses_damaged_features(tmp_path):
     broken = np.zeros((100, DIM), np.float16)
     broken[7, 3] = np.nan
     write_feature(folder / "broken.npy", broken)
-    with pytest.raises(ValueError, match=r"'broken': 1 non-finite value\(s\).*index \(7, 3\)"):
+    with pytest.raises(ValueError, match=r"broken\.npy: Feature 'broken': 1 non-finite value\(s\).*index \(7, 3\)"):
         consolidate_features(folder, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob(".out.safetensors*"))
 

@@ -138,6 +138,8 @@ def test_frame_indices_follow_the_original_linspace():
     assert sample_frame_indices(930, 100, fps=30.0, window=(10.0, 99.0))[-1] == 929
     with pytest.raises(ValueError, match="outside the video"):
         sample_frame_indices(930, 100, fps=30.0, window=(40.0, 50.0))
+    with pytest.raises(ValueError, match="num_frames must be at least 1, got 0"):
+        sample_frame_indices(930, 0)
 
 
 def cubic_weights(in_size: int, out_size: int) -> np.ndarray:

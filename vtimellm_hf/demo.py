@@ -103,7 +103,10 @@ def evaluate(output: Path, num_plotted: int = 6) -> dict:
         predictions_file = output / f"{name}_predictions.jsonl"
         predictions_file.unlink(missing_ok=True)
         evaluate_grounding(
-            model, processor, queries, predictions_file, feature_store_loader(store, shuffle_seed=shuffle_seed),
+            model, processor, queries, predictions_file, feature_store_loader(
+                store, shuffle_seed=shuffle_seed, num_frames=model.config.num_frames,
+                mm_hidden_size=model.config.mm_hidden_size,
+            ),
             question=DEMO_QUESTION, batch_size=16, max_new_tokens=16,
         )
         results[name] = score_grounding(read_grounding_predictions(predictions_file), references)

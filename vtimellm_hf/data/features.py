@@ -440,7 +440,10 @@ def consolidate_features(
             file.write(header_bytes)
             for feature_id in ids:
                 array = store.load(feature_id)
-                check_feature(array, None, None, feature_id)
+                try:
+                    check_feature(array, None, None, feature_id)
+                except ValueError as error:
+                    raise ValueError(f"{store.location(feature_id)}: {error}") from error
                 if array.shape != tuple(header[feature_id]["shape"]):
                     raise ValueError(f"{store.folder}: feature {feature_id!r} changed while it was consolidated.")
                 # safetensors stores little-endian, C-ordered data

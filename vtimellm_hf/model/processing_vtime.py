@@ -157,6 +157,8 @@ def sample_frame_indices(
     """
     if total_frames < 1:
         raise ValueError("The video has no frames.")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
     first, last = 0, total_frames - 1
     if window is not None:
         if fps is None or fps <= 0:
@@ -216,7 +218,7 @@ def _open_video(path: Path):
     return reader
 
 
-def _video_timing(reader) -> tuple[float, np.ndarray | None, float]:
+def _video_timing(path: Path, reader) -> tuple[float, np.ndarray | None, float]:
     """
     `(average fps, frame_times, duration in seconds)` of a video.
 
@@ -227,8 +229,16 @@ def _video_timing(reader) -> tuple[float, np.ndarray | None, float]:
     (which is `frames / fps` at a constant rate).
     """
     total_frames, fps = len(reader), reader.get_avg_fps()
-    starts = reader.get_frame_timestamp(np.arange(total_frames))[:, 0].astype(np.float64)
+    if not fps > 0:
+        raise ValueError(f"Cannot decode video {path}: it reports a frame rate of {fps}.")
+    try:
+        starts = reader.get_frame_timestamp(np.arange(total_frames))[:, 0].astype(np.float64)
+    except Exception as error:  # decord's own errors
+        raise ValueError(f"Cannot read the frame times of video {path}: {error}") from error
     frame_times = starts - starts[0]
+    # One frame, or frames that all claim the same time: nothing to sample by time
+    if total_frames < 2 or not frame_times[-1] > 0:
+        return fps, None, total_frames / fps
     if np.abs(frame_times - np.arange(total_frames) / fps).max() <= 0.5 / fps:
         return fps, None, total_frames / fps
     return fps, frame_times, float(frame_times[-1]) * total_frames / (total_frames - 1)
@@ -264,7 +274,7 @@ def load_video_frames(
     """
     path = Path(path)
     reader = _open_video(path)
-    fps, frame_times, video_duration = _video_timing(reader)
+    fps, frame_times, video_duration = _video_timing(path, reader)
     try:
         if frame_times is None:
             indices = sample_frame_indices(len(reader), num_frames, fps, window)
@@ -273,11 +283,16 @@ def load_video_frames(
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     distinct, positions = np.unique(indices, return_inverse=True)
-    chunks = [chunk if preprocess is None else preprocess(chunk) for chunk in _decode_frames(path, reader, distinct)]
-    if isinstance(chunks[0], torch.Tensor):
-        frames = torch.cat(chunks)[torch.from_numpy(positions)]
-    else:
-        frames = np.concatenate(chunks)[positions]
+    chunks = []
+    for decoded in _decode_frames(path, reader, distinct):
+        chunks.append(decoded if preprocess is None else preprocess(decoded))
+        # Not held while the next chunk is decoded
+        del decoded
+    is_tensor = isinstance(chunks[0], torch.Tensor)
+    frames = torch.cat(chunks) if is_tensor else np.concatenate(chunks)
+    del chunks
+    if len(distinct) < len(indices):
+        frames = frames[torch.from_numpy(positions) if is_tensor else positions]
     # A window running past the end lasts until the end: its frames stop there, and so must its moments
     duration = min(window[1], video_duration) - window[0] if window is not None else video_duration
     return frames, float(duration)
@@ -323,7 +338,7 @@ def _decode_frames_with_ffmpeg(path: Path, indices: np.ndarray, decord_error: Ex
     decoded_frames = imageio_ffmpeg.read_frames(
         str(path),
         input_params=["-threads", "1"],
-        output_params=["-vf", f"select='{selection}'", "-fps_mode", "passthrough"],
+        output_params=["-vf", f"select='{selection}'", "-fps_mode", "passthrough", "-frames:v", str(len(indices))],
     )
     decoded = 0
     try:
@@ -346,7 +361,8 @@ def _decode_frames_with_ffmpeg(path: Path, indices: np.ndarray, decord_error: Ex
 
 def get_video_duration(path: str | Path) -> float:
     """Duration in seconds of a video, as [`load_video_frames`] gives it: frames / average fps at a constant rate."""
-    return _video_timing(_open_video(Path(path)))[2]
+    path = Path(path)
+    return _video_timing(path, _open_video(path))[2]
 
 
 def preprocess_frames(
