@@ -147,15 +147,15 @@ def by_key(records):
     return dict(inference.keyed(records))
 
 
-def spy(monkeypatch, name, record):
-    """Replaces `inference.<name>` by a wrapper that calls `record(*args)` before it."""
-    original = getattr(inference, name)
+def spy(monkeypatch, name, record, owner=inference):
+    """Replaces `owner.<name>` (a function of `inference` by default) by a wrapper that calls `record(*args)` before it."""
+    original = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
         record(*args)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(inference, name, wrapper)
+    monkeypatch.setattr(owner, name, wrapper)
 
 
 # Generation
@@ -321,7 +321,7 @@ def test_evaluate_grounding_with_videos_and_charades_annotations(
         "clip1 2.0 3.0##two people shake hands.\nclip0 0.2 0.92##the woman counts money.\n"
     )
     encoded = []
-    spy(monkeypatch, "video_features", lambda processor, path: encoded.append(path.name))
+    spy(monkeypatch, "encode_video", lambda processor, path: encoded.append(path.name), owner=VTimeProcessor)
     results = tmp_path / "results.jsonl"
     status, _, err = run("evaluate", "grounding", "--model", trained_checkpoint, "--annotations", annotations,
                          "--videos", video_dir, "--out", results)  # fmt: skip

@@ -58,7 +58,6 @@ __all__ = [
     "read_finished_keys",
     "read_jsonl_records",
     "user_turn",
-    "video_features",
     "video_folder_loader",
 ]
 
@@ -101,11 +100,6 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor.frame_encoder_device = device
     return model.to(device).eval(), processor
-
-
-def video_features(processor: VTimeProcessor, video: str | Path, window: Sequence[float] | None = None):
-    """`(features (rows, D), duration in seconds)` of a video file (or of its `window`): decoded once, encoded once."""
-    return processor.encode_video(video, window)
 
 
 def user_turn(question: str, with_video: bool = True) -> dict:
@@ -251,7 +245,7 @@ def ground(
     The moment of `query` in `video` (a path), in seconds of the video by the original grounding convention. With
     `window` (`(start_s, end_s)`), only that clip is shown to the model and the moment is placed inside it.
     """
-    features, duration = video_features(processor, video, window)
+    features, duration = processor.encode_video(video, window)
     answer = generate_answers(
         model, processor, [[user_turn(question.format(query=query))]], [features], **generation_kwargs
     )[0]
@@ -265,7 +259,7 @@ def ground(
 
 def caption(model, processor, video, question: str = CAPTIONING_QUESTION, **generation_kwargs):
     """Dense captions of `video`: `(events [(start, end, sentence)] in seconds, raw answer)`."""
-    features, duration = video_features(processor, video)
+    features, duration = processor.encode_video(video)
     generation_kwargs = {"max_new_tokens": CAPTIONING_MAX_NEW_TOKENS, **generation_kwargs}
     answer = generate_answers(model, processor, [[user_turn(question)]], [features], **generation_kwargs)[0]
     return parse_events(answer, duration, CAPTIONING), answer
@@ -558,7 +552,7 @@ def video_folder_loader(processor: VTimeProcessor, video_dir: str | Path) -> Fea
     """`load_features` for the evaluations: decodes and encodes `{video_dir}/{video_id}.*`, gives its duration."""
 
     def load(video_id: str):
-        return video_features(processor, find_video(video_dir, video_id))
+        return processor.encode_video(find_video(video_dir, video_id))
 
     return load
 
@@ -685,7 +679,7 @@ def _run_chat(args: argparse.Namespace) -> int:
     try:
         kwargs = generation_kwargs_from_args(args)
         model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-        features, duration = video_features(processor, args.video)
+        features, duration = processor.encode_video(args.video)
     except (OSError, ValueError) as error:
         print(f"chat: error: {error}", file=sys.stderr)
         return 2

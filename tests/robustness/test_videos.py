@@ -13,7 +13,6 @@ from PIL import Image
 
 from vtimellm_hf.data.extract import FAILURES_FILE, extract_features
 from vtimellm_hf.data.synthetic import encode_mp4
-from vtimellm_hf.inference import video_features
 from vtimellm_hf.model.processing_vtime import (
     get_video_duration,
     image_as_frame,
@@ -232,7 +231,7 @@ def test_huge_video_features_need_memory_bounded_by_its_frame_size(videos, proce
     processor.num_frames = 8
     frame_mib = HUGE_HEIGHT * HUGE_WIDTH * 3 / 2**20
     with peak_memory() as memory:
-        features, _ = video_features(processor, videos / "huge.mp4")
+        features, _ = processor.encode_video(videos / "huge.mp4")
     assert features.shape == (8, 32)
     # The two distinct frames, the decoder's buffers and the float copy of one frame
     assert memory.mib < 16 * frame_mib

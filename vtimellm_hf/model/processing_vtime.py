@@ -236,10 +236,9 @@ def _video_timing(path: Path, reader) -> tuple[float, np.ndarray | None, float]:
     except Exception as error:  # decord's own errors
         raise ValueError(f"Cannot read the frame times of video {path}: {error}") from error
     frame_times = starts - starts[0]
-    # One frame, or frames that all claim the same time: nothing to sample by time
-    if total_frames < 2 or not frame_times[-1] > 0:
-        return fps, None, total_frames / fps
-    if np.abs(frame_times - np.arange(total_frames) / fps).max() <= 0.5 / fps:
+    # One frame, or frames that all claim the same time, give nothing to sample by time
+    single_time = total_frames < 2 or not frame_times[-1] > 0
+    if single_time or np.abs(frame_times - np.arange(total_frames) / fps).max() <= 0.5 / fps:
         return fps, None, total_frames / fps
     return fps, frame_times, float(frame_times[-1]) * total_frames / (total_frames - 1)
 
