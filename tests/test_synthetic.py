@@ -13,6 +13,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from vtimellm_hf.data.synthetic import (
     COLOURS,
     DENSE_CAPTIONING_TEMPLATES,
+    EMPTY_STILL_CAPTION,
     SHAPES,
     SyntheticMomentsConfig,
     generate_synthetic_moments,
@@ -230,19 +231,33 @@ def test_stage_records_use_placeholders_they_define(dataset):
 def test_stage1_stills_show_their_caption(dataset):
     records = read_json(dataset.stage1_file)
     assert len(records) == dataset.config.num_images
-    assert len({record["conversations"][1]["value"] for record in records}) == len(COLOURS) * len(SHAPES)
+    leading_pairs, shapes_per_still = set(), []
     for record in records:
         assert set(record) == {"id", "image", "conversations"}
         human, gpt = record["conversations"]
         assert (human["from"], gpt["from"]) == ("human", "gpt")
         assert human["value"].startswith("<image>\n")
-        _, colour, shape = gpt["value"].split()
-        assert shape in SHAPES
         image = np.asarray(Image.open(dataset.root / record["image"]).convert("RGB")).astype(np.int32)
         assert (image.shape[1], image.shape[0]) in dataset.config.frame_sizes
-        # The shape covers a large part of the still, in its exact colour (PNG is lossless).
-        matches = np.all(image == np.array(COLOURS[colour]), axis=-1)
-        assert matches.mean() >= 0.15, f"{record['image']}: {colour} covers {matches.mean():.0%}"
+        coverage = {colour: np.all(image == np.array(rgb), axis=-1).mean() for colour, rgb in COLOURS.items()}
+        if gpt["value"] == EMPTY_STILL_CAPTION:
+            assert max(coverage.values()) == 0, f"{record['image']} is captioned empty"
+            shapes_per_still.append(0)
+            continue
+        phrases = gpt["value"].split(" and ")
+        pairs = [tuple(phrase.split()[1:]) for phrase in phrases]
+        for phrase, (colour, shape) in zip(phrases, pairs):
+            assert phrase == f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}" and shape in SHAPES
+            # Each shape covers a large part of the still, in its exact colour (PNG is lossless), even beside another
+            assert coverage[colour] >= 0.1, f"{record['image']}: {colour} covers {coverage[colour]:.0%}"
+        assert len({colour for colour, _ in pairs}) == len({shape for _, shape in pairs}) == len(pairs) <= 2
+        assert sum(share > 0 for share in coverage.values()) == len(pairs), f"{record['image']}: {gpt['value']}"
+        leading_pairs.add(pairs[0])
+        shapes_per_still.append(len(pairs))
+    # Every colour-shape pair leads some still; stills without a shape and with two are frequent, as in the videos
+    assert leading_pairs == {(colour, shape) for colour in COLOURS for shape in SHAPES}
+    for count, share in enumerate(dataset.config.shapes_per_image):
+        assert abs(shapes_per_still.count(count) / len(records) - share) < 0.1, (count, shapes_per_still.count(count))
 
 
 def test_random_clip_embedding_sees_the_events(dataset):
@@ -303,6 +318,7 @@ def test_needs_a_training_video(tmp_path):
         ({"events_per_video": (0, 2)}, "events_per_video"),
         ({"event_span_range": (0.6, 0.3)}, "event_span_range"),
         ({"duration_range": (0, 10)}, "duration_range"),
+        ({"shapes_per_image": (0.5, 0.5, 0.5)}, "shapes_per_image"),
     ],
 )
 def test_config_rejects_bad_settings(settings, message):

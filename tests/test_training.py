@@ -32,7 +32,7 @@ def workspace(tmp_path_factory):
     from vtimellm_hf.demo import build_inputs
 
     root = tmp_path_factory.mktemp("training")
-    build_inputs(root, num_videos=12, num_val_videos=2, seed=0, pretrain_steps=5)
+    build_inputs(root, num_videos=12, num_val_videos=2, seed=0, num_stills=12, llm_steps=5, encoder_steps=5)
     return root
 
 

@@ -27,34 +27,60 @@ def log(message: str) -> None:
 
 
 def training_texts(dataset) -> list[str]:
-    """The text of the training dialogues, times written as the model writes them: the base's pre-training corpus
-    (it has no video, so it can learn the language of the answers but not when anything happens)."""
-    from .data.loaders import load_stage2, load_stage3
+    """The text of the training dialogues and captions, times written as the model writes them: the base's
+    pre-training corpus (it has no video, so it can learn the language of the answers but not when anything
+    happens)."""
+    from .data.loaders import load_stage1, load_stage2, load_stage3
 
     texts = []
-    for records in (load_stage2(dataset.stage2_file), load_stage3(dataset.stage3_file)):
+    for records in (load_stage1(dataset.stage1_file), load_stage2(dataset.stage2_file), load_stage3(dataset.stage3_file)):
         for messages in records["messages"]:
             texts.append(" ".join(message["content"].replace("<video>\n", "") for message in messages))
     return texts
 
 
-def build_inputs(output: Path, num_videos: int, num_val_videos: int, seed: int, pretrain_steps: int) -> dict:
+def stills(dataset) -> tuple[list, list[str]]:
+    """The stage-1 stills and their captions: the image-caption pairs the tiny CLIP is pre-trained on."""
+    import numpy as np
+    from PIL import Image
+
+    records = json.loads(dataset.stage1_file.read_text())
+    images = [np.asarray(Image.open(dataset.root / record["image"]).convert("RGB")) for record in records]
+    return images, [record["conversations"][1]["value"] for record in records]
+
+
+def build_inputs(
+    output: Path, num_videos: int, num_val_videos: int, seed: int, num_stills: int, llm_steps: int, encoder_steps: int
+) -> dict:
     """Synthetic data, the tiny tokenizer/base LLM/CLIP, and the features of every video and image."""
     from .data.extract import extract_features
-    from .data.synthetic import generate_synthetic_moments
-    from .tiny_models import build_tiny_frame_encoder, build_tiny_llama, build_tiny_tokenizer, pretrain_tiny_llama
+    from .data.synthetic import SyntheticMomentsConfig, generate_synthetic_moments
+    from .tiny_models import (
+        build_tiny_frame_encoder,
+        build_tiny_llama,
+        build_tiny_tokenizer,
+        pretrain_tiny_frame_encoder,
+        pretrain_tiny_llama,
+    )
 
-    log(f"generating {num_videos} synthetic videos ({num_val_videos} held out)")
+    log(f"generating {num_videos} synthetic videos ({num_val_videos} held out) and {num_stills} stills")
     dataset = generate_synthetic_moments(
-        output / "data", num_videos=num_videos, num_val_videos=num_val_videos, seed=seed, overwrite=True
+        output / "data",
+        num_videos=num_videos,
+        num_val_videos=num_val_videos,
+        seed=seed,
+        config=SyntheticMomentsConfig(num_images=num_stills),
+        overwrite=True,
     )
     log("building the tiny tokenizer, base LLaMA and CLIP encoder")
     texts = training_texts(dataset)
     tokenizer = build_tiny_tokenizer(output / "base", texts, vocab_size=1000)
     build_tiny_llama(output / "base", tokenizer, seed=seed, **TINY_BASE)
-    losses = pretrain_tiny_llama(output / "base", texts, steps=pretrain_steps, seed=seed)
+    losses = pretrain_tiny_llama(output / "base", texts, steps=llm_steps, seed=seed)
     log(f"pre-trained the base LLaMA on the dialogue text alone: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
-    build_tiny_frame_encoder(output / "clip", seed=seed)
+    build_tiny_frame_encoder(output / "clip", seed=seed, initializer_factor=1.0)
+    losses = pretrain_tiny_frame_encoder(output / "clip", *stills(dataset), steps=encoder_steps, seed=seed)
+    log(f"pre-trained the CLIP encoder on the stills and their captions: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     for source in (dataset.video_dir, dataset.image_dir):
         report = extract_features(source, output / "features", clip=str(output / "clip"), workers=2)
         log(report.summary())
@@ -153,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     for derived in ("data", "base", "clip", "features", "stage1", "stage2", "stage3"):
         shutil.rmtree(output / derived, ignore_errors=True)
     num_videos, num_val = (16, 4) if args.quick else (args.num_videos, args.num_val_videos)
-    build_inputs(output, num_videos, num_val, args.seed, pretrain_steps=5 if args.quick else 300)
+    if args.quick:
+        build_inputs(output, num_videos, num_val, args.seed, num_stills=48, llm_steps=5, encoder_steps=5)
+    else:
+        build_inputs(output, num_videos, num_val, args.seed, num_stills=2000, llm_steps=300, encoder_steps=400)
     extra = ["--max_steps", "3"] if args.quick else []
     for stage in (1, 2, 3):
         run_stage(stage, output, extra)

@@ -153,6 +153,7 @@ OVERLAP_TEMPLATES = (
     "Do {first} and {second} overlap in time?",
     "Is {second} visible while {first} is shown?",
 )
+EMPTY_STILL_CAPTION = "an empty background"
 IMAGE_CAPTIONING_TEMPLATES = (
     "Describe the image briefly.",
     "Give a brief description of the image.",
@@ -198,7 +199,10 @@ class SyntheticMomentsConfig:
             shape: the two sit at opposite sides and cover each other on at most a fifth of the frame's width, so
             that both are seen appearing and disappearing.
         num_images (`int`, defaults to 192):
-            Stage-1 stills, one shape each, cycling through every colour and shape.
+            Stage-1 stills, drawn like video frames: each colour-shape pair in turn, now and then beside a second
+            shape (as when two events overlap) or left out (a frame between events).
+        shapes_per_image (`tuple[float, float, float]`, defaults to `(0.25, 0.45, 0.3)`):
+            Shares of the stills that show no shape, one shape and two shapes side by side.
         stage2_dialogues_per_video (`int`, defaults to 4):
             Stage-2 records drawn per training video.
         stage3_dialogues_per_video (`int`, defaults to 4):
@@ -220,6 +224,7 @@ class SyntheticMomentsConfig:
     shape_extent_range: tuple[float, float] = (0.75, 0.95)
     shared_width_range: tuple[float, float] = (0.45, 0.6)
     num_images: int = 192
+    shapes_per_image: tuple[float, float, float] = (0.25, 0.45, 0.3)
     stage2_dialogues_per_video: int = 4
     stage3_dialogues_per_video: int = 4
     dense_captioning_share: float = 0.2
@@ -250,6 +255,9 @@ class SyntheticMomentsConfig:
                 raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {(smallest, largest)}.")
         if not 0 <= self.dense_captioning_share <= 1:
             raise ValueError(f"dense_captioning_share must lie in [0, 1], got {self.dense_captioning_share}.")
+        shares = self.shapes_per_image
+        if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
+            raise ValueError(f"shapes_per_image must be three non-negative shares summing to 1, got {shares}.")
         for name in ("num_images", "stage2_dialogues_per_video", "stage3_dialogues_per_video"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}.")
@@ -409,7 +417,7 @@ def generate_synthetic_moments(
     - `annotations.json`: every video in the ActivityNet Captions format
       `{video_id: {"duration", "timestamps", "sentences"}}`.
     - `splits.json`: `{"train": [video_id, ...], "val": [...]}`; held-out videos appear in no training record.
-    - `stage1.json`: LCS-558K style records on the stills `images/{id}.png`, one shape each.
+    - `stage1.json`: LCS-558K style records on the stills `images/{id}.png` (none, one or two shapes), captioned.
     - `stage2.json`: VTimeLLM stage-2 dialogues on training videos (dense captioning, or event captioning and
       grounding), with `<sK>`/`<eK>` placeholders resolved by `meta.token`.
     - `stage3.json`: VTimeLLM stage-3 dialogues on training videos (grounding, captioning, counting, order and
@@ -760,29 +768,44 @@ def encode_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
 
 
 def _write_stage1_images(output_dir: Path, config: SyntheticMomentsConfig, rng: np.random.Generator) -> list[dict]:
-    """Writes `images/{id}.png` stills, one shape each, and returns their LCS-558K style records."""
+    """
+    Writes `images/{id}.png` stills drawn as video frames are (see `SyntheticMomentsConfig.num_images`) and returns
+    their LCS-558K style records, whose caption names every shape shown.
+    """
     combinations = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    cycle: list[int] = []
     records = []
     for index in range(config.num_images):
-        # Every colour-shape pair is drawn once per cycle, in a fresh order each cycle.
-        if index % len(combinations) == 0:
-            order = rng.permutation(len(combinations))
-        colour, shape = combinations[order[index % len(combinations)]]
+        num_shapes = int(rng.choice(3, p=config.shapes_per_image))
+        shapes = []
+        if num_shapes:
+            # Every colour-shape pair leads a still once per cycle, in a fresh order each cycle.
+            if not cycle:
+                cycle = rng.permutation(len(combinations)).tolist()
+            shapes.append(combinations[cycle.pop()])
+        if num_shapes == 2:
+            colour, shape = shapes[0]
+            shapes.append(
+                (str(rng.choice([c for c in COLOURS if c != colour])), str(rng.choice([s for s in SHAPES if s != shape])))
+            )
         width, height = config.frame_sizes[int(rng.integers(len(config.frame_sizes)))]
         image = _draw_background(width, height, rng)
-        box = _draw_box(shape, width, height, None, config, rng)
-        image[_shape_mask(shape, box, width, height)] = COLOURS[colour]
+        first_side = int(rng.integers(2))
+        for position, (colour, shape) in enumerate(shapes):
+            side = None if num_shapes == 1 else (first_side + position) % 2
+            image[_shape_mask(shape, _draw_box(shape, width, height, side, config, rng), width, height)] = COLOURS[colour]
         image_id = f"synthetic_image_{index:04d}"
         relative_path = f"{IMAGE_DIR}/{image_id}.png"
         Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8)).save(output_dir / relative_path)
         prompt = IMAGE_CAPTIONING_TEMPLATES[int(rng.integers(len(IMAGE_CAPTIONING_TEMPLATES)))]
+        caption = " and ".join(_indefinite_noun_phrase(colour, shape) for colour, shape in shapes) or EMPTY_STILL_CAPTION
         records.append(
             {
                 "id": image_id,
                 "image": relative_path,
                 "conversations": [
                     {"from": "human", "value": f"<image>\n{prompt}"},
-                    {"from": "gpt", "value": _indefinite_noun_phrase(colour, shape)},
+                    {"from": "gpt", "value": caption},
                 ],
             }
         )
@@ -965,6 +988,7 @@ def _run_subcommand(args) -> int:
 
 __all__ = [
     "COLOURS",
+    "EMPTY_STILL_CAPTION",
     "SHAPES",
     "SyntheticDataset",
     "SyntheticEvent",
