@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench bench-gpu clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) bench/run_all.py
+
+bench-gpu: $(STAMP)
+	$(PYTHON) bench/run_gpu.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

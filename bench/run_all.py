@@ -7,6 +7,9 @@ Each case is its own script (`bench/bench_*.py`), run in a child process that wr
 every case's memory is measured the same way. `results.json` is a list with one entry per figure (`name`, `ours`,
 `baseline`, `ratio`, `target`, `unit`, and what the case adds). Exit status: 1 when a case failed to run or failed
 its correctness check (a missed target is reported, not an error).
+
+The section that `run_gpu.py` writes into `BENCHMARKS.md` (between `GPU_SECTION_START` and `GPU_SECTION_END`) is
+kept when the file is rewritten: the GPU figures come from another machine and are refreshed on their own.
 """
 
 import argparse
@@ -27,6 +30,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 CASES = ["preprocess", "extract", "train", "evaluate"]
 CASE_TIMEOUT_S = 420
+GPU_SECTION_START = "<!-- gpu-variants: written by bench/run_gpu.py -->"
+GPU_SECTION_END = "<!-- /gpu-variants -->"
 # What each figure compares, for BENCHMARKS.md
 DESCRIPTIONS = {
     "preprocess": "`preprocess_frames` (batched tensors) vs transformers' `CLIPImageProcessorPil` (per-frame PIL), "
@@ -55,14 +60,21 @@ def load_average() -> str:
 def run_case(case: str, threads: int) -> tuple[list[dict], float, float, str | None]:
     """Runs `bench_{case}.py`: `(entries, seconds, peak RSS in MiB, error or None)`."""
     out = BENCH_DIR / "results" / f"{case}.json"
-    out.unlink(missing_ok=True)
     command = [sys.executable, str(BENCH_DIR / f"bench_{case}.py"), "--out", str(out)]
     if threads:
         command += ["--threads", str(threads)]
+    return run_script(case, command, out, CASE_TIMEOUT_S)
+
+
+def run_script(
+    case: str, command: list[str], out: Path, timeout_s: float
+) -> tuple[list[dict], float, float, str | None]:
+    """Runs a benchmark script that writes its JSON to `out`: `(entries, seconds, peak RSS in MiB, error or None)`."""
+    out.unlink(missing_ok=True)
     print(f"\n== {case}: {shlex.join(command)}", flush=True)
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT)
-    timer = threading.Timer(CASE_TIMEOUT_S, process.kill)
+    timer = threading.Timer(timeout_s, process.kill)
     timer.start()
     # wait4 gives the child's own resource usage (peak RSS in KiB on Linux), not that of all children together
     _, status, usage = os.wait4(process.pid, 0)
@@ -71,7 +83,7 @@ def run_case(case: str, threads: int) -> tuple[list[dict], float, float, str | N
     seconds = time.perf_counter() - started
     if not out.is_file():
         killed = os.WIFSIGNALED(status)
-        error = f"killed after {CASE_TIMEOUT_S} s" if killed else f"exit status {process.returncode}"
+        error = f"killed after {timeout_s:.0f} s" if killed else f"exit status {process.returncode}"
         return [], seconds, usage.ru_maxrss / 1024, f"no result ({error})"
     entries = json.loads(out.read_text(encoding="utf-8"))
     entries = entries if isinstance(entries, list) else [entries]
@@ -92,7 +104,17 @@ def details(entry: dict) -> str:
     return ", ".join(f"{key}: {value}" for key, value in shown.items())
 
 
+def split_gpu_section(text: str) -> tuple[str, str]:
+    """`(text without the GPU section, the section with its markers)`; the section is empty when there is none."""
+    start, end = text.find(GPU_SECTION_START), text.find(GPU_SECTION_END)
+    if start < 0 or end < start:
+        return text, ""
+    end += len(GPU_SECTION_END)
+    return text[:start].rstrip("\n") + "\n" + text[end:].lstrip("\n"), text[start:end]
+
+
 def write_markdown(path: Path, entries: list[dict], runs: dict, info: dict) -> None:
+    gpu_section = split_gpu_section(path.read_text(encoding="utf-8"))[1] if path.is_file() else ""
     lines = [
         "# Benchmarks",
         "",
@@ -132,6 +154,8 @@ def write_markdown(path: Path, entries: list[dict], runs: dict, info: dict) -> N
         "model and answers all queries both ways.",
         "",
     ]
+    if gpu_section:
+        lines += [gpu_section, ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -165,10 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     for entry in entries:
         print(f"| {entry['name']} | {entry['ours']} | {entry['baseline']} | {entry['ratio']} | {entry['target']} | "
               f"{'yes' if target_met(entry) else 'NO'} |")  # fmt: skip
+    print(f"wrote {BENCH_DIR / 'results.json'} and {ROOT / 'BENCHMARKS.md'}")
+    return exit_status(runs)
+
+
+def exit_status(runs: dict) -> int:
+    """1 when a case failed to run or failed its correctness check, each named on stderr; else 0."""
     failed = {case: run["error"] for case, run in runs.items() if run["error"]}
     for case, error in failed.items():
         print(f"{case}: {error}", file=sys.stderr)
-    print(f"wrote {BENCH_DIR / 'results.json'} and {ROOT / 'BENCHMARKS.md'}")
     return 1 if failed else 0
 
 
