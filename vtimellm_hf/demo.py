@@ -19,6 +19,9 @@ from pathlib import Path
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # The question the synthetic training dialogues ask for grounding (their first grounding template)
 DEMO_QUESTION = "During which frames does this happen: {query}?"
+# Stills written (and the CLIP pre-trained on), and pre-training steps of the base LLM and of the CLIP
+FULL_SIZES = dict(num_stills=2000, llm_steps=300, encoder_steps=400)
+QUICK_SIZES = dict(num_stills=48, llm_steps=5, encoder_steps=5)
 TINY_BASE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
 
 
@@ -33,7 +36,8 @@ def training_texts(dataset) -> list[str]:
     from .data.loaders import load_stage1, load_stage2, load_stage3
 
     texts = []
-    for records in (load_stage1(dataset.stage1_file), load_stage2(dataset.stage2_file), load_stage3(dataset.stage3_file)):
+    loaded = (load_stage1(dataset.stage1_file), load_stage2(dataset.stage2_file), load_stage3(dataset.stage3_file))
+    for records in loaded:
         for messages in records["messages"]:
             texts.append(" ".join(message["content"].replace("<video>\n", "") for message in messages))
     return texts
@@ -45,7 +49,7 @@ def stills(dataset) -> tuple[list, list[str]]:
     from PIL import Image
 
     records = json.loads(dataset.stage1_file.read_text())
-    images = [np.asarray(Image.open(dataset.root / record["image"]).convert("RGB")) for record in records]
+    images = [np.array(Image.open(dataset.root / record["image"]).convert("RGB")) for record in records]
     return images, [record["conversations"][1]["value"] for record in records]
 
 
@@ -179,10 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     for derived in ("data", "base", "clip", "features", "stage1", "stage2", "stage3"):
         shutil.rmtree(output / derived, ignore_errors=True)
     num_videos, num_val = (16, 4) if args.quick else (args.num_videos, args.num_val_videos)
-    if args.quick:
-        build_inputs(output, num_videos, num_val, args.seed, num_stills=48, llm_steps=5, encoder_steps=5)
-    else:
-        build_inputs(output, num_videos, num_val, args.seed, num_stills=2000, llm_steps=300, encoder_steps=400)
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    build_inputs(output, num_videos, num_val, args.seed, **sizes)
     extra = ["--max_steps", "3"] if args.quick else []
     for stage in (1, 2, 3):
         run_stage(stage, output, extra)

@@ -16,7 +16,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from .model import VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaConfig, VTimeLlamaForCausalLM
-from .model.processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames
+from .model.processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
 
 _BASE_CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -126,7 +126,7 @@ def pretrain_tiny_frame_encoder(
 
     Without it, a random encoder keeps what a frame shows only loosely: on the synthetic videos of `make demo`, a
     linear probe reads the number of shapes on screen from 85% of frames and their colours from 76%; after 400
-    steps on 2000 stills drawn like the frames, 94% and 94%.
+    steps on the demo's 2000 stills, 97% and 96%.
 
     Args:
         encoder_dir: a folder written by [`build_tiny_frame_encoder`].
@@ -138,8 +138,12 @@ def pretrain_tiny_frame_encoder(
     torch.manual_seed(seed)
     encoder_dir = Path(encoder_dir)
     encoder = CLIPVisionModelWithProjection.from_pretrained(encoder_dir)
-    image_size = encoder.config.image_size
-    pixels = torch.cat([preprocess_frames(np.array(image)[None], image_size) for image in images])
+    preprocessing = read_frame_preprocessing(str(encoder_dir))
+    pixels = torch.cat([
+        preprocess_frames(np.array(image)[None], preprocessing["frame_size"], preprocessing["image_mean"],
+                          preprocessing["image_std"])
+        for image in images
+    ])  # fmt: skip
     caption_words = [set(re.findall(r"[a-z]+", caption.lower())) for caption in captions]
     vocabulary = sorted(set().union(*caption_words))
     targets = torch.zeros(len(captions), len(vocabulary))
