@@ -74,3 +74,26 @@ def test_refuses_without_a_gpu(tmp_path):
     assert result.returncode == 2
     assert "no CUDA GPU" in result.stderr and "--smoke" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_gpu_section_is_a_placeholder_until_measured_then_kept(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    import run_all
+    import run_gpu
+
+    markdown = tmp_path / "BENCHMARKS.md"
+    entry = {"name": "evaluate", "ours": 2.0, "baseline": 1.0, "ratio": 2.0, "target": 4.0, "unit": "queries/s"}
+    run = {"evaluate": {"peak_rss_mib": 100.0, "seconds": 3.0, "error": None}}
+    info = {
+        "command": "python bench/run_all.py", "date": "2026-01-01 00:00 UTC", "threads": 1, "load_before": "0",
+        "load_after": "0", "machine": {"platform": "Linux", "cpu": "cpu", "cores": 2, "torch": torch.__version__},
+    }  # fmt: skip
+    run_all.write_markdown(markdown, [entry], run, info)
+    assert "## GPU variants" in markdown.read_text() and "Not measured yet" in markdown.read_text()
+
+    measured = f"{run_all.GPU_SECTION_START}\n## GPU variants\n\n| evaluate | 9.0 |\n{run_all.GPU_SECTION_END}"
+    run_gpu.refresh_markdown(markdown, measured)
+    run_all.write_markdown(markdown, [entry], run, info)
+    text = markdown.read_text()
+    assert "Not measured yet" not in text and text.count("## GPU variants") == 1 and "| evaluate | 9.0 |" in text
+    assert text.index("| evaluate | 2.0 |") < text.index("| evaluate | 9.0 |")
