@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vtimellm_hf.data import loaders
+from vtimellm_hf.data.extract import collect_media
 from vtimellm_hf.data.loaders import RECORD_FEATURES, load_stage1, load_stage2, load_stage3
 
 # The example record of VTimeLLM's docs/data.md: <s0> 0 s, <e0> 9.4 s, <s1> 49.4 s, <e1> 53.2 s of 54.2 s.
@@ -249,9 +250,16 @@ def test_stage1_lcs_records(tmp_path):
     ]
 
 
-def test_stage1_video_id_is_the_image_stem(tmp_path):
+def test_stage1_features_are_named_by_the_record_id_as_the_extractor_names_them(tmp_path):
+    # The original's training code loads `{feat_folder}/{id}.npy` for images too; `extract-features` on the same
+    # file writes `{id}.npy`, so a custom stage-1 file whose ids are not its image stems must still load.
     record = with_changes(LCS_RECORDS[0], (["id"], "record-7"), (["image"], "images/abc/000000012.png"))
-    assert load_stage1(write_json(tmp_path, "lcs.json", [record]))[0]["video_id"] == "000000012"
+    lcs = write_json(tmp_path, "lcs.json", [record])
+    (tmp_path / "images" / "abc").mkdir(parents=True)
+    (tmp_path / "images" / "abc" / "000000012.png").write_bytes(b"")
+    (item,), failures = collect_media(lcs, video_root=tmp_path)
+    assert not failures and item.feature_id == "record-7"
+    assert load_stage1(lcs)[0]["video_id"] == "record-7"
 
 
 def test_stage3_mixes_layouts_and_files(tmp_path):

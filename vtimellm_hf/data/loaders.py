@@ -20,7 +20,8 @@ Every loader returns records of [`RECORD_FEATURES`]:
 
 As in the original training code, every `<sK>` / `<eK>` placeholder of every turn is replaced by the two-digit index
 of its time in `meta.token` (`format_index(seconds_to_index(seconds, meta.duration))`), and the features of a record
-are named by its `id` (stage 1: the image file's stem, which is the id in LCS-558K).
+are named by its `id`, images of stage 1 too (`{id}.npy`, as the original's training code and the extractor name
+them; in LCS-558K the id is the image file's stem).
 
 Files are parsed incrementally, one record at a time, so that neither loading mode holds the whole JSON text or
 all its Python objects in memory (LCS-558K is 558k records): `streaming=False` converts the records to an in-memory
@@ -125,8 +126,8 @@ def load_stage1(
     "value": caption}]}`. It becomes a user turn `"<video>\\n" + question` (the image is a 1-row video, and the
     placeholder moves to the front, wherever the record had it, as LLaVA's preprocessing does; stage 1 trains with
     the "plain" template, which keeps only the placeholder of that turn anyway) and an assistant turn, the caption.
-    `video_id` is the stem of `image` (`"00453/004539375.jpg"` -> `"004539375"`), `source` is `"lcs558k"` and
-    `duration` is `None`.
+    `video_id` is the record's `id` (the original loads `{id}.npy`; in LCS-558K the id is the image file's stem:
+    `"004539375"` for `"00453/004539375.jpg"`), `source` is `"lcs558k"` and `duration` is `None`.
 
     Args:
         path: the JSON file, a list of records.
@@ -398,14 +399,13 @@ def _convert_lcs_record(record: Any) -> dict:
         raise _RecordError(f"turn 0 must hold one {IMAGE_TOKEN} placeholder, found {placeholders}")
     if IMAGE_TOKEN in caption or VIDEO_TOKEN in caption:
         raise _RecordError("turn 1 (the caption) holds a visual placeholder")
-    video_id = posixpath.splitext(posixpath.basename(image))[0]
-    if not video_id:
+    if not posixpath.basename(image):
         raise _RecordError(f"'image' {image!r} names no file")
     question = question.replace(IMAGE_TOKEN, "").replace(VIDEO_TOKEN, "").strip()
     return {
         "id": record_id,
         "source": "lcs558k",
-        "video_id": video_id,
+        "video_id": record_id,
         "messages": [
             {"role": "user", "content": f"{VIDEO_TOKEN}\n{question}"},
             {"role": "assistant", "content": caption},
