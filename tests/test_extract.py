@@ -197,6 +197,8 @@ def test_collect_media_formats(media_dir, tmp_path):
         {"id": "bars", "meta": {"split": "all"}},
         {"id": "img-1", "image": "photo.jpg"},
         {"id": "clock", "meta": {"split": [1.0, 2.0]}},  # the same id for another clip: one file cannot hold both
+        {"video_id": "portrait", "q": "What is shown?", "a": "A test card."},  # a raw VideoInstruct-100K pair
+        {"id": "v_bars", "meta": {"split": [0.0, 1.0]}},  # ActivityNet ids: the video may be saved without `v_`
     ]
     annotation = tmp_path / "records.json"
     annotation.write_text(json.dumps(records))
@@ -204,17 +206,28 @@ def test_collect_media_formats(media_dir, tmp_path):
     assert items == [
         MediaItem("clock", media_dir / "clock.mp4", (0.5, 2.5)),
         MediaItem("img-1", media_dir / "photo.jpg"),
+        MediaItem("portrait", media_dir / "portrait.mp4"),
+        MediaItem("v_bars", media_dir / "bars.mp4", (0.0, 1.0)),
     ]
     reasons = {failure.feature_id: failure.reason for failure in failures}
     assert f"no video named missing.* in {media_dir}" == reasons["missing"]
     assert "meta.split must be [start, end]" in reasons["bars"] and "record #2" in reasons["bars"]
     assert "already used by" in reasons["clock"]
 
+    charades = tmp_path / "charades_sta.txt"
+    charades.write_text("clock 0.0 1.5##a clock ticks.\nbars 0.5 2.0##bars show.\nclock 1.0 2.5##it ticks again.\n")
+    assert collect_media(charades, video_root=media_dir) == (
+        [MediaItem("clock", media_dir / "clock.mp4"), MediaItem("bars", media_dir / "bars.mp4")], []
+    )
+    with pytest.raises(ValueError, match="video_root only applies to annotation files"):
+        collect_media(listing, video_root=media_dir)
+
     coco = tmp_path / "coco.json"
     coco.write_text(json.dumps({"annotations": [{"image_id": "v_bars.mp4", "caption": "x", "segments": [[0, 1]]}]}))
     assert collect_media(coco, video_root=media_dir)[0] == [MediaItem("v_bars", media_dir / "bars.mp4")]
-    with pytest.raises(ValueError, match="video_root"):
-        collect_media(annotation)
+    for needs_root in (annotation, charades):
+        with pytest.raises(ValueError, match="video_root"):
+            collect_media(needs_root)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         collect_media(tmp_path / "nowhere")
 
@@ -444,8 +457,10 @@ def test_npy_store_reads_headers_and_names_bad_files(tmp_path):
     (tmp_path / "junk.npy").write_text("junk")
     store = NpyFeatureStore(tmp_path)
     assert store.ids() == ["cut", "full", "junk"]
-    # The header is enough for the shape; the data is read by load, which names the file when it is damaged
-    assert store.shape("cut") == (100, DIM) and not read_npy_header(tmp_path / "cut.npy").complete
+    # The header gives the shape, and its size tells a cut file; load names the file when its data is damaged
+    assert store.shape("full") == (100, DIM) and not read_npy_header(tmp_path / "cut.npy").complete
+    with pytest.raises(ValueError, match=r"cut\.npy: truncated or padded, 500 bytes where its header announces"):
+        store.shape("cut")
     with pytest.raises(ValueError, match=r"cut\.npy: cannot read feature 'cut'"):
         store.load("cut")
     with pytest.raises(ValueError, match=r"junk\.npy: not a readable \.npy file"):

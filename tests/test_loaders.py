@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from vtimellm_hf.data import loaders
 from vtimellm_hf.data.extract import collect_media
+from vtimellm_hf.data.features import NpyFeatureStore
 from vtimellm_hf.data.loaders import RECORD_FEATURES, load_stage1, load_stage2, load_stage3
 
 # The example record of VTimeLLM's docs/data.md: <s0> 0 s, <e0> 9.4 s, <s1> 49.4 s, <e1> 53.2 s of 54.2 s.
@@ -631,6 +632,17 @@ def test_video_features_checked(tmp_path, open_store):
     # Checks can be narrowed: any number of rows of width 1024.
     wide = write_json(tmp_path, "wide.json", [with_changes(INTERNVID_RECORD, (["id"], "wideVideo"))])
     assert len(load_stage2(wide, feature_store=store, expected_rows=None, expected_dim=1024)) == 1
+
+
+def test_truncated_npy_features_are_refused_by_the_loader_check(tmp_path):
+    # A partly copied file keeps its whole header, which announces 100 x 768 values; its data is cut short
+    features = write_features(tmp_path / "features", {"3n3oCNerzV0": np.zeros((100, 768), dtype=np.float16)})
+    truncated = features / "3n3oCNerzV0.npy"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    path = write_json(tmp_path, "stage2.json", [INTERNVID_RECORD])
+    reason = f"features '3n3oCNerzV0' cannot be read: {truncated}: truncated or padded, 1000 bytes where its header"
+    with pytest.raises(ValueError, match=re.escape(f"{path}, record 0 (id '3n3oCNerzV0'): {reason}")):
+        load_stage2(path, feature_store=NpyFeatureStore(features))
 
 
 @pytest.mark.parametrize("open_store", STORE_FACTORIES)

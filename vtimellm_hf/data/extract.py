@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -51,6 +52,7 @@ from .features import (
     remove_stale_temporaries,
     write_feature,
 )
+from .raw_annotations import read_charades_sta
 
 __all__ = [
     "FAILURES_FILE",
@@ -169,8 +171,9 @@ def collect_media(
     * an ActivityNet Captions file (`.json`): `{"v_ID": {...}}`, or the coco-style `{"annotations": [{"image_id":
       "v_ID.mp4", ...}]}`; the video is `{video_root}/v_ID.*`, or `{video_root}/ID.*` (downloads often drop the
       prefix); the feature id keeps the annotation's `v_ID`.
+    * a Charades-STA file, `VIDEO_ID START END##sentence` a line: the video is `{video_root}/VIDEO_ID.*`, each once.
     * any other file: one path a line (blank lines and `#` comments skipped; relative paths are relative to the
-      list's folder); id = file stem.
+      list's folder); id = file stem. `video_root` is refused here: the paths do not go through it.
     * a list of paths (Python only); id = file stem.
 
     An id named twice for the same file and window is kept once; an id named for two different inputs is a failure
@@ -178,8 +181,8 @@ def collect_media(
 
     Raises:
         FileNotFoundError: when `inputs` or `video_root` does not exist.
-        ValueError: naming the file, on an annotation file that cannot be read as one of the formats above, or one
-            used without `video_root`.
+        ValueError: naming the file, on an annotation file that cannot be read as one of the formats above, one
+            used without `video_root`, or a list of paths given with one.
     """
     if not isinstance(inputs, (str, os.PathLike)):
         return _deduplicate([MediaItem(Path(path).stem, Path(path)) for path in inputs])
@@ -192,6 +195,15 @@ def collect_media(
         candidates = [MediaItem(source.stem, source)]
     elif source.suffix.lower() == ".json":
         candidates = _read_annotation_file(source, video_root)
+    elif _is_charades_sta(source):
+        videos = _video_index(source, video_root)
+        video_ids = dict.fromkeys(query.video_id for query in read_charades_sta(source))
+        candidates = [videos.item(video_id) for video_id in video_ids]
+    elif video_root is not None:
+        raise ValueError(
+            f"{source} is a list of paths (relative to its folder): video_root only applies to annotation files "
+            "(.json, or Charades-STA 'ID START END##sentence' lines)."
+        )
     else:
         candidates = _read_path_list(source)
     return _deduplicate(candidates)
@@ -211,6 +223,15 @@ def _media_files(folder: Path) -> list[Path]:
     return files
 
 
+def _is_charades_sta(path: Path) -> bool:
+    """Whether the first line that holds anything is a Charades-STA query, `VIDEO_ID START END##sentence`."""
+    with open(path, encoding="utf-8-sig", errors="replace") as file:
+        for line in file:
+            if line.strip():
+                return re.fullmatch(r"\S+ +\S+ +\S+ *##.*", line.strip()) is not None
+    return False
+
+
 def _read_path_list(path: Path) -> list[MediaItem]:
     items = []
     with open(path, encoding="utf-8-sig") as file:
@@ -227,17 +248,9 @@ def _read_annotation_file(path: Path, video_root: str | os.PathLike | None) -> l
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a JSON annotation file ({error}).") from error
-    if video_root is None:
-        raise ValueError(
-            f"{path} is an annotation file: give the folder of its videos (video_root, --video-root), where the "
-            "video of id ID is ID.mp4 (or another video extension)."
-        )
-    video_root = Path(video_root)
-    if not video_root.is_dir():
-        raise FileNotFoundError(f"Video folder not found: {video_root}")
-    videos = _VideoIndex(video_root)
+    videos = _video_index(path, video_root)
     if isinstance(data, list):
-        return [_dialogue_item(path, index, record, video_root, videos) for index, record in enumerate(data)]
+        return [_dialogue_item(path, index, record, videos) for index, record in enumerate(data)]
     if isinstance(data, dict):
         if isinstance(data.get("annotations"), list):
             ids = [_coco_video_id(path, index, record) for index, record in enumerate(data["annotations"])]
@@ -249,19 +262,36 @@ def _read_annotation_file(path: Path, video_root: str | os.PathLike | None) -> l
     )
 
 
-def _dialogue_item(
-    path: Path, index: int, record, video_root: Path, videos: "_VideoIndex"
-) -> MediaItem | ExtractionFailure:
-    if not isinstance(record, dict) or not isinstance(record.get("id"), (str, int)):
-        raise ValueError(f"{path}, record #{index}: expected an object with an 'id', found {str(record)[:80]!r}.")
-    feature_id = str(record["id"])
+def _video_index(path: Path, video_root: str | os.PathLike | None) -> "_VideoIndex":
+    if video_root is None:
+        raise ValueError(
+            f"{path} is an annotation file: give the folder of its videos (video_root, --video-root), where the "
+            "video of id ID is ID.mp4 (or another video extension)."
+        )
+    video_root = Path(video_root)
+    if not video_root.is_dir():
+        raise FileNotFoundError(f"Video folder not found: {video_root}")
+    return _VideoIndex(video_root)
+
+
+def _dialogue_item(path: Path, index: int, record, videos: "_VideoIndex") -> MediaItem | ExtractionFailure:
+    # Raw VideoInstruct-100K pairs `{"video_id", "q", "a"}` name their video by `video_id`, as `load_stage3` reads them
+    key = "video_id" if isinstance(record, dict) and "id" not in record and "video_id" in record else "id"
+    if not isinstance(record, dict) or not isinstance(record.get(key), (str, int)):
+        raise ValueError(
+            f"{path}, record #{index}: expected an object with an 'id' (or a VideoInstruct 'video_id'), found "
+            f"{str(record)[:80]!r}."
+        )
+    feature_id = str(record[key])
     if "image" in record:
         if not isinstance(record["image"], str):
             raise ValueError(f"{path}, record #{index}: 'image' must be a relative path, got {record['image']!r}.")
-        return MediaItem(feature_id, video_root / record["image"])
+        return MediaItem(feature_id, videos.root / record["image"])
     split = (record.get("meta") or {}).get("split")
-    if split is None:
-        return videos.item(feature_id)
+    # ActivityNet ids keep their `v_` prefix in the dialogues, and the videos may be saved without it
+    found = videos.item(feature_id, fallback=feature_id.removeprefix("v_"))
+    if split is None or isinstance(found, ExtractionFailure):
+        return found
     if (
         not isinstance(split, (list, tuple))
         or len(split) != 2
@@ -269,9 +299,6 @@ def _dialogue_item(
     ):
         reason = f"{path}, record #{index}: meta.split must be [start, end] in seconds, got {split!r}"
         return ExtractionFailure(feature_id, None, reason)
-    found = videos.item(feature_id)
-    if isinstance(found, ExtractionFailure):
-        return found
     return MediaItem(feature_id, found.path, (float(split[0]), float(split[1])))
 
 
@@ -676,7 +703,7 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
         "--dtype", choices=sorted(_DTYPES), default=None, help="encoder dtype (default: float16 on cuda, else float32)"
     )
     parser.add_argument(
-        "--video-root", default=None, metavar="DIR", help="for a JSON INPUT: the folder holding the videos {id}.*"
+        "--video-root", default=None, metavar="DIR", help="for an annotation INPUT (JSON, Charades-STA): the folder holding the videos {id}.*"
     )
     parser.add_argument(
         "--consolidate", default=None, metavar="PATH", help="also pack all features into this safetensors file"

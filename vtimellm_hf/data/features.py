@@ -238,7 +238,10 @@ class FeatureStore(abc.ABC):
 
     @abc.abstractmethod
     def shape(self, feature_id: str) -> tuple[int, ...]:
-        """The shape of the feature of `feature_id`, read from metadata without loading the array."""
+        """
+        The shape of the feature of `feature_id`, read from metadata without loading the array; a `ValueError` names
+        a file whose size disagrees with its metadata.
+        """
 
     @abc.abstractmethod
     def ids(self) -> list[str]:
@@ -283,7 +286,15 @@ class NpyFeatureStore(FeatureStore):
             raise ValueError(f"{path}: cannot read feature {feature_id!r} ({error}).") from error
 
     def shape(self, feature_id: str) -> tuple[int, ...]:
-        return read_npy_header(self._existing_path(feature_id)).shape
+        path = self._existing_path(feature_id)
+        header = read_npy_header(path)
+        # A partly copied file has a whole header: without this a loader's check passes it and training fails later
+        if not header.complete:
+            raise ValueError(
+                f"{path}: truncated or padded, {header.file_size} bytes where its header announces "
+                f"{header.data_offset + header.data_bytes}"
+            )
+        return header.shape
 
     def location(self, feature_id: str) -> str:
         return str(feature_path(self.folder, feature_id))
