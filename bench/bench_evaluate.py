@@ -41,9 +41,9 @@ import torch
 from vtimellm_hf import VTimeProcessor
 from vtimellm_hf.data.features import open_feature_store
 from vtimellm_hf.inference import (
-    GROUNDING_QUESTION,
     evaluate_grounding,
     feature_store_loader,
+    grounding_question,
     load_model_and_processor,
     user_turn,
 )
@@ -79,7 +79,7 @@ def make_queries(num_videos: int, queries_per_video: int, seed: int) -> list[dic
 def build_inputs(workdir: Path, queries: list[dict], args) -> tuple[Path, Path]:
     """A saved random model with its processor, and one random float16 `(100, 768)` feature file per video."""
     model_dir, feature_dir = workdir / "model", workdir / "features"
-    corpus = [GROUNDING_QUESTION.format(query=query["query"]) for query in queries]
+    corpus = [grounding_question(query["query"]) for query in queries]
     tokenizer = build_tiny_tokenizer(model_dir, corpus, vocab_size=1000)
     model = build_vtime_model(
         tokenizer, args.device, args.dtype, vocab_size=args.vocab_size, mm_hidden_size=FEATURE_SIZE, seed=args.seed,
@@ -102,7 +102,7 @@ def one_at_a_time(model, processor, queries: list[dict], feature_dir: Path, max_
     for query in queries:
         features = np.load(feature_dir / f"{query['video_id']}.npy")
         prompt = processor.apply_chat_template(
-            [user_turn(GROUNDING_QUESTION.format(query=query["query"]))], add_generation_prompt=True
+            [user_turn(grounding_question(query["query"]))], add_generation_prompt=True
         )
         inputs = processor(text=prompt, video_features=[features], return_tensors="pt").to(model.device)
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

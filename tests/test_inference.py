@@ -317,16 +317,21 @@ def test_evaluate_grounding_with_videos_and_charades_annotations(
     # Charades-STA lines have no duration: --videos gives it, each video decoded and encoded once
     annotations = tmp_path / "charades.txt"
     annotations.write_text(
-        "clip0 0.2 0.92##a man opens the door.\nclip0 0.0 4.0##person turn a light on.\n"
+        "clip0 0.2 0.92##A man opens the door.\nclip0 0.0 4.0##person turn a light on.\n"
         "clip1 2.0 3.0##two people shake hands.\nclip0 0.2 0.92##the woman counts money.\n"
     )
-    encoded = []
+    encoded, asked = [], []
     spy(monkeypatch, "encode_video", lambda processor, path: encoded.append(path.name), owner=VTimeProcessor)
+    spy(monkeypatch, "generate_answers", lambda model, processor, conversations, features: asked.extend(
+        conversation[-1]["content"][-1]["text"] for conversation in conversations
+    ))  # fmt: skip
     results = tmp_path / "results.jsonl"
     status, _, err = run("evaluate", "grounding", "--model", trained_checkpoint, "--annotations", annotations,
                          "--videos", video_dir, "--out", results)  # fmt: skip
     assert status == 0, err
     assert sorted(encoded) == ["clip0.mp4", "clip1.mp4"]
+    # The query as the original evaluation asks it: lower-cased, without the sentence's full stop
+    assert sorted(asked) == sorted(GROUNDING_QUESTION.format(query=query) for query in QUERIES)
     records = read_jsonl_records(results)
     assert len(records) == 4 and all(record["timestamp"] == pytest.approx([0.2, 0.92]) for record in records)
 

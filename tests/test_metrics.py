@@ -104,6 +104,16 @@ def test_score_grounding_hand_computed():
     }
 
 
+def test_score_grounding_rounds_each_iou_to_two_decimals_as_the_original_unless_told():
+    # IoU 69.65 / 100.5 = 0.6930 and 70 / 100.5 = 0.6965: rounded, the second counts at 0.7, the first does not
+    references = [GroundingQuery("v", "a", 0.0, 100.5, 200.0), GroundingQuery("v", "b", 0.0, 100.5, 200.0)]
+    predictions = [prediction("v", "a", [0, 69.65]), prediction("v", "b", [0, 70])]
+    rounded = score_grounding(predictions, references)
+    assert rounded["r1@0.7"] == 50.0 and rounded["miou"] == pytest.approx(100 * (0.69 + 0.70) / 2)
+    exact = score_grounding(predictions, references, iou_decimals=None)
+    assert exact["r1@0.7"] == 0.0 and exact["miou"] == pytest.approx(100 * (69.65 + 70) / 100.5 / 2)
+
+
 def test_score_grounding_without_predictions_scores_zero():
     assert score_grounding([], REFERENCES) == {
         "r1@0.3": 0.0,

@@ -230,6 +230,10 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument(
         "--durations", metavar="FILE", help="video lengths (JSON or CSV), to clip predictions to their video"
     )
+    parser.add_argument(
+        "--exact-iou", action="store_true",
+        help="score the exact IoU (default: rounded to 2 decimals first, as VTimeLLM's script and paper)",
+    )  # fmt: skip
     _add_selection_arguments(parser)
     parser.set_defaults(run=_run_score_grounding)
 
@@ -357,7 +361,8 @@ def _run_score_grounding(args: argparse.Namespace) -> int:
 
     try:
         references = _selected_queries(args)
-        scores = score_grounding(read_grounding_predictions(args.predictions), references)
+        predictions = read_grounding_predictions(args.predictions)
+        scores = score_grounding(predictions, references, iou_decimals=None if args.exact_iou else 2)
     except (OSError, ValueError) as error:
         print(f"score grounding: error: {error}", file=sys.stderr)
         return 2

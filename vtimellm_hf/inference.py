@@ -54,6 +54,7 @@ __all__ = [
     "generate_answers",
     "generation_kwargs_from_args",
     "ground",
+    "grounding_question",
     "load_model_and_processor",
     "read_finished_keys",
     "read_jsonl_records",
@@ -63,7 +64,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The questions of the original evaluation
+# The grounding question of the original evaluation
 GROUNDING_QUESTION = "During which frames can we see {query}?"
 CAPTIONING_QUESTION = (
     "Could you please detail the events that took place during different time segments in the video? "
@@ -100,6 +101,15 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor.frame_encoder_device = device
     return model.to(device).eval(), processor
+
+
+def grounding_question(query: str, question: str = GROUNDING_QUESTION) -> str:
+    """
+    `question` about `query`, the query put as the original evaluation puts it: stripped, lower-cased, without a
+    final full stop (annotations write sentences, "Person turns a light on.", the question wants a phrase).
+    """
+    query = query.strip().lower()
+    return question.format(query=query.removesuffix("."))
 
 
 def user_turn(question: str, with_video: bool = True) -> dict:
@@ -247,7 +257,7 @@ def ground(
     """
     features, duration = processor.encode_video(video, window)
     answer = generate_answers(
-        model, processor, [[user_turn(question.format(query=query))]], [features], **generation_kwargs
+        model, processor, [[user_turn(grounding_question(query, question))]], [features], **generation_kwargs
     )[0]
     moments = parse_moments(answer, duration, GROUNDING)
     if not moments:
@@ -340,7 +350,7 @@ def evaluate_grounding(
 
 
 def _answer_grounding_batch(model, processor, batch, question, sink, generation_kwargs) -> None:
-    conversations = [[user_turn(question.format(query=query["query"]))] for query, _, _ in batch]
+    conversations = [[user_turn(grounding_question(query["query"], question))] for query, _, _ in batch]
     answers = generate_answers(
         model, processor, conversations, [features for _, features, _ in batch], batch_size=len(batch),
         **generation_kwargs,

@@ -2,7 +2,9 @@
 
 Conventions (each one changes numbers):
 
-* IoU is intersection over union of the two spans, in floating point, with no tolerance.
+* IoU is intersection over union of the two spans, rounded to 2 decimals before the thresholds and the mean, as
+  VTimeLLM's grounding script rounds it (`iou_decimals=None` keeps it exact). The rounding moves R1@t: an IoU of
+  0.6965 counts at 0.7.
 * A zero-length span, or a reversed one (end < start), has no extent: its IoU with anything is 0, itself
   included. densevid_eval gives the same 0 (it divides by `union + 1e-8`); VTimeLLM's grounding script would
   divide by zero on two identical points.
@@ -61,7 +63,7 @@ class _Prediction(NamedTuple):
 
 
 def score_grounding(
-    predictions: Iterable[Mapping[str, Any]], references: Sequence[GroundingQuery]
+    predictions: Iterable[Mapping[str, Any]], references: Sequence[GroundingQuery], iou_decimals: int | None = 2
 ) -> dict[str, float]:
     """Score top-1 temporal grounding predictions against reference queries.
 
@@ -69,6 +71,8 @@ def score_grounding(
         predictions: dicts `{"video_id": str, "query": str, "timestamp": [start, end] | None}` in seconds, with
             any further keys (an `"answer"` with the raw reply, say) ignored.
         references: the queries, for instance from [`read_charades_sta`] or [`grounding_queries`].
+        iou_decimals: decimals each IoU is rounded to before it is scored, 2 as in VTimeLLM's script (the figures
+            of its paper); `None` scores the exact IoU.
 
     Returns:
         `{"r1@0.3", "r1@0.5", "r1@0.7", "miou"}` in percent over all references, and the counts `"n"`
@@ -112,7 +116,8 @@ def score_grounding(
             ious.append(0.0)
         else:
             predicted = _clip(prediction.timestamp, reference.duration)
-            ious.append(temporal_iou(predicted, (reference.start, reference.end)))
+            iou = temporal_iou(predicted, (reference.start, reference.end))
+            ious.append(iou if iou_decimals is None else round(iou, iou_decimals))
 
     n = len(references)
     scores = {
