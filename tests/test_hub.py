@@ -34,6 +34,7 @@ from vtimellm_hf.hub import (
     push_folder,
     read_stage_adapter,
 )
+from vtimellm_hf.inference import load_model_and_processor
 from vtimellm_hf.model import VIDEO_TOKEN, VTimeLlamaForCausalLM
 from vtimellm_hf.tiny_models import build_tiny_llama
 from vtimellm_hf.training.stages import VTimeModelArguments, load_model, load_tokenizer
@@ -243,9 +244,13 @@ def test_unmerged_conversion_from_the_cli_matches_the_reference(release, tmp_pat
     torch.testing.assert_close(check.logits, reference[-1], rtol=1e-5, atol=1e-5)
     model = PeftModel.from_pretrained(VTimeLlamaForCausalLM.from_pretrained(folder), str(folder),
                                       subfolder=model_card.ADAPTER_SUBFOLDER)  # fmt: skip
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([check.input_ids]), video_features=check.video_features).logits[0]
-    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    # What `ground`, `caption`, `chat` and `evaluate` load: the adapter merged in, not the stage-2 model alone
+    merged, _ = load_model_and_processor(str(folder), device="cpu", dtype="float32")
+    for candidate in (model, merged):
+        with torch.no_grad():
+            inputs = torch.tensor([check.input_ids])
+            logits = candidate(input_ids=inputs, video_features=check.video_features).logits[0]
+        torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_adapter_reading_names_problems_and_places_whole_tensors(release, tmp_path, tokenizer, model):
