@@ -48,7 +48,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .model.processing_vtime import DEFAULT_FRAME_ENCODER
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_card" / "template.md"
+# `model_card/template.md` of the repository, reached through a link inside the package so that wheels carry it
+TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
 RESULTS_FILE = "eval_results.json"
 TRAINING_RECORD_FILE = "vtimellm_training.json"
 CONVERSION_RECORD_FILE = "vtimellm_conversion.json"
