@@ -21,7 +21,14 @@ import pytest
 import torch
 
 from vtimellm_hf.data import extract as extract_module
-from vtimellm_hf.data.extract import FAILURES_FILE, MediaItem, add_subcommand, collect_media, extract_features
+from vtimellm_hf.data.extract import (
+    FAILURES_FILE,
+    SETTINGS_FILE,
+    MediaItem,
+    add_subcommand,
+    collect_media,
+    extract_features,
+)
 from vtimellm_hf.data.features import (
     ConsolidatedFeatureStore,
     FeatureNotFoundError,
@@ -449,6 +456,31 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
         path.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(tmp_path.iterdir()) == sorted([live, elsewhere])
+
+
+def test_resume_remakes_features_made_with_other_settings(media_dir, frame_encoder_path, tmp_path):
+    # Whole-video features first; then a stage-2 record asks for a clip of one video, and a run asks for other frames
+    output_dir = tmp_path / "out"
+    run_extraction([media_dir / "clock.mp4", media_dir / "bars.mp4"], output_dir, frame_encoder_path)
+    whole = np.load(output_dir / "clock.npy")
+    annotation = tmp_path / "stage2.json"
+    annotation.write_text(json.dumps([{"id": "clock", "meta": {"split": [1.0, 2.5]}}, {"id": "bars"}]))
+    report = run_extraction(annotation, output_dir, frame_encoder_path, video_root=media_dir)
+    assert (report.extracted, report.skipped) == (1, 1)
+    clip = np.load(output_dir / "clock.npy")
+    assert not np.array_equal(clip, whole)
+    fresh = run_extraction(annotation, tmp_path / "fresh", frame_encoder_path, video_root=media_dir)
+    assert fresh.ok and np.array_equal(np.load(tmp_path / "fresh" / "clock.npy"), clip)
+    # Same settings again: nothing to do; a feature without a record (made elsewhere) is trusted by its shape
+    assert run_extraction(annotation, output_dir, frame_encoder_path, video_root=media_dir).extracted == 0
+    (output_dir / SETTINGS_FILE).write_text("")
+    report = run_extraction(media_dir / "clock.mp4", output_dir, frame_encoder_path)
+    assert (report.extracted, report.skipped) == (0, 1)
+    # The whole video again, now recorded as such: a later clip run makes the clip again
+    (output_dir / "clock.npy").unlink()
+    run_extraction(media_dir / "clock.mp4", output_dir, frame_encoder_path)
+    assert run_extraction(annotation, output_dir, frame_encoder_path, video_root=media_dir).extracted == 1
+    assert np.array_equal(np.load(output_dir / "clock.npy"), clip)
 
 
 def test_npy_store_reads_headers_and_names_bad_files(tmp_path):

@@ -10,7 +10,9 @@ The pipeline:
 * Decoding (only the sampled frames) and CLIP preprocessing run in `workers` processes (a torch `DataLoader`),
   while the main process encodes: frames of consecutive videos are packed into encoder batches of `batch_size`
   frames, whatever the videos' lengths.
-* Resumable: an id whose `.npy` already holds a complete array of the expected shape is skipped; each file is written
+* Resumable: an id whose `.npy` already holds a complete array of the expected shape is skipped, unless
+  `{output_dir}/extraction.jsonl` (a line per written feature: id, clip window, frames, encoder) says it was made
+  with other settings (a whole-video feature where a stage-2 record now asks for a clip, say); each file is written
   atomically, so a killed run leaves complete files only and a rerun finishes the rest.
 * A video that cannot be used (corrupt, empty, not a video, a window outside it, no file for an annotation id) is
   reported on stderr and in `{output_dir}/failures.jsonl` (`{"id", "path", "reason"}` per line) and the run goes on;
@@ -56,6 +58,7 @@ from .raw_annotations import read_charades_sta
 
 __all__ = [
     "FAILURES_FILE",
+    "SETTINGS_FILE",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "ExtractionFailure",
@@ -69,6 +72,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FAILURES_FILE = "failures.jsonl"
+# One line per written feature: what it was made from, so that a resumed run tells a feature made with other
+# settings (another clip window, frame count or encoder) from a finished one
+SETTINGS_FILE = "extraction.jsonl"
 # In order of preference when `{video_root}/{id}.*` matches several files
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -531,6 +537,25 @@ def _is_extracted(path: Path, expected_shape: tuple[int, ...]) -> bool:
     return header.complete and header.dtype == FEATURE_DTYPE and header.shape == expected_shape
 
 
+def _feature_settings(item: MediaItem, num_frames: int, encoder: str) -> dict:
+    window = None if item.window is None else list(item.window)
+    return {"id": item.feature_id, "window": window, "num_frames": num_frames, "encoder": encoder}
+
+
+def _read_settings(path: Path) -> dict[str, dict]:
+    """The settings of each feature of earlier runs, by id (the last line of an id wins); unreadable lines (a
+    line cut short by a killed run) are skipped, so their features are made again if their settings differ."""
+    settings = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                settings[record["id"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return settings
+
+
 def extract_features(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -590,12 +615,23 @@ def extract_features(
     def expected_shape(item: MediaItem) -> tuple[int, ...]:
         return (dim,) if item.is_image else (num_frames, dim)
 
-    todo = [
-        item for item in items if not _is_extracted(feature_path(output_dir, item.feature_id), expected_shape(item))
-    ]
+    encoder_name = encoder.name_or_path
+    earlier = _read_settings(output_dir / SETTINGS_FILE)
+
+    def is_done(item: MediaItem) -> bool:
+        # A feature without a record (copied from elsewhere, or the original's release) is trusted by its shape
+        recorded = earlier.get(item.feature_id)
+        same_settings = recorded is None or recorded == _feature_settings(item, num_frames, encoder_name)
+        return same_settings and _is_extracted(feature_path(output_dir, item.feature_id), expected_shape(item))
+
+    todo = [item for item in items if not is_done(item)]
     stale = sum(feature_path(output_dir, item.feature_id).exists() for item in todo)
     if stale:
-        tqdm.write(f"re-extracting {stale} feature file(s) that are incomplete or of another shape", file=sys.stderr)
+        tqdm.write(
+            f"re-extracting {stale} feature file(s) that are incomplete, of another shape, or made with other "
+            f"settings (clip window, frames, encoder; see {SETTINGS_FILE})",
+            file=sys.stderr,
+        )
 
     failure_log = _FailureLog(output_dir / FAILURES_FILE)
     for failure in input_failures:
@@ -612,6 +648,7 @@ def extract_features(
     batcher = _FrameBatcher(encoder, batch_size, device, dtype)
     extracted = 0
     start = time.perf_counter()
+    settings_log = open(output_dir / SETTINGS_FILE, "a", encoding="utf-8")
     try:
         with tqdm(total=len(todo), unit="video", disable=None if progress is None else not progress) as bar:
 
@@ -626,6 +663,8 @@ def extract_features(
                         failure_log.add(ExtractionFailure(item.feature_id, str(item.path), str(error)))
                     else:
                         write_feature(feature_path(output_dir, item.feature_id), array)
+                        settings_log.write(json.dumps(_feature_settings(item, num_frames, encoder_name)) + "\n")
+                        settings_log.flush()
                         written += 1
                     bar.update()
                 return written
@@ -638,6 +677,7 @@ def extract_features(
                     extracted += save(batcher.add(index, pixels))
             extracted += save(batcher.flush())
     finally:
+        settings_log.close()
         failure_log.close()
     report = ExtractionReport(
         output_dir=output_dir,
