@@ -315,10 +315,14 @@ def test_didemo_records_become_videos_with_the_most_common_moment(tmp_path):
     ]
 
 
-def test_didemo_durations_shorten_but_never_lengthen_the_annotated_30_seconds(tmp_path):
+def test_didemo_durations_are_the_lengths_of_the_files_whose_features_are_sampled(tmp_path, caplog):
     path = write(tmp_path, "didemo.json", json.dumps(DIDEMO_RECORDS))
+    # A 45 s file: its features sample all 45 s, so 25 s must become index 56, not 83 of a 30 s timeline
     videos = read_didemo(path, durations={"12090392@N02_13482799053_87ef3c15d6": 27.5, "999@N01_2_cd": 45})
-    assert [video.duration for video in videos] == [27.5, 30.0]
+    assert [video.duration for video in videos] == [27.5, 45.0]
+    assert "no lengths given" not in caplog.text
+    assert [video.duration for video in read_didemo(path)] == [30.0, 30.0]
+    assert "no lengths given for 2 videos: each lasts the 30 s that DiDeMo annotates" in caplog.text
     with pytest.raises(ValueError, match=r"video '999@N01_2_cd' is not in `durations`"):
         read_didemo(path, durations={"12090392@N02_13482799053_87ef3c15d6": 27.5})
 

@@ -256,8 +256,8 @@ def read_source(source_format: str, path: PathLike, durations: Mapping[str, floa
         path: the annotation file.
         durations: video lengths in seconds by video id. Charades-STA and InternVid: where not given, a video lasts
             until the end of its last-ending moment, a lower bound of its length (Charades-STA logs a warning; the
-            InternVid dialogues of [`convert`] do not depend on it, being cut into clips). DiDeMo: the shorter of
-            this and 30 s. ActivityNet: ignored, its annotations have them.
+            InternVid dialogues of [`convert`] do not depend on it, being cut into clips). DiDeMo: where not given,
+            30 s, the span DiDeMo annotates (with a warning). ActivityNet: ignored, its annotations have them.
 
     Raises:
         ValueError: on an unknown format, or whatever the reader raises on the file.

@@ -278,8 +278,9 @@ def read_didemo(path: PathLike, durations: Mapping[str, float] | None = None) ->
 
     Records are grouped into one [`Video`] per video, in order of first appearance, its events in file order. The
     video id is the `video` file name without its extension (`"ID.mp4"` -> `"ID"`), the name that feature files
-    take. DiDeMo annotates the first six segments of a video and nothing after them, so a video lasts 30 s, or, where
-    `durations` gives its length, the shorter of that length and 30 s.
+    take. A video lasts what `durations` says: its times become indices of that length, as its features sample the
+    whole file. Without `durations` it lasts 30 s (DiDeMo annotates six 5-second segments) and a warning says so: a
+    longer file's features would then cover more than the times count, so give the lengths for those.
 
     Args:
         path: the JSON file, a list of records.
@@ -318,11 +319,16 @@ def read_didemo(path: PathLike, durations: Mapping[str, float] | None = None) ->
         end = (last + 1) * DIDEMO_SEGMENT_SECONDS
         video_id = posixpath.splitext(video)[0]
         events_by_video.setdefault(video_id, []).append(Event(start, end, description.strip()))
+    if durations is None:
+        logger.warning(
+            "%s: no lengths given for %d videos: each lasts the 30 s that DiDeMo annotates; a longer file's moments "
+            "would be misplaced against features of the whole file",
+            path,
+            len(events_by_video),
+        )
     videos = []
     for video_id, events in events_by_video.items():
-        duration = DIDEMO_DURATION
-        if durations is not None:
-            duration = min(duration, _duration_of(path, video_id, durations))
+        duration = DIDEMO_DURATION if durations is None else _duration_of(path, video_id, durations)
         videos.append(Video(video_id, duration, tuple(events)))
     return videos
 
