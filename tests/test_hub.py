@@ -228,13 +228,18 @@ def test_unmerged_conversion_from_the_cli_matches_the_reference(release, tmp_pat
         "convert-original", "--base", str(root / "base_with_video"), "--stage1", str(root / "mm_projector.bin"),
         "--stage2", str(root / "stage2"), "--stage3", str(root / "stage3"), "--clip", str(frame_encoder_path),
         "--out", str(tmp_path / "unmerged"), "--no-merge", "--dtype", "float32", "--skip-load-check",
+        "--base-model", "lmsys/vicuna-7b-v1.5",
     ])  # fmt: skip
     assert args.run(args) == 0
     folder = tmp_path / "unmerged"
     adapter = folder / model_card.ADAPTER_SUBFOLDER
     assert (adapter / "adapter_model.safetensors").is_file() and not list(folder.glob("**/*.bin"))
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] is None
-    assert f'subfolder="{model_card.ADAPTER_SUBFOLDER}"' in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert f'subfolder="{model_card.ADAPTER_SUBFOLDER}"' in card
+    # The base was a local folder: the card's metadata names the Hub id given for it
+    assert "\nbase_model: lmsys/vicuna-7b-v1.5\n" in card.split("\n---\n")[0]
+    assert model_card.render_model_card(folder).data.base_model == "lmsys/vicuna-7b-v1.5"
 
     check = hub.check_remote_loading(folder)
     assert check.ok, check.error

@@ -42,6 +42,7 @@ from .model_card import (
     ADAPTER_SUBFOLDER,
     CONVERSION_RECORD_FILE,
     TRAINING_RECORD_FILE,
+    is_hub_id,
     render_model_card,
     write_model_card,
 )
@@ -437,6 +438,7 @@ def build_hub_folder(
     merge: bool = True,
     dtype: str = "float16",
     repo_id: str | None = None,
+    base_model: str | None = None,
     check: bool = True,
 ) -> ConversionResult:
     """
@@ -458,6 +460,8 @@ def build_hub_folder(
             holds the projector and the stage-2 merge.
         dtype: dtype of the saved weights: float16 (the original's inference), bfloat16 or float32.
         repo_id: the Hub id the model card's usage code loads.
+        base_model: the Hub id of the base (`lmsys/vicuna-7b-v1.5`) for the card's `base_model` metadata, where
+            `base` is a local folder; default: `base` when it is a Hub id, else no `base_model`.
         check: run [`check_remote_loading`] on the result.
 
     Raises:
@@ -467,6 +471,8 @@ def build_hub_folder(
     # The training code imports this module (push_folder); importing it back here, not at the top, keeps that legal
     from .training.stages import VTimeModelArguments, build_processor, load_model, load_projector, load_tokenizer
 
+    if base_model is not None and not is_hub_id(base_model):
+        raise ValueError(f"base_model must be a Hub id (org/name), got {base_model!r}.")
     if dtype not in _SAVE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_SAVE_DTYPES)}, got {dtype!r}.")
     output_dir = Path(output_dir)
@@ -526,6 +532,7 @@ def build_hub_folder(
         record = {
             "converted_with": "vtimellm-hf convert-original",
             "base": base,
+            "base_model": base_model,
             "stage1": {"path": str(stage1_file), "sha256": _sha256(stage1_file)},
             "stage2": _adapter_record(Path(stage2)),
             "stage3": _adapter_record(Path(stage3)),
@@ -838,6 +845,10 @@ def add_subcommand(subparsers) -> None:
     )
     convert.add_argument("--repo-id", default=None, metavar="ORG/NAME", help="Hub id the model card's usage code loads")
     convert.add_argument(
+        "--base-model", default=None, metavar="ORG/NAME",
+        help="Hub id of the base for the card's metadata, where --base is a folder (e.g. lmsys/vicuna-7b-v1.5)",
+    )  # fmt: skip
+    convert.add_argument(
         "--skip-load-check",
         action="store_true",
         help="do not load the result in a fresh process (that loads the whole model once more)",
@@ -872,6 +883,7 @@ def _run_convert(args: argparse.Namespace) -> int:
             merge=not args.no_merge,
             dtype=args.dtype,
             repo_id=args.repo_id,
+            base_model=args.base_model,
             check=not args.skip_load_check,
         )
     except (OSError, ValueError) as error:

@@ -102,6 +102,11 @@ _RECORDED_TRAINING_FIELDS = (
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def is_hub_id(name_or_path: str) -> bool:
+    """Whether `name_or_path` is a Hub id (`org/name`) and not a local path that looks like one."""
+    return bool(_REPO_ID.match(name_or_path)) and not Path(name_or_path).exists()
+
+
 def read_results(source: str | Path | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """
     Reads and checks evaluation results (the format is in the module docstring).
@@ -229,7 +234,7 @@ def read_provenance(folder: str | Path) -> Provenance:
                 "The recipe of the paper and the original scripts (bf16, cosine schedule, 3% warm-up, no weight "
                 "decay). Stage 1 trains on 768-d CLIP embeddings of single images; stages 2 and 3 on 100-frame videos."
             ),
-            base_model=conversion["base"],
+            base_model=conversion.get("base_model") or conversion["base"],
             datasets=list(ORIGINAL_DATASETS),
         )
     if stages is not None:
@@ -299,7 +304,7 @@ def render_model_card(
     card_data = ModelCardData(
         license=license,
         # Only a Hub id belongs in the metadata: a local path would not resolve on the Hub
-        base_model=base_model if base_model and _REPO_ID.match(base_model) and not Path(base_model).exists() else None,
+        base_model=base_model if base_model and is_hub_id(base_model) else None,
         datasets=list(datasets) if datasets is not None else provenance.datasets or None,
         pipeline_tag=PIPELINE_TAG,
         tags=list(TAGS),
@@ -420,7 +425,7 @@ def _recipe_row(entry: Mapping[str, Any]) -> dict[str, str]:
 
 def _display_name(name_or_path: str) -> str:
     """A Hub id as it is; a local path by its last component, which names the model without the machine's layout."""
-    return name_or_path if _REPO_ID.match(name_or_path) and not Path(name_or_path).exists() else Path(name_or_path).name
+    return name_or_path if is_hub_id(name_or_path) else Path(name_or_path).name
 
 
 def _read_json(path: Path) -> Any:
