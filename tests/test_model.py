@@ -1,8 +1,11 @@
 """VTimeLlamaForCausalLM: the splice, its errors, training through TRL's path, generation, save and load."""
 
+import inspect
+from contextlib import nullcontext
+
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, LlamaForCausalLM
 
 from vtimellm_hf import VTimeLlamaForCausalLM
 
@@ -47,6 +50,56 @@ def test_mismatch_between_placeholders_and_rows_names_both(tokenizer, model):
         model(input_ids=input_ids, attention_mask=attention_mask, video_features=features[:, :99])
     with pytest.raises(ValueError, match=r"holds 2 videos but the batch has 1 samples"):
         model(input_ids=input_ids, video_features=torch.cat([features, features]))
+    # One video without its batch dimension is not read as 100 videos of one row
+    with pytest.raises(ValueError, match=r"shape \(batch, rows, mm_hidden_size\).* shape \(100, 32\)"):
+        model(input_ids=input_ids, video_features=features[0])
+
+
+def test_llama_arguments_keep_their_positions(tokenizer, model):
+    """`video_features` comes after Llama's arguments: a call written for Llama means the same here."""
+    llama_arguments = list(inspect.signature(LlamaForCausalLM.forward).parameters)[1:-1]  # no self, no **kwargs
+    arguments = list(inspect.signature(model.forward).parameters)
+    assert arguments[: len(llama_arguments)] == llama_arguments
+    assert arguments[len(llama_arguments)] == "video_features"
+    input_ids = tokenizer(["USER: hello ASSISTANT:"], return_tensors="pt").input_ids
+    position_ids = torch.arange(input_ids.shape[1])[None] + 3
+    expected = model(input_ids=input_ids, position_ids=position_ids).logits
+    torch.testing.assert_close(model(input_ids, None, position_ids).logits, expected)
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_cache_continues_like_a_full_recompute(tokenizer, model, name):
+    input_ids, attention_mask, features = video_batch(tokenizer, model, ["USER: <video>\nWhen? ASSISTANT:"])
+    next_token = torch.tensor([[7]])
+    expected = model(input_ids=torch.cat([input_ids, next_token], 1), video_features=features).logits[:, -1]
+    cache = model(input_ids=input_ids, video_features=features, use_cache=True).cache
+    with pytest.warns(FutureWarning) if name == "past_key_values" else nullcontext():
+        step = model(input_ids=next_token, **{name: cache}).logits[:, -1]
+    torch.testing.assert_close(step, expected)
+
+
+def test_cached_step_may_feed_the_placeholder_id(tokenizer, model):
+    """A sampled token can be the placeholder id; the prompt, checked at prefill, already holds its frames."""
+    input_ids, attention_mask, features = video_batch(tokenizer, model, ["USER: <video>\nWhen? ASSISTANT:"])
+    cache = model(input_ids=input_ids, video_features=features, use_cache=True).cache
+    placeholder = torch.tensor([[model.config.video_token_id]])
+    assert torch.isfinite(model(input_ids=placeholder, cache=cache).logits).all()
+
+
+def test_bf16_model_with_float32_projector(tokenizer, model):
+    """Stage 1 may keep the projector in float32 while the LLM runs in bfloat16."""
+    model.to(torch.bfloat16)
+    model.model.mm_projector.float()
+    input_ids, attention_mask, features = video_batch(tokenizer, model, ["USER: <video>\nWhen? ASSISTANT: 05 to 23."])
+    embeddings = model.get_input_embeddings()(input_ids)
+    embeddings[input_ids == model.config.video_token_id] = model.model.mm_projector(features[0]).bfloat16()
+    expected = model(inputs_embeds=embeddings, attention_mask=attention_mask).logits
+    output = model(input_ids=input_ids, attention_mask=attention_mask, video_features=features, labels=input_ids)
+    assert output.logits.dtype == torch.bfloat16
+    torch.testing.assert_close(output.logits, expected)
+    output.loss.backward()
+    assert model.model.mm_projector.weight.grad.dtype == torch.float32
+    assert model.model.mm_projector.weight.grad.abs().sum() > 0
 
 
 def test_training_step_reaches_projector_and_llm(tokenizer, model):
@@ -100,6 +153,39 @@ def test_batched_generation_with_left_padding_matches_one_by_one(tokenizer, mode
         ids, mask, _ = video_batch(tokenizer, model, [text])
         single = greedy(model, input_ids=ids, attention_mask=mask, video_features=features[index : index + 1])
         assert batched[index, input_ids.shape[1] :].tolist() == single[0, ids.shape[1] :].tolist()
+
+
+def test_prefill_of_generate_runs_the_lm_head_on_the_last_position_only(tokenizer, model):
+    input_ids, attention_mask, features = video_batch(tokenizer, model, ["USER: <video>\nWhen? ASSISTANT:"])
+    positions = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, output: positions.append(args[0].shape[1]))
+    try:
+        greedy(model, input_ids=input_ids, attention_mask=attention_mask, video_features=features)
+    finally:
+        hook.remove()
+    assert positions == [1] * 6
+
+
+def test_generate_from_inputs_embeds(tokenizer, model):
+    """As LLaVA: the placeholders are found among the embeddings, the frames spliced there at prefill."""
+    texts = ["USER: <video>\nWhen does it happen? ASSISTANT:", "USER: <video>\nWhen? ASSISTANT:"]
+    input_ids, attention_mask, features = video_batch(tokenizer, model, texts)
+    expected = greedy(model, input_ids=input_ids, attention_mask=attention_mask, video_features=features)
+    embeddings = model.get_input_embeddings()(input_ids)
+    output = greedy(model, inputs_embeds=embeddings, attention_mask=attention_mask, video_features=features)
+    assert torch.equal(output, expected[:, input_ids.shape[1] :])
+
+
+def test_decode_step_compiles_without_graph_breaks(tokenizer, model):
+    """The checks read tensors back to the host; a decode step must not pay for them under torch.compile."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    try:
+        explanation = torch._dynamo.explain(model)(input_ids=torch.tensor([[5]]), use_cache=False)
+    finally:
+        torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
 def test_generate_without_video(tokenizer, model):

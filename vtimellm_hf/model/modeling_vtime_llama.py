@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import Cache, LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import is_torchdynamo_compiling
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_vtime_llama import VTimeLlamaConfig
 
@@ -33,7 +35,7 @@ class VTimeLlamaModel(LlamaModel):
     ) -> torch.BoolTensor:
         """
         Returns the `(batch, seq_len)` mask of the video placeholder tokens, after checking that every sample holds
-        exactly as many placeholders as its features have rows.
+        exactly as many placeholders as `video_features` `(batch, rows, ...)` have rows.
 
         Without `input_ids`, placeholders are found by comparing `inputs_embeds` with the embedding of
         `config.video_token_id`.
@@ -54,21 +56,26 @@ class VTimeLlamaModel(LlamaModel):
                 f"{placeholder_mask.shape[0]} samples; pass one video per sample."
             )
         rows = video_features.shape[1]
-        placeholders_per_sample = placeholder_mask.sum(-1).tolist()
-        for index, placeholders in enumerate(placeholders_per_sample):
-            if placeholders != rows:
-                raise ValueError(
-                    f"Video placeholder tokens and feature rows do not match in sample {index}: "
-                    f"{placeholders} placeholder tokens (id {self.config.video_token_id}) but {rows} feature rows."
-                )
+        # Reading the counts back is a host sync, which would break a torch.compile graph: compiled, they go unchecked
+        if not is_torchdynamo_compiling():
+            for index, placeholders in enumerate(placeholder_mask.sum(-1).tolist()):
+                if placeholders != rows:
+                    raise ValueError(
+                        f"Video placeholder tokens and feature rows do not match in sample {index}: "
+                        f"{placeholders} placeholder tokens (id {self.config.video_token_id}) but {rows} feature "
+                        "rows."
+                    )
         return placeholder_mask
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
         video_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
@@ -77,10 +84,12 @@ class VTimeLlamaModel(LlamaModel):
             input_ids (`torch.LongTensor` of shape `(batch, seq_len)`):
                 Token ids; each sample holds a run of `config.video_token_id` placeholders when `video_features`
                 are given.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`, *optional*):
+                In place of `input_ids`; placeholders are the positions equal to the `<video>` embedding.
             video_features (`torch.FloatTensor` of shape `(batch, rows, mm_hidden_size)`, *optional*):
                 One video per sample: `rows` frame embeddings (100 for a video, 1 for a stage-1 image). Row `k` of
                 sample `i` replaces the `k`-th placeholder of sample `i`.
-            Other arguments are those of [`LlamaModel.forward`].
+            Other arguments are those of [`LlamaModel.forward`], in its order.
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -88,28 +97,48 @@ class VTimeLlamaModel(LlamaModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         if video_features is None:
-            if input_ids is not None and self.config.video_token_id is not None:
-                # Placeholders without frames would be read as the untrained <video> embedding, silently
-                if (input_ids == self.config.video_token_id).any():
-                    raise ValueError(
-                        "input_ids hold video placeholder tokens but no video_features were given; pass the "
-                        "features of each sample's video (the processor returns them as `video_features`)."
-                    )
+            # Placeholders without frames would be read as the untrained <video> embedding, silently. Only a forward
+            # that starts a sequence, outside torch.compile, is checked: the check is a host sync, and the later
+            # steps of a cached generation feed sampled tokens, which may be the placeholder id.
+            starts_sequence = cache is None or cache.get_seq_length() == 0
+            if (
+                input_ids is not None
+                and self.config.video_token_id is not None
+                and starts_sequence
+                and not is_torchdynamo_compiling()
+                and (input_ids == self.config.video_token_id).any()
+            ):
+                raise ValueError(
+                    "input_ids hold video placeholder tokens but no video_features were given; pass the features of "
+                    "each sample's video (the processor returns them as `video_features`)."
+                )
         else:
+            if video_features.ndim != 3:
+                raise ValueError(
+                    f"video_features must have shape (batch, rows, mm_hidden_size), one video per sample, but have "
+                    f"shape {tuple(video_features.shape)}; for a single video, add the batch dimension "
+                    "(`video_features[None]`)."
+                )
             if video_features.shape[-1] != self.config.mm_hidden_size:
                 raise ValueError(
                     f"video_features have {video_features.shape[-1]} values per row but the projector takes "
                     f"mm_hidden_size={self.config.mm_hidden_size}: were they made by another frame encoder?"
                 )
+            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, video_features)
             projected = self.mm_projector(video_features.to(self.mm_projector.weight.dtype))
-            placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds, projected)
+            # The projector may be kept in float32 while the LLM runs in bfloat16: rows take the embeddings' dtype
             inputs_embeds = inputs_embeds.masked_scatter(
                 placeholder_mask.unsqueeze(-1).to(inputs_embeds.device),
                 projected.to(inputs_embeds.device, inputs_embeds.dtype),
             )
 
         return super().forward(
-            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
         )
 
 
@@ -130,14 +159,18 @@ class VTimeLlamaForCausalLM(LlamaForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        video_features: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        video_features: torch.FloatTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -146,29 +179,43 @@ class VTimeLlamaForCausalLM(LlamaForCausalLM):
                 Token ids with a run of video placeholders per sample when `video_features` are given.
             attention_mask (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
                 1 for real tokens, 0 for padding (left padding for batched generation).
-            video_features (`torch.FloatTensor` of shape `(batch, rows, mm_hidden_size)`, *optional*):
-                Precomputed CLIP frame embeddings, one video per sample (see [`VTimeLlamaModel.forward`]).
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`, *optional*):
+                In place of `input_ids`, the `<video>` embedding at each placeholder.
             labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
                 Target ids, -100 where no loss is taken (placeholders, prompt, padding).
-            position_ids, cache:
-                As for [`LlamaForCausalLM.forward`]; named here because `generate` derives position ids from the
-                attention mask, and accepts a ready KV cache, only for a model whose `forward` names them.
-            Other arguments are those of [`LlamaForCausalLM.forward`].
+            video_features (`torch.FloatTensor` of shape `(batch, rows, mm_hidden_size)`, *optional*):
+                Precomputed CLIP frame embeddings, one video per sample (see [`VTimeLlamaModel.forward`]).
+            Other arguments are those of [`LlamaForCausalLM.forward`], in its order. They are named here because
+            `generate` reads the signature: it derives position ids, accepts a KV cache and `inputs_embeds`, and
+            computes prefill logits for the last position only (`logits_to_keep`), only for a `forward` that names
+            them.
         """
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            labels=labels,
-            video_features=video_features,
             position_ids=position_ids,
             cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            video_features=video_features,
             **kwargs,
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        # `inputs_embeds` is named because `generate` accepts it only from a model whose method names it.
         # generate() passes custom kwargs on every step; the frames belong to the prompt, spliced once at prefill,
         # after which the KV cache holds them and the new tokens carry no placeholder.
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if not is_first_iteration and model_inputs.get("use_cache", True):
             model_inputs.pop("video_features", None)
         return model_inputs
