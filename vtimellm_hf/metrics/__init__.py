@@ -8,7 +8,8 @@ Every convention that changes the numbers:
   s * duration / 100 and (e + 1) * duration / 100), and whatever parses the replies must pick the right one.
 * IoU of spans: intersection over union in floating point, no tolerance. A zero-length or reversed span has
   IoU 0 with every span, itself included (densevid_eval also gives 0; VTimeLLM's grounding script would
-  divide by zero on two identical points).
+  divide by zero on two identical points). Grounding rounds each IoU to 2 decimals before R1@t and mIoU, as
+  VTimeLLM's script does (`score_grounding(iou_decimals=None)`, `score grounding --exact-iou`: exact).
 * Thresholds use >=: R1@t counts IoU >= t, and densevid_eval pairs captions with tIoU >= t. densevid_eval
   divides by `union + 1e-8`, so a pair sitting exactly on a threshold fails there and passes here.
 * Clipping: grounding predictions are clipped to [0, duration] when the reference knows its duration (to
