@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vtimellm_hf import VICUNA_V1_CHAT_TEMPLATE, VTimeProcessor, load_video_frames, preprocess_frames
+from vtimellm_hf import VICUNA_V1_CHAT_TEMPLATE, VTimeProcessor, load_video_frames, parse_events, preprocess_frames
 from vtimellm_hf.model.processing_vtime import CLIP_MEAN, CLIP_STD, sample_frame_indices
 
 SYSTEM = (
@@ -86,6 +86,7 @@ def test_each_video_becomes_as_many_placeholders_as_rows(processor):
     batch = processor(
         text=["<video>\nWhen?", "<video>\nWhat happens here?"],
         video_features=torch.randn(2, 100, 32),
+        padding=True,
         padding_side="left",
         return_tensors="pt",
     )
@@ -228,3 +229,167 @@ def test_unreadable_video_names_the_file(tmp_path, processor):
         processor(text="<video>", videos=[str(broken)])
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
         processor(text="<video>", videos=[str(tmp_path / "missing.mp4")])
+
+
+def own_tokenizer(tiny_dir, **attributes):
+    """A copy of the tiny tokenizer, to change without touching the session's."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "tokenizer")
+    for name, value in attributes.items():
+        setattr(tokenizer, name, value)
+    return tokenizer
+
+
+PROMPT = "USER: <video>\nWhen? ASSISTANT:"
+LONGER_PROMPT = "USER: <video>\nWhen does the man crack the egg? ASSISTANT:"
+
+
+def test_prompts_of_one_length_need_no_pad_token(tiny_dir):
+    # Stock Vicuna v1.5 has no pad token
+    processor = VTimeProcessor(tokenizer=own_tokenizer(tiny_dir, pad_token=None))
+    features = torch.zeros(100, 32)
+    single = processor(text=PROMPT, video_features=[features], return_tensors="pt")
+    assert single["attention_mask"].all()
+    assert processor(text=PROMPT, video_features=[features], padding=True)["input_ids"] == single["input_ids"].tolist()
+    # As transformers processors: no padding unless asked
+    ragged = processor(text=[PROMPT, LONGER_PROMPT], video_features=[features, features])
+    assert len(ragged["input_ids"][0]) < len(ragged["input_ids"][1])
+    with pytest.raises(ValueError, match="padding token"):
+        processor(text=[PROMPT, LONGER_PROMPT], video_features=[features, features], padding=True)
+
+
+def test_tokenizer_padding_and_truncation_options(processor):
+    features = [torch.zeros(100, 32)]
+    length = len(processor(text=PROMPT, video_features=features)["input_ids"][0])
+    padded = processor(text=PROMPT, video_features=features, padding="max_length", max_length=length + 9)
+    assert len(padded["input_ids"][0]) == length + 9 and sum(padded["attention_mask"][0]) == length
+    batch = processor(
+        text=[PROMPT, LONGER_PROMPT], video_features=features * 2, padding=True, pad_to_multiple_of=16,
+        return_offsets_mapping=True,
+    )
+    assert {len(ids) for ids in batch["input_ids"]} == {len(batch["offset_mapping"][0])}
+    assert len(batch["input_ids"][0]) % 16 == 0
+    for kwargs in ({"truncation": True, "max_length": length - 3}, {"max_length": length - 3}):
+        truncated = processor(text=PROMPT, video_features=features, return_offsets_mapping=True, **kwargs)
+        assert len(truncated["input_ids"][0]) == len(truncated["offset_mapping"][0]) == length - 3
+        assert truncated["input_ids"][0].count(processor.video_token_id) == 100
+    with pytest.raises(ValueError, match="Text 0 is .* tokens, 100 of them the rows of its video; truncating it to"):
+        processor(text=PROMPT, video_features=features, truncation=True, max_length=100)
+    with pytest.raises(ValueError, match="truncation='only_second' does not apply"):
+        processor(text=PROMPT, video_features=features, truncation="only_second", max_length=200)
+
+
+def test_left_truncation_keeps_the_end_and_never_cuts_the_video(tiny_dir):
+    processor = VTimeProcessor(tokenizer=own_tokenizer(tiny_dir, truncation_side="left"))
+    features = [torch.zeros(100, 32)]
+    full = processor(text=PROMPT, video_features=features)["input_ids"][0]
+    kept = len(full) - full.index(processor.video_token_id)
+    truncated = processor(text=PROMPT, video_features=features, truncation=True, max_length=kept)
+    assert truncated["input_ids"][0] == full[-kept:]
+    with pytest.raises(ValueError, match="on the left would cut into those rows"):
+        processor(text=PROMPT, video_features=features, truncation=True, max_length=kept - 1)
+
+
+def test_chat_template_options_of_transformers(processor, tokenizer):
+    features = [torch.zeros(100, 32)]
+
+    def messages(question):
+        return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+
+    def tokenized(question, **kwargs):
+        return processor.apply_chat_template(
+            messages(question), add_generation_prompt=True, tokenize=True, return_dict=True,
+            processor_kwargs={"video_features": features}, **kwargs,
+        )["input_ids"][0]
+
+    # Without control tokens in the user's text, sanitizing changes nothing
+    assert tokenized("When?", sanitize_control_tokens=True) == tokenized("When?")
+    # With them, they are the user's plain text: no second video, no end of turn
+    sanitized = tokenized("Is </s> a <video>?", sanitize_control_tokens=True)
+    assert sanitized.count(processor.video_token_id) == 100 and tokenizer.eos_token_id not in sanitized
+    assert "Is </s> a <video>?" in tokenizer.decode(sanitized[sanitized.index(processor.video_token_id) + 100 :])
+    with pytest.raises(ValueError, match="holds 2 <video> placeholders"):
+        tokenized("Is </s> a <video>?")
+
+    frames = np.random.default_rng(0).integers(0, 256, size=(30, 24, 32, 3), dtype=np.uint8)
+    video_messages = [
+        {"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "When?"}]}
+    ]
+    inputs = processor.apply_chat_template(
+        video_messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"num_frames": 10},
+    )
+    assert inputs["video_features"].shape == (1, 10, 32)
+    assert (inputs["input_ids"] == processor.video_token_id).sum() == 10
+    every_frame = processor(text="<video>", videos=frames, do_sample_frames=False, return_tensors="pt")
+    torch.testing.assert_close(every_frame["video_features"][0], processor.encode_frames(frames))
+
+
+def test_video_input_formats_of_transformers(processor):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, size=(2, 12, 24, 32, 3), dtype=np.uint8)
+    expected = torch.stack([processor.encode_frames(clip[sample_frame_indices(12, 100)]) for clip in clips])
+
+    def encoded(videos, texts=("<video>", "<video>")):
+        return processor(text=list(texts), videos=videos, return_tensors="pt")["video_features"]
+
+    # A list of frames is one video, as arrays or PIL images
+    torch.testing.assert_close(encoded(list(clips[0]), ["<video>"]), expected[:1])
+    torch.testing.assert_close(encoded([Image.fromarray(frame) for frame in clips[0]], ["<video>"]), expected[:1])
+    # A batch: 5-D arrays and tensors, lists of videos, and a list of videos per sample
+    torch.testing.assert_close(encoded(clips), expected)
+    torch.testing.assert_close(encoded(torch.from_numpy(clips)), expected)
+    torch.testing.assert_close(encoded([list(clips[0]), list(clips[1])]), expected)
+    torch.testing.assert_close(encoded([[clips[0]], [list(clips[1])]]), expected)
+
+    with pytest.raises(ValueError, match="mixes single frames with whole videos"):
+        encoded([clips[0][0], clips[1]])
+    with pytest.raises(ValueError, match=r"frames of videos\[0\] differ in shape"):
+        encoded([[clips[0][0], clips[0][0][:10]]], ["<video>"])
+    with pytest.raises(ValueError, match=r"or \(videos, frames, height, width, 3\) for a batch, got \(1, 2, 12, 24"):
+        encoded(clips[None], ["<video>"])
+    with pytest.raises(ValueError, match=r"video_windows\[0\] is \(1.0, 2.0\), but videos\[0\] is decoded frames"):
+        processor(text="<video>", videos=[clips[0]], video_windows=[(1.0, 2.0)])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "From 00 to 12, a man enters. From 13 to 40, he leaves.",
+        "A man enters from 00 to 12. He leaves from 13 to 40.",
+        "00 to 12: a man enters, 13 to 40: he leaves.",
+        "From 00 to 12, a man enters. Then from 13 to 40, he leaves.",
+        "A man enters from 00 to 12, then he leaves from 13 to 40.",
+        'Sure! [{"event": "a man enters", "timestamps": "from 00 to 12"}, '
+        '{"event": "he leaves", "timestamps": "from 13 to 40"}]',
+    ],
+)
+def test_events_are_read_from_every_layout(answer):
+    # The captioning convention of the original: the end index counts its whole frame
+    events = [(start, end, sentence.lower()) for start, end, sentence in parse_events(answer, 50.0)]
+    assert events == [(0.0, 6.5, "a man enters"), (6.5, 20.5, "he leaves")]
+
+
+def test_events_keep_what_the_trained_layout_always_gave():
+    # Each caption runs to the next moment led by "from" or "between"; a bare pair in a caption is text
+    assert parse_events("From 00 to 12, he sits. He waits. From 13 to 40, players 10 and 23 score.", 100.0) == [
+        (0.0, 13.0, "he sits. He waits"),
+        (13.0, 41.0, "players 10 and 23 score"),
+    ]
+    # JSON cut off by the token limit keeps its whole events; reversed pairs name no event
+    truncated = (
+        '[{"event": "a man enters", "timestamps": "from 00 to 12"}, {"event": "x", "timestamps": "from 40 to 10"}, '
+        '{"eve'
+    )
+    assert parse_events(truncated, 100.0) == [(0.0, 13.0, "a man enters")]
+
+
+def test_processor_parses_indices_into_its_own_frame_count(tokenizer):
+    processor = VTimeProcessor(tokenizer=tokenizer, num_frames=50)
+    assert processor.parse_moments("From 10 to 20.", 100.0) == [pytest.approx((20.0, 40.0))]
+    assert processor.parse_events("From 10 to 20, a man enters.", 100.0) == [
+        (pytest.approx(20.0), pytest.approx(42.0), "a man enters")
+    ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
+from transformers.image_utils import is_pil_image
 
 VIDEO_TOKEN = "<video>"
 DEFAULT_FRAME_ENCODER = "openai/clip-vit-large-patch14"
@@ -70,10 +71,20 @@ _CHAT_TEMPLATE_CALL_KWARGS = {"load_audio_from_video", "audio_from_video_indices
 GROUNDING = "grounding"
 CAPTIONING = "captioning"
 _MOMENT_PATTERN = re.compile(r"(?<!\d)(\d{2})\s+(?:to|and)\s+(\d{2})(?!\d)", re.IGNORECASE)
-_EVENT_PATTERN = re.compile(
-    r"(?<!\d)(\d{2})\s+(?:to|and)\s+(\d{2})(?!\d)\s*[,:]?\s*(.*?)(?=(?:\s*\b(?:from|between)\s+\d{2}\s+(?:to|and)\s+\d{2}\b)|$)",
-    re.IGNORECASE | re.DOTALL,
+# A moment as a phrase of an event: the pair and the "from" or "between" that leads it in
+_TIME_PHRASE = re.compile(r"(?:\b(?:from|between)\s+)?(?<!\d)(\d{2})\s+(?:to|and)\s+(\d{2})(?!\d)", re.IGNORECASE)
+# Ends a sentence or a preamble ("Here are the events:")
+_TERMINATOR = re.compile(r"[.;!?:\n]")
+# Between a moment and the caption that follows it ("From 00 to 12, a man ...", "00 to 12: a man ...")
+_SEPARATOR = re.compile(r"\s*[,:]?\s*")
+# Words that link one event to the next ("... enters. Then from 13 to 40, ..."): part of no caption
+_LINK = (
+    r"\b(?:and|then|next|later|finally|afterwards?|after\s+that|subsequently|lastly|first(?:ly)?|second(?:ly)?|also)\b"
 )
+_LEADING_LINKS = re.compile(rf"(?:[\s,;.:!?]|{_LINK})*", re.IGNORECASE)
+_TRAILING_LINKS = re.compile(rf"(?:{_LINK}[\s,;]*)+$", re.IGNORECASE)
+# One flat JSON object: the original's dense-captioning question asks for {"event": "xx", "timestamps": "from xx to xx"}
+_JSON_OBJECT = re.compile(r"\{[^{}]*\}")
 
 
 def seconds_to_index(seconds: float, duration: float, num_frames: int = 100) -> int:
@@ -122,24 +133,120 @@ def parse_moment_indices(text: str) -> list[tuple[int, int]]:
     return [(start, end) for start, end in pairs if start <= end]
 
 
-def parse_moments(text: str, duration: float, convention: str = GROUNDING) -> list[tuple[float, float]]:
-    """The moments of a generated answer in seconds (see [`indices_to_seconds`] for `convention`)."""
-    return [indices_to_seconds(s, e, duration, convention) for s, e in parse_moment_indices(text)]
+def parse_moments(
+    text: str, duration: float, convention: str = GROUNDING, num_frames: int = 100
+) -> list[tuple[float, float]]:
+    """The moments of a generated answer in seconds (see [`indices_to_seconds`] for `convention` and `num_frames`)."""
+    return [indices_to_seconds(s, e, duration, convention, num_frames) for s, e in parse_moment_indices(text)]
 
 
-def parse_events(text: str, duration: float, convention: str = CAPTIONING) -> list[tuple[float, float, str]]:
+def parse_events(
+    text: str, duration: float, convention: str = CAPTIONING, num_frames: int = 100
+) -> list[tuple[float, float, str]]:
     """
-    Dense-captioning events of a generated answer ("From 00 to 12, a man enters. From 13 to 40, he ...") as
-    `(start_seconds, end_seconds, sentence)`. Never raises; reversed pairs are dropped.
+    Dense-captioning events of a generated answer as `(start_seconds, end_seconds, sentence)`, in the order written
+    (see [`indices_to_seconds`] for `convention` and `num_frames`).
+
+    Read from the trained layout, "From 00 to 12, a man enters. From 13 to 40, he leaves." (each caption runs to the
+    next moment), and from the layouts a model also writes: "00 to 12: a man enters, ...", captions before their
+    moments ("A man enters from 00 to 12. He leaves from 13 to 40."), and the JSON the original evaluation asks for
+    (`[{"event": "a man enters", "timestamps": "from 00 to 12"}, ...]`; where the text holds such objects, only they
+    count). Linking words between events ("Then from 13 to 40") belong to no caption. Never raises; reversed pairs
+    are dropped.
     """
     if not isinstance(text, str):
         return []
+    events = _json_events(text)
+    if events is None:
+        events = _text_events(text)
+    return [
+        (*indices_to_seconds(start, end, duration, convention, num_frames), sentence)
+        for start, end, sentence in events
+        if start <= end
+    ]
+
+
+def _clean_caption(text: str) -> str:
+    return text.strip(" ,.\n")
+
+
+def _json_events(text: str) -> list[tuple[int, int, str]] | None:
+    """The events of the JSON objects with an "event" in `text`, or `None` where it holds none."""
+    items = []
+    for match in _JSON_OBJECT.finditer(text):
+        try:
+            item = json.loads(match.group())
+        except (ValueError, RecursionError):  # not JSON, or brackets nested past the parser's depth
+            continue
+        if isinstance(item, dict) and "event" in item:
+            items.append(item)
+    if not items:
+        return None
     events = []
-    for start, end, sentence in _EVENT_PATTERN.findall(text):
-        start, end = int(start), int(end)
-        if start <= end:
-            events.append((*indices_to_seconds(start, end, duration, convention), sentence.strip(" ,.\n")))
+    for item in items:
+        timestamps = item.get("timestamps", item.get("timestamp"))
+        pair = _MOMENT_PATTERN.search(timestamps) if isinstance(timestamps, str) else None
+        if pair is not None and isinstance(item["event"], str):
+            events.append((int(pair.group(1)), int(pair.group(2)), _clean_caption(item["event"])))
     return events
+
+
+def _text_events(text: str) -> list[tuple[int, int, str]]:
+    """
+    The events of a free-text answer. Each moment takes the caption after it where it opens its sentence and text
+    follows it ("From 00 to 12, a man enters"), the caption before it where it closes a sentence that it does not
+    open ("A man enters from 00 to 12."); a moment that is neither, or both, does as the first one that is either.
+    """
+    phrases = list(_TIME_PHRASE.finditer(text))
+    if not phrases:
+        return []
+    # Where the first moment reads "from 00 to 12", the others do too: a bare pair is caption text ("players 10 and
+    # 23 score"), as the trained layout has always been read
+    if phrases[0].start() < phrases[0].start(1):
+        phrases = [phrase for phrase in phrases if phrase.start() < phrase.start(1)]
+    bounds = [0, *(position for phrase in phrases for position in phrase.span()), len(text)]
+    # gaps[k]: the text before phrase k (gaps[-1]: after the last one)
+    gaps = [text[bounds[2 * k] : bounds[2 * k + 1]] for k in range(len(phrases) + 1)]
+    follows = []
+    for k in range(len(phrases)):
+        opens = _only_links(_after_last_terminator(gaps[k]))
+        after = gaps[k + 1][_SEPARATOR.match(gaps[k + 1]).end() :]
+        closes = not _TERMINATOR.split(after, maxsplit=1)[0].strip()
+        follows.append(opens if opens != closes else None)
+    layout = next((follow for follow in follows if follow is not None), True)
+    follows = [layout if follow is None else follow for follow in follows]
+
+    captions = [""] * len(phrases)
+    for k, gap in enumerate(gaps):
+        previous_takes = k > 0 and follows[k - 1]
+        next_takes = k < len(phrases) and not follows[k]
+        if k < len(phrases):
+            # Whitespace before a moment belongs to no caption (a tab included, which the final strip keeps)
+            gap = gap.rstrip()
+        if previous_takes:
+            gap = gap[_SEPARATOR.match(gap).end() :]
+        if previous_takes and next_takes:
+            # A caption that follows its moment ends with its sentence; the rest leads to the next moment
+            cut = max((match.end() for match in _TERMINATOR.finditer(gap)), default=gap.rfind(",") + 1)
+            captions[k - 1], gap = _clean_caption(gap[:cut]), gap[cut:]
+        elif previous_takes:
+            if k < len(phrases):
+                gap = _TRAILING_LINKS.sub("", gap)
+            captions[k - 1] = _clean_caption(gap)
+        if next_takes:
+            if k == 0:
+                # What opens the text before the first caption is a preamble ("Sure! Here are the events:")
+                gap = _after_last_terminator(gap)
+            captions[k] = _clean_caption(gap[_LEADING_LINKS.match(gap).end() :])
+    return [(int(phrase.group(1)), int(phrase.group(2)), caption) for phrase, caption in zip(phrases, captions)]
+
+
+def _after_last_terminator(text: str) -> str:
+    return _TERMINATOR.split(text)[-1]
+
+
+def _only_links(text: str) -> bool:
+    return _LEADING_LINKS.match(text).end() == len(text)
 
 
 def sample_frame_indices(
@@ -585,13 +692,17 @@ class VTimeProcessor(ProcessorMixin):
         """
         return self.encode_pixels(self.frame_pixels(frames))
 
-    def encode_video(self, path: str | Path, window: Sequence[float] | None = None) -> tuple[torch.Tensor, float]:
+    def encode_video(
+        self, path: str | Path, window: Sequence[float] | None = None, num_frames: int | None = None
+    ) -> tuple[torch.Tensor, float]:
         """
         `(features (num_frames, D), duration in seconds)` of a video file, or of its `window`: each chunk of decoded
         frames is preprocessed before the next is decoded, so that a video of huge frames is never held whole (see
-        [`load_video_frames`]). The features equal `encode_frames` of the decoded frames.
+        [`load_video_frames`]). The features equal `encode_frames` of the decoded frames. `num_frames` defaults to
+        this processor's.
         """
-        pixels, duration = load_video_frames(path, self.num_frames, window, self.frame_pixels)
+        num_frames = self.num_frames if num_frames is None else num_frames
+        pixels, duration = load_video_frames(path, num_frames, window, self.frame_pixels)
         return self.encode_pixels(pixels), duration
 
     @torch.no_grad()
@@ -605,7 +716,9 @@ class VTimeProcessor(ProcessorMixin):
         ]
         return torch.cat(embeddings)
 
-    def _visual_features(self, videos, images, video_features, video_windows) -> list[torch.Tensor]:
+    def _visual_features(
+        self, videos, images, video_features, video_windows, num_frames: int, do_sample_frames: bool
+    ) -> list[torch.Tensor]:
         """One `(rows, D)` tensor per visual input, in order: precomputed features, else videos, else images."""
         given = [name for name, value in (("videos", videos), ("images", images), ("video_features", video_features))
                  if value is not None]
@@ -627,25 +740,58 @@ class VTimeProcessor(ProcessorMixin):
                 features.append(feature.float())
             return features
         if videos is not None:
-            videos = _flatten(videos)
+            videos = _batched_videos(videos)
             windows = list(video_windows) if video_windows is not None else [None] * len(videos)
             if len(windows) != len(videos):
                 raise ValueError(f"Got {len(videos)} videos but {len(windows)} video_windows.")
-            return [self._encode_video(video, window) for video, window in zip(videos, windows)]
+            return [
+                self._encode_video(video, window, num_frames, do_sample_frames, index)
+                for index, (video, window) in enumerate(zip(videos, windows))
+            ]
         if images is not None:
             return [self.encode_frames(image_as_frame(image)) for image in _flatten(images)]
         return []
 
-    def _encode_video(self, video, window) -> torch.Tensor:
+    def _encode_video(self, video, window, num_frames: int, do_sample_frames: bool, index: int) -> torch.Tensor:
         if isinstance(video, (str, Path)):
-            return self.encode_video(video, window)[0]
-        frames = np.asarray(video)
+            if not do_sample_frames:
+                raise ValueError(
+                    f"videos[{index}] is the file {video}, of which VTimeLLM samples num_frames frames; "
+                    "do_sample_frames=False takes decoded frames."
+                )
+            return self.encode_video(video, window, num_frames)[0]
+        if window is not None:
+            # A window is in seconds, and decoded frames come without their frame rate
+            raise ValueError(
+                f"video_windows[{index}] is {window}, but videos[{index}] is decoded frames: windows cut video files; "
+                "pass the frames of the clip instead."
+            )
+        total = len(video)
+        if total < 1:
+            raise ValueError(f"videos[{index}] holds no frames.")
+        indices = sample_frame_indices(total, num_frames) if do_sample_frames else np.arange(total)
+        if isinstance(video, list):
+            # Only the frames sampled from a list of frames are converted
+            frames = [np.asarray(video[i].convert("RGB") if is_pil_image(video[i]) else video[i]) for i in indices]
+            shapes = sorted({frame.shape for frame in frames})
+            if len(shapes) > 1:
+                raise ValueError(f"The frames of videos[{index}] differ in shape: {shapes}.")
+            frames = np.stack(frames)
+        else:
+            frames = np.asarray(video)
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"A decoded video must have shape (frames, height, width, 3), got {frames.shape}.")
-        return self.encode_frames(frames[sample_frame_indices(len(frames), self.num_frames)])
+            raise ValueError(
+                f"A decoded video must have shape (frames, height, width, 3), got {frames.shape} for videos[{index}]."
+            )
+        return self.encode_frames(frames if isinstance(video, list) else frames[indices])
 
     def encode_prompt(
-        self, text: str, rows: int, add_special_tokens: bool = True, return_offsets_mapping: bool = False
+        self,
+        text: str,
+        rows: int,
+        add_special_tokens: bool = True,
+        return_offsets_mapping: bool = False,
+        sanitize_control_tokens: bool = False,
     ) -> dict:
         """
         Token ids (and, on request, character offsets) of one prompt, each `<video>` replaced by `rows` placeholders.
@@ -654,21 +800,32 @@ class VTimeProcessor(ProcessorMixin):
         (`</s>` between turns) and each piece is tokenized as a standalone string, so each gets SentencePiece's
         leading space marker. A whole-string fast tokenization drops that marker after `<video>` and `</s>`, giving
         ids a released checkpoint never saw.
+
+        With `sanitize_control_tokens` (set by `apply_chat_template(..., sanitize_control_tokens=True)`), the special
+        tokens that it marked in user input are tokenized as the plain text of their piece, and are no `<video>`.
         """
-        special_tokens = sorted({VIDEO_TOKEN, *self.tokenizer.all_special_tokens}, key=len, reverse=True)
-        pieces = re.split("(" + "|".join(re.escape(token) for token in special_tokens) + ")", text)
+        if sanitize_control_tokens and return_offsets_mapping:
+            raise ValueError("sanitize_control_tokens gives no offsets mapping: its markers move the characters.")
+        special_tokens = {VIDEO_TOKEN, *self.tokenizer.all_special_tokens}
+        pieces = _special_token_pattern(special_tokens, sanitize_control_tokens).split(text)
         input_ids, offsets, char_start = [], [], 0
         if add_special_tokens:
             input_ids += self.tokenizer("", add_special_tokens=True)["input_ids"]
             offsets += [(0, 0)] * len(input_ids)
-        for piece in pieces:
+        for index, piece in enumerate(pieces):
             char_end = char_start + len(piece)
-            if piece == VIDEO_TOKEN:
+            # The split's pattern captures the special tokens: they are the odd pieces
+            if index % 2 and piece == VIDEO_TOKEN:
                 input_ids += [self.video_token_id] * rows
                 offsets += [(char_start, char_end)] * rows
-            elif piece in special_tokens:
+            elif index % 2:
                 input_ids.append(self.tokenizer.convert_tokens_to_ids(piece))
                 offsets.append((char_start, char_end))
+            elif piece and sanitize_control_tokens:
+                start_marker, end_marker = _control_token_markers()
+                plain = piece.replace(start_marker, "").replace(end_marker, "")
+                if plain:
+                    input_ids += self.tokenizer(plain, add_special_tokens=False, split_special_tokens=True)["input_ids"]
             elif piece:
                 encoded = self.tokenizer(
                     piece, add_special_tokens=False, return_offsets_mapping=return_offsets_mapping
@@ -687,23 +844,39 @@ class VTimeProcessor(ProcessorMixin):
         video_features=None,
         video_windows: Sequence[Sequence[float] | None] | None = None,
         return_tensors: str | None = None,
-        padding: bool | str = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
         padding_side: str | None = None,
         add_special_tokens: bool = True,
         return_offsets_mapping: bool = False,
+        num_frames: int | None = None,
+        do_sample_frames: bool | None = None,
+        sanitize_control_tokens: bool = False,
         audio=None,
         **kwargs,
     ) -> BatchFeature:
         r"""
         Args:
             text: one prompt or a batch; each holds at most one `<video>`.
-            videos: one per `<video>`, in order: paths, or decoded uint8 frames `(frames, height, width, 3)`
-                (a nested list per sample, as `apply_chat_template` passes it, is accepted).
+            videos: one per `<video>`, in order, as transformers takes videos: a path, decoded uint8 frames
+                `(frames, height, width, 3)` as an array or tensor, or a list of frames (arrays `(height, width, 3)`
+                or PIL images) is one video; a 5-D array or tensor `(videos, frames, height, width, 3)`, a list of
+                videos, or a list of them per sample (as `apply_chat_template` passes them), a batch.
             images: one per `<video>`: PIL images or uint8 arrays `(height, width, 3)`; each is a 1-frame video.
             video_features: precomputed features, one per `<video>`: `(rows, mm_hidden_size)` or `(mm_hidden_size,)`.
-            video_windows: `(start_seconds, end_seconds)` per video, to sample a clip of it.
+            video_windows: `(start_seconds, end_seconds)` per video file, to sample a clip of it.
             return_tensors: `"pt"` for tensors, else lists.
-            padding, padding_side: as for the tokenizer; left padding for batched generation.
+            padding, pad_to_multiple_of, padding_side: as for the tokenizer (no padding by default; `True` pads a
+                batch to its longest prompt, left padding for batched generation). Prompts of one length need no
+                pad token.
+            truncation, max_length: as for the tokenizer, on the side of `tokenizer.truncation_side`; a prompt
+                whose cut would reach the rows of its video is refused.
+            num_frames: frames sampled per video (default: this processor's `num_frames`).
+            do_sample_frames: `False` encodes every frame of decoded videos as given, one row each.
+            sanitize_control_tokens: set by `apply_chat_template(..., sanitize_control_tokens=True)`; see
+                [`encode_prompt`].
 
         Returns:
             [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, and `video_features`
@@ -718,8 +891,12 @@ class VTimeProcessor(ProcessorMixin):
             raise ValueError("VTimeProcessor needs text with a <video> placeholder for each visual input.")
         texts = [text] if isinstance(text, str) else list(text)
 
-        features = self._visual_features(videos, images, video_features, video_windows)
-        placeholders = [sample.count(VIDEO_TOKEN) for sample in texts]
+        num_frames = self.num_frames if num_frames is None else num_frames
+        features = self._visual_features(
+            videos, images, video_features, video_windows, num_frames, do_sample_frames is not False
+        )
+        video_pattern = _special_token_pattern({VIDEO_TOKEN}, sanitize_control_tokens)
+        placeholders = [len(video_pattern.findall(sample)) for sample in texts]
         for index, count in enumerate(placeholders):
             if count > 1:
                 raise ValueError(
@@ -741,13 +918,38 @@ class VTimeProcessor(ProcessorMixin):
 
         rows = features[0].shape[0] if features else 0
         encoded = [
-            self.encode_prompt(sample, rows, add_special_tokens, return_offsets_mapping) for sample in texts
+            self.encode_prompt(sample, rows, add_special_tokens, return_offsets_mapping, sanitize_control_tokens)
+            for sample in texts
         ]
+        # As tokenizers do: a max_length alone truncates
+        if truncation is None and max_length is not None and padding is False:
+            truncation = True
+        if truncation not in (None, False, "do_not_truncate"):
+            if truncation not in (True, "longest_first", "only_first"):
+                raise ValueError(
+                    f"truncation={truncation!r} does not apply: VTimeProcessor truncates single prompts, with "
+                    "truncation=True, 'longest_first' or 'only_first'."
+                )
+            limit = self.tokenizer.model_max_length if max_length is None else max_length
+            encoded = [self._truncate(sample, limit, index, rows) for index, sample in enumerate(encoded)]
         batch = {"input_ids": [sample["input_ids"] for sample in encoded]}
         if return_offsets_mapping:
             batch["offset_mapping"] = [sample["offset_mapping"] for sample in encoded]
+        lengths = {len(ids) for ids in batch["input_ids"]}
+        if (padding is True or padding == "longest") and len(lengths) <= 1 and pad_to_multiple_of is None:
+            # Nothing to pad, but the tokenizer would still ask for a pad token (stock Vicuna has none)
+            padding = False
         padding_side = padding_side or self.tokenizer.padding_side
-        data = dict(self.tokenizer.pad(batch, padding=padding, return_attention_mask=True, padding_side=padding_side))
+        data = dict(
+            self.tokenizer.pad(
+                batch,
+                padding=padding,
+                max_length=max_length if padding == "max_length" else None,
+                pad_to_multiple_of=pad_to_multiple_of,
+                return_attention_mask=True,
+                padding_side=padding_side,
+            )
+        )
         if return_offsets_mapping:
             data["offset_mapping"] = [
                 _pad_offsets(offsets, len(ids), padding_side)
@@ -757,13 +959,30 @@ class VTimeProcessor(ProcessorMixin):
             data["video_features"] = torch.stack(features) if return_tensors == "pt" else [f.numpy() for f in features]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
+    def _truncate(self, sample: dict, limit: int, index: int, rows: int) -> dict:
+        """`sample` cut to `limit` tokens on the tokenizer's truncation side; never into the rows of its video."""
+        ids = sample["input_ids"]
+        excess = len(ids) - limit
+        if excess <= 0:
+            return sample
+        kept = slice(0, limit) if self.tokenizer.truncation_side == "right" else slice(excess, None)
+        if rows and ids[kept].count(self.video_token_id) != rows:
+            raise ValueError(
+                f"Text {index} is {len(ids)} tokens, {rows} of them the rows of its video; truncating it to "
+                f"max_length={limit} on the {self.tokenizer.truncation_side} would cut into those rows. "
+                "Raise max_length or shorten the text."
+            )
+        return {"input_ids": ids[kept], "offset_mapping": sample["offset_mapping"][kept]}
+
     def parse_moments(self, text: str, duration: float, convention: str = GROUNDING) -> list[tuple[float, float]]:
-        """The moments of a generated answer in seconds; see [`parse_moments`]."""
-        return parse_moments(text, duration, convention)
+        """The moments of a generated answer in seconds, as indices into this processor's `num_frames`; see
+        [`parse_moments`]."""
+        return parse_moments(text, duration, convention, self.num_frames)
 
     def parse_events(self, text: str, duration: float, convention: str = CAPTIONING) -> list[tuple[float, float, str]]:
-        """The dense-captioning events of a generated answer; see [`parse_events`]."""
-        return parse_events(text, duration, convention)
+        """The dense-captioning events of a generated answer, as indices into this processor's `num_frames`; see
+        [`parse_events`]."""
+        return parse_events(text, duration, convention, self.num_frames)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -781,6 +1000,63 @@ def _flatten(items) -> list:
         else:
             flat.append(item)
     return flat
+
+
+def _is_frame(item) -> bool:
+    return is_pil_image(item) or (isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 3)
+
+
+def _batched_videos(videos) -> list:
+    """
+    Videos as a flat list of paths, 4-D arrays or tensors, and lists of frames, by the conventions of transformers'
+    `make_batched_videos`: a list holding only frames is one video, a 5-D array a batch, a 3-D one a single frame.
+    """
+    if isinstance(videos, (str, Path)):
+        return [videos]
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        if videos.ndim == 3:
+            return [videos[None]]
+        if videos.ndim == 4:
+            return [videos]
+        if videos.ndim == 5:
+            return list(videos)
+        raise ValueError(
+            "A video array must have shape (frames, height, width, 3), or (videos, frames, height, width, 3) for a "
+            f"batch, got {tuple(videos.shape)}."
+        )
+    if is_pil_image(videos):
+        return [[videos]]
+    if not isinstance(videos, (list, tuple)):
+        raise ValueError(
+            "videos must be paths, arrays or tensors (frames, height, width, 3), lists of frames, or lists of these; "
+            f"got {type(videos).__name__}."
+        )
+    if videos and all(_is_frame(item) for item in videos):
+        return [list(videos)]
+    flat = []
+    for item in videos:
+        if _is_frame(item):
+            raise ValueError(
+                "videos mixes single frames with whole videos; a video given as frames is a list of frames only."
+            )
+        flat.extend(_batched_videos(item))
+    return flat
+
+
+def _control_token_markers() -> tuple[str, str]:
+    """What `apply_chat_template(..., sanitize_control_tokens=True)` wraps the control tokens of user input in."""
+    # Imported where used: the markers are private to transformers, and only sanitized calls need them
+    from transformers.utils.chat_template_utils import _CONTROL_TOKEN_END, _CONTROL_TOKEN_START
+
+    return _CONTROL_TOKEN_START, _CONTROL_TOKEN_END
+
+
+def _special_token_pattern(tokens, sanitize_control_tokens: bool) -> re.Pattern:
+    """A pattern capturing `tokens`, longest first; with `sanitize_control_tokens`, none that is marked as user text."""
+    alternatives = "|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True))
+    if not sanitize_control_tokens:
+        return re.compile(f"({alternatives})")
+    return re.compile(f"(?<!{re.escape(_control_token_markers()[0])})({alternatives})")
 
 
 def _pad_offsets(offsets: list, length: int, padding_side: str) -> list:
