@@ -3,8 +3,9 @@
     accelerate launch recipes/stage1.py --config recipes/configs/vicuna-7b/stage1.yaml
     python recipes/stage1.py --config recipes/configs/tiny/stage1.yaml   # CPU
 
-Every knob is a field of VTimeModelArguments, VTimeDataArguments (vtimellm_hf.training.stages) or TRL's SFTConfig,
-set in the YAML and overridable on the command line (--learning_rate 2e-4).
+Every knob is a field of VTimeModelArguments, VTimeDataArguments (vtimellm_hf.training.stages) or
+VTimeTrainingArguments (vtimellm_hf.training.trainer: TRL's SFTConfig and global_batch_size), set in the YAML
+and overridable on the command line (--learning_rate 2e-4).
 """
 
 from vtimellm_hf.training.stages import stage_main

@@ -94,9 +94,8 @@ def test_batch_is_right_padded_with_stacked_features_and_counts_waste(processor,
     assert (batch["input_ids"][0, lengths[0] :] == processor.tokenizer.pad_token_id).all()
     assert batch["video_features"].dtype == torch.float32 and batch["video_features"].shape == (2, 100, 32)
     assert torch.equal(batch["video_features"][0], torch.ones(100, 32))
-    expected_waste = (lengths[1] - lengths[0]).item() / (2 * lengths[1].item())
-    assert collator.pop_padding_waste() == pytest.approx(expected_waste)
-    assert collator.pop_padding_waste() is None
+    assert collator.real_tokens == lengths.sum().item()
+    assert collator.padded_tokens == (lengths[1] - lengths[0]).item()
 
 
 def test_bad_records_are_named(processor, collator):

@@ -2,25 +2,34 @@
 activation checkpointing."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vtimellm_hf.training.stages import (
     PROJECTOR_FILE,
+    VTimeDataArguments,
     VTimeModelArguments,
+    fit_global_batch,
     load_model,
     load_projector,
     load_tokenizer,
+    resume_checkpoint,
     save_projector,
+    save_stage,
+    setup_model,
 )
+from vtimellm_hf.training.trainer import VTimeTrainingArguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"
@@ -190,3 +199,239 @@ def test_lora_with_activation_checkpointing_gives_the_same_gradients(tokenizer):
     assert any(grad.abs().sum() > 0 for name, grad in plain.items() if "lora_B" in name)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6)
+
+
+class InMemoryFeatures:
+    def __init__(self, features: dict):
+        self.features = features
+
+    def load(self, feature_id):
+        return self.features[feature_id]
+
+
+def caption_records(count: int):
+    """Stage-1 records whose captions have 2 to 10 words, and their image features."""
+    words = "a red circle on grey as the man cracks an egg".split()
+    generator = np.random.default_rng(0)
+    records = [{"id": str(index), "video_id": f"image{index}", "messages": [
+        {"role": "user", "content": "<video>\nDescribe the image."},
+        {"role": "assistant", "content": " ".join(words[: 2 + index * 5 % 9])}]} for index in range(count)]  # fmt: skip
+    features = {record["video_id"]: generator.standard_normal(32).astype(np.float32) for record in records}
+    return records, InMemoryFeatures(features)
+
+
+def projector_trainer(processor, tokenizer, output_dir, records, store, **settings):
+    """A stage-1 `VTimeSFTTrainer` in this process: the tiny model's projector trains on `records`."""
+    from datasets import Dataset
+
+    from vtimellm_hf.tiny_models import build_tiny_vtime_model
+    from vtimellm_hf.training import VTimeDataCollator, add_lengths
+    from vtimellm_hf.training.trainer import VTimeSFTTrainer
+
+    model = build_tiny_vtime_model(tokenizer)
+    model.requires_grad_(False)
+    model.model.mm_projector.requires_grad_(True)
+    collator = VTimeDataCollator(processor, store, max_length=512, template="plain", num_rows=1)
+    args = VTimeTrainingArguments(**{
+        "output_dir": str(output_dir), "use_cpu": True, "bf16": False, "report_to": "none", "disable_tqdm": True,
+        "activation_checkpointing": False, "learning_rate": 1e-2, "logging_steps": 1, "save_strategy": "no",
+        "per_device_train_batch_size": 4, "seed": 0, "dataset_kwargs": {"skip_prepare_dataset": True},
+        "remove_unused_columns": False, **settings})  # fmt: skip
+    dataset = Dataset.from_list(records)
+    if args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
+        dataset = add_lengths(dataset, collator, column=args.length_column_name)
+    trainer = VTimeSFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                              processing_class=processor)
+    return trainer, collator
+
+
+def test_resume_in_the_second_epoch_trains_on_the_batches_of_an_uninterrupted_run(processor, tokenizer, tmp_path):
+    """Length-grouped batches: the resumed run draws the second epoch's order again, not the first one's."""
+    records, store = caption_records(16)
+    settings = {"num_train_epochs": 2, "train_sampling_strategy": "group_by_length", "save_strategy": "steps",
+                "save_steps": 6}
+    straight, _ = projector_trainer(processor, tokenizer, tmp_path / "straight", records, store, **settings)
+    straight.train()
+    resumed, _ = projector_trainer(processor, tokenizer, tmp_path / "resumed", records, store, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-6"))  # 4 steps an epoch
+    expected = straight.model.model.mm_projector.state_dict()
+    for name, weight in resumed.model.model.mm_projector.state_dict().items():
+        torch.testing.assert_close(weight, expected[name], rtol=0, atol=0)
+
+
+def test_padding_waste_is_logged_with_dataloader_workers(processor, tokenizer, tmp_path):
+    records, store = caption_records(8)
+    trainer, collator = projector_trainer(processor, tokenizer, tmp_path, records, store, max_steps=2,
+                                          train_sampling_strategy="sequential", dataloader_num_workers=2)
+    trainer.train()
+    expected = []
+    for start in (0, 4):
+        mask = collator(records[start : start + 4])["attention_mask"]
+        expected.append(round(1 - mask.sum().item() / mask.numel(), 4))
+    assert min(expected) > 0
+    assert [entry.get("padding_waste") for entry in trainer.state.log_history if "loss" in entry] == expected
+
+
+def test_batch_rebalance_reads_the_lengths_of_the_configured_column(processor, tokenizer, tmp_path):
+    records, store = caption_records(8)
+    trainer, _ = projector_trainer(processor, tokenizer, tmp_path, records, store, max_steps=1,
+                                   train_sampling_strategy="batch_rebalance", length_column_name="n_tokens")
+    assert "n_tokens" in trainer.train_dataset.column_names
+    trainer.train()
+
+
+def test_global_batch_sets_the_accumulation_or_refuses(tmp_path):
+    args = VTimeTrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=32,
+                                  global_batch_size=128)
+    fit_global_batch(args, world_size=2)
+    assert args.gradient_accumulation_steps == 2
+    with pytest.raises(ValueError, match=r"global_batch_size=128 is not a multiple of the per-device batch 32 x 8"):
+        fit_global_batch(args, world_size=8)
+    args.global_batch_size, args.gradient_accumulation_steps = None, 3
+    fit_global_batch(args, world_size=8)
+    assert args.gradient_accumulation_steps == 3
+
+
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "configs").glob("vicuna-*/stage*.yaml")),
+                         ids=lambda path: f"{path.parent.name}/{path.stem}")
+def test_recipes_keep_the_global_batch_of_the_paper_on_one_to_eight_gpus(recipe, tmp_path):
+    from trl import TrlParser
+
+    parser = TrlParser((VTimeModelArguments, VTimeDataArguments, VTimeTrainingArguments))
+    *_, args = parser.parse_args_and_config(["--config", str(recipe), "--use_cpu", "true",
+                                             "--output_dir", str(tmp_path)])
+    for world_size in (1, 2, 4, 8):
+        fit_global_batch(args, world_size)
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size == 128
+
+
+def test_later_stages_refuse_a_base_without_a_trained_projector(tokenizer, tmp_path):
+    from vtimellm_hf.tiny_models import build_tiny_llama, build_tiny_vtime_model
+
+    build_tiny_llama(tmp_path / "llama", tokenizer)
+    with pytest.raises(ValueError, match="llama holds no trained projector: set stage1_projector"):
+        setup_model(2, VTimeModelArguments(model_name_or_path=str(tmp_path / "llama"), mm_hidden_size=32), tokenizer)
+
+    vtime = build_tiny_vtime_model(tokenizer)
+    vtime.save_pretrained(tmp_path / "vtime")
+    arguments = VTimeModelArguments(model_name_or_path=str(tmp_path / "vtime"), mm_hidden_size=32,
+                                    tokenizer_name_or_path=str(tmp_path / "llama"))
+    model, _ = setup_model(2, arguments, tokenizer)
+    torch.testing.assert_close(model.model.mm_projector.weight, vtime.model.mm_projector.weight)
+
+    weights = load_file(str(tmp_path / "vtime" / "model.safetensors"))
+    save_file({key: value for key, value in weights.items() if "mm_projector" not in key},
+              str(tmp_path / "vtime" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="vtime holds no trained projector"):
+        setup_model(2, arguments, tokenizer)
+
+
+def test_stage_one_trains_a_float32_projector_under_a_bfloat16_llm(tokenizer, tmp_path):
+    from vtimellm_hf.tiny_models import build_tiny_llama
+
+    build_tiny_llama(tmp_path / "llama", tokenizer)
+    arguments = VTimeModelArguments(model_name_or_path=str(tmp_path / "llama"), mm_hidden_size=32, dtype="bfloat16")
+    model, peft_config = setup_model(1, arguments, tokenizer)
+    assert peft_config is None
+    assert model.model.mm_projector.weight.dtype == torch.float32
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable == {"model.mm_projector.weight", "model.mm_projector.bias"}
+
+    video = tokenizer.convert_tokens_to_ids("<video>")
+    caption = tokenizer("a red circle", add_special_tokens=False).input_ids
+    input_ids = torch.tensor([[tokenizer.bos_token_id, video, *caption]])
+    labels = input_ids.clone()
+    labels[0, :2] = -100
+    model.train()
+    model(input_ids=input_ids, video_features=torch.randn(1, 1, 32), labels=labels).loss.backward()
+    gradient = model.model.mm_projector.weight.grad
+    assert gradient.dtype == torch.float32 and torch.isfinite(gradient).all() and gradient.abs().sum() > 0
+
+
+def test_only_the_main_process_writes_what_a_stage_leaves(tmp_path, model, processor):
+    waits, saves = [], []
+
+    class OtherProcessTrainer:
+        accelerator = SimpleNamespace(wait_for_everyone=lambda: waits.append(True))
+
+        def __init__(self, model):
+            self.model = model
+
+        def is_world_process_zero(self):
+            return False
+
+        def save_model(self, output_dir):
+            saves.append(output_dir)  # the Trainer's own save: every process calls it, the main one writes
+
+    for stage in (1, 2, 3):
+        save_stage(stage, OtherProcessTrainer(model), processor, VTimeModelArguments(), tmp_path / f"stage{stage}")
+    assert not list(tmp_path.iterdir())
+    assert saves == [str(tmp_path / "stage2")] and len(waits) == 3
+
+
+def test_a_projector_with_empty_tensors_is_refused_not_written(tmp_path, model):
+    # What each process holds under ZeRO-3 outside a gather
+    model.model.mm_projector.weight = torch.nn.Parameter(torch.empty(0))
+    with pytest.raises(ValueError, match=r"projector tensors \['model.mm_projector.weight'\] are empty"):
+        save_projector(model, tmp_path)
+    assert not (tmp_path / PROJECTOR_FILE).exists()
+
+
+def test_projector_is_gathered_under_zero3(tmp_path, model, monkeypatch):
+    from vtimellm_hf.training import stages
+
+    projector = model.model.mm_projector
+    whole = {name: parameter.detach().clone() for name, parameter in projector.named_parameters()}
+    modifier_ranks = []
+
+    class GatheredParameters:
+        """DeepSpeed's context: the whole tensors inside, each process's slice (here none) outside."""
+
+        def __init__(self, parameters, modifier_rank=None):
+            self.parameters, self.modifier_rank = parameters, modifier_rank
+
+        def __enter__(self):
+            modifier_ranks.append(self.modifier_rank)
+            for name, parameter in zip(whole, self.parameters):
+                parameter.data = whole[name].clone()
+
+        def __exit__(self, *exception):
+            for parameter in self.parameters:
+                parameter.data = torch.empty(0)
+
+    fake_deepspeed = SimpleNamespace(zero=SimpleNamespace(GatheredParameters=GatheredParameters))
+    monkeypatch.setitem(sys.modules, "deepspeed", fake_deepspeed)
+    monkeypatch.setattr(stages, "is_deepspeed_zero3_enabled", lambda: True)
+    for parameter in projector.parameters():
+        parameter.data = torch.empty(0)
+    save_projector(model, tmp_path)
+    torch.testing.assert_close(load_file(str(tmp_path / PROJECTOR_FILE))["model.mm_projector.weight"], whole["weight"])
+    load_projector(model, tmp_path)
+    assert modifier_ranks == [None, 0]
+
+
+def test_resume_true_is_the_last_checkpoint_and_starting_over_them_warns(tmp_path, caplog):
+    args = VTimeTrainingArguments(output_dir=str(tmp_path), use_cpu=True, resume_from_checkpoint="true")
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint=true, but .* holds no checkpoint-\* folder"):
+        resume_checkpoint(args)
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert resume_checkpoint(args) == str(tmp_path / "checkpoint-10")
+    args.resume_from_checkpoint = None
+    with caplog.at_level(logging.WARNING, logger="vtimellm_hf.training.stages"):
+        assert resume_checkpoint(args) is None
+    assert "checkpoint-10), and this run starts over without them" in caplog.text
+
+
+@pytest.mark.slow
+def test_stage_one_recipe_with_global_batch_rebalanced_batches_workers_and_bf16(workspace, tmp_path):
+    run_recipe(1, workspace, tmp_path, "--max_steps", "2", "--logging_steps", "1", "--dtype", "bfloat16",
+               "--train_sampling_strategy", "batch_rebalance", "--length_column_name", "n_tokens",
+               "--dataloader_num_workers", "2", "--per_device_train_batch_size", "4", "--global_batch_size", "8",
+               "--save_strategy", "steps", "--save_steps", "2")
+    history = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert all(0 <= entry["padding_waste"] < 1 for entry in history if "loss" in entry)
+    record = json.loads((tmp_path / "vtimellm_training.json").read_text())["stages"][-1]["training"]
+    assert record["gradient_accumulation_steps"] == 2
+    assert load_file(str(tmp_path / PROJECTOR_FILE))["model.mm_projector.weight"].dtype == torch.float32

@@ -4,7 +4,6 @@ import logging
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..data.features import check_feature
@@ -61,6 +60,8 @@ class VTimeDataCollator:
         self.template = template
         self.num_rows = num_rows
         self.pad_token_id = processor.tokenizer.pad_token_id
+        # Tokens collated by this process (with dataloader workers, by each worker's copy): for measurements that
+        # collate in-process; training logs `padding_waste` from the batches (`VTimeSFTTrainer`)
         self.real_tokens = 0
         self.padded_tokens = 0
 
@@ -130,30 +131,15 @@ class VTimeDataCollator:
             "video_features": torch.stack([self.load_features(example) for example in examples]),
         }
 
-    def pop_padding_waste(self) -> float | None:
-        """Share of padding among the tokens collated since the last call (None when nothing was collated)."""
-        total = self.real_tokens + self.padded_tokens
-        waste = self.padded_tokens / total if total else None
-        self.real_tokens = self.padded_tokens = 0
-        return waste
 
 
-class PaddingWasteCallback(TrainerCallback):
-    """Adds `padding_waste`, the share of padded tokens in the batches since the last log, to the training logs."""
-
-    def __init__(self, collator: VTimeDataCollator):
-        self.collator = collator
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        waste = self.collator.pop_padding_waste()
-        if logs is not None and waste is not None:
-            logs["padding_waste"] = round(waste, 4)
-
-
-def add_lengths(dataset, collator: VTimeDataCollator, num_proc: int | None = None):
-    """A `length` column (tokens, video rows included) for `train_sampling_strategy="group_by_length"`."""
+def add_lengths(dataset, collator: VTimeDataCollator, num_proc: int | None = None, column: str = "length"):
+    """
+    A column of lengths (tokens, video rows included) for `train_sampling_strategy="group_by_length"` or
+    `"batch_rebalance"`, named as the Trainer's `length_column_name`.
+    """
     return dataset.map(
-        lambda example: {"length": len(collator.encode(example)["input_ids"])},
+        lambda example: {column: len(collator.encode(example)["input_ids"])},
         num_proc=num_proc,
         desc="Measuring sequence lengths",
     )
