@@ -22,6 +22,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from .model import (
     GROUNDING,
     VTimeProcessor,
     get_video_duration,
-    parse_events,
+    indices_to_seconds,
+    parse_event_indices,
     parse_moments,
 )
 
@@ -46,6 +48,7 @@ __all__ = [
     "add_generation_arguments",
     "add_subcommand",
     "caption",
+    "caption_events",
     "captioning_answers_file",
     "evaluate_captioning",
     "evaluate_grounding",
@@ -56,6 +59,7 @@ __all__ = [
     "ground",
     "grounding_question",
     "load_model_and_processor",
+    "merge_repeated_events",
     "read_finished_keys",
     "read_jsonl_records",
     "user_turn",
@@ -66,9 +70,12 @@ logger = logging.getLogger(__name__)
 
 # The grounding question of the original evaluation
 GROUNDING_QUESTION = "During which frames can we see {query}?"
+# The dense-captioning question of the original evaluation, which asks for JSON. The original prompt is
+# "<video>\n " + question: the leading space is kept, so that the tokens are those the released model was scored on.
 CAPTIONING_QUESTION = (
-    "Could you please detail the events that took place during different time segments in the video? "
-    "List the events in the format: From xx to xx, event1. From xx to xx, event2."
+    " Could you please describe the events in the video in detail? Be specific about the activities of individuals, "
+    "their surroundings, and interactions with others. The output should be in JSON format, structured as follows: "
+    '{"event": "xx", "timestamps": "from xx to xx"}.'
 )
 # Tokens generated per answer unless told otherwise: a grounding answer ("From 05 to 23.") takes about a dozen, a
 # dense description of a few minutes of video a few hundred. Batched generation runs until its longest answer ends,
@@ -276,7 +283,7 @@ def ground(
     answer = generate_answers(
         model, processor, [[user_turn(grounding_question(query, question))]], [features], **generation_kwargs
     )[0]
-    moments = parse_moments(answer, duration, GROUNDING)
+    moments = parse_moments(answer, duration, GROUNDING, processor.num_frames)
     if not moments:
         return Moment(None, None, answer)
     offset = window[0] if window is not None else 0.0
@@ -289,7 +296,33 @@ def caption(model, processor, video, question: str = CAPTIONING_QUESTION, **gene
     features, duration = processor.encode_video(video)
     generation_kwargs = {"max_new_tokens": CAPTIONING_MAX_NEW_TOKENS, **generation_kwargs}
     answer = generate_answers(model, processor, [[user_turn(question)]], [features], **generation_kwargs)[0]
-    return parse_events(answer, duration, CAPTIONING), answer
+    return caption_events(answer, duration, processor.num_frames), answer
+
+
+def merge_repeated_events(events: Sequence[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """
+    `(start_index, end_index, sentence)` events with each run of one caption over touching moments made one event,
+    as the original's captioning evaluation merges them before scoring: an event starts within one index of the
+    previous one's end and its caption is nearly the same (difflib ratio above 0.98); the first caption is kept.
+    """
+    merged: list[tuple[int, int, str]] = []
+    for start, end, sentence in events:
+        if merged:
+            run_start, run_end, run_sentence = merged[-1]
+            if -1 <= start - run_end <= 1 and SequenceMatcher(None, run_sentence, sentence).ratio() > 0.98:
+                merged[-1] = (run_start, end, run_sentence)
+                continue
+        merged.append((start, end, sentence))
+    return merged
+
+
+def caption_events(answer: str, duration: float, num_frames: int = 100) -> list[tuple[float, float, str]]:
+    """The events of a dense-captioning answer, repeats merged ([`merge_repeated_events`]), in seconds by the
+    captioning convention."""
+    return [
+        (*indices_to_seconds(start, end, duration, CAPTIONING, num_frames), sentence)
+        for start, end, sentence in merge_repeated_events(parse_event_indices(answer))
+    ]
 
 
 # Evaluation
@@ -373,7 +406,7 @@ def _answer_grounding_batch(model, processor, batch, question, sink, generation_
         **generation_kwargs,
     )  # fmt: skip
     for (query, _, duration), answer in zip(batch, answers, strict=True):
-        moments = parse_moments(answer, duration, GROUNDING)
+        moments = parse_moments(answer, duration, GROUNDING, processor.num_frames)
         record = {
             "video_id": query["video_id"],
             "query": query["query"],
@@ -406,7 +439,8 @@ def evaluate_captioning(
     """
     Dense captions of `videos`, written to `output_file` in the ActivityNet challenge format
     `{"results": {"v_ID": [{"sentence", "timestamp": [start, end]}, ...]}}` (seconds by the captioning convention;
-    an answer that names no event gives an empty list).
+    repeats of a caption over touching moments merged as the original evaluation merges them, see
+    [`merge_repeated_events`]; an answer that names no event gives an empty list).
 
     Resumes: each answer is appended as it comes to the JSON-lines file [`captioning_answers_file`] beside the
     output (`{"video_id", "duration", "answer", "events"}`); videos already there are not answered again, and the
@@ -444,7 +478,7 @@ def evaluate_captioning(
             for video, duration, answer in zip(batch, durations, answers, strict=True):
                 events = [
                     {"sentence": sentence, "timestamp": [start_s, end_s]}
-                    for start_s, end_s, sentence in parse_events(answer, duration, CAPTIONING)
+                    for start_s, end_s, sentence in caption_events(answer, duration, processor.num_frames)
                 ]
                 record = {"video_id": video["video_id"], "duration": duration, "answer": answer, "events": events}
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -729,7 +763,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         conversation.append(user_turn(question, with_video=not conversation))
         answer = generate_answers(model, processor, [conversation], [features], **kwargs)[0]
         conversation.append(assistant_turn(answer))
-        moments = parse_moments(answer, duration, GROUNDING)
+        moments = parse_moments(answer, duration, GROUNDING, processor.num_frames)
         seconds = f"  [{', '.join(f'{start:.1f}-{end:.1f} s' for start, end in moments)}]" if moments else ""
         print(f"{answer}{seconds}", flush=True)
 

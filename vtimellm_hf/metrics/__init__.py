@@ -15,8 +15,9 @@ Every convention that changes the numbers:
 * Clipping: grounding predictions are clipped to [0, duration] when the reference knows its duration (to
   [0, inf) when it does not); references are never clipped. Captioning times are not clipped (densevid_eval
   does not clip).
-* Duplicate merging: none. VTimeLLM's captioning script merges consecutive, nearly identical captions of
-  adjacent moments before scoring; that belongs with the reply parser.
+* Duplicate merging: none here. VTimeLLM's captioning script merges consecutive, nearly identical captions of
+  adjacent moments before scoring; `evaluate_captioning` does it as it reads the replies
+  (`vtimellm_hf.inference.merge_repeated_events`).
 * Denominators: every reference counts. A grounding reply that does not parse (`timestamp` None) scores IoU 0
   (`unparsed`); a reference query or video with no prediction scores 0 (`missing`).
 * Matching: grounding predictions go to references by `(video_id, query)`, the k-th repeat of a pair to the

@@ -140,12 +140,9 @@ def parse_moments(
     return [indices_to_seconds(s, e, duration, convention, num_frames) for s, e in parse_moment_indices(text)]
 
 
-def parse_events(
-    text: str, duration: float, convention: str = CAPTIONING, num_frames: int = 100
-) -> list[tuple[float, float, str]]:
+def parse_event_indices(text: str) -> list[tuple[int, int, str]]:
     """
-    Dense-captioning events of a generated answer as `(start_seconds, end_seconds, sentence)`, in the order written
-    (see [`indices_to_seconds`] for `convention` and `num_frames`).
+    Dense-captioning events of a generated answer as `(start_index, end_index, sentence)`, in the order written.
 
     Read from the trained layout, "From 00 to 12, a man enters. From 13 to 40, he leaves." (each caption runs to the
     next moment), and from the layouts a model also writes: "00 to 12: a man enters, ...", captions before their
@@ -159,10 +156,19 @@ def parse_events(
     events = _json_events(text)
     if events is None:
         events = _text_events(text)
+    return [(start, end, sentence) for start, end, sentence in events if start <= end]
+
+
+def parse_events(
+    text: str, duration: float, convention: str = CAPTIONING, num_frames: int = 100
+) -> list[tuple[float, float, str]]:
+    """
+    The events of [`parse_event_indices`] as `(start_seconds, end_seconds, sentence)` (see [`indices_to_seconds`]
+    for `convention` and `num_frames`).
+    """
     return [
         (*indices_to_seconds(start, end, duration, convention, num_frames), sentence)
-        for start, end, sentence in events
-        if start <= end
+        for start, end, sentence in parse_event_indices(text)
     ]
 
 
