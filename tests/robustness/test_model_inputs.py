@@ -5,6 +5,8 @@ placeholder, features without text and batches mixing samples with and without a
 covers placeholder / row and batch mismatches in the model and batches of mixed lengths. See `RELIABILITY.md`.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -47,8 +49,10 @@ def test_answers_that_name_no_moment_are_kept_as_null_and_scored_zero(tmp_path, 
         return [answers[conversation[0]["content"][-1]["text"]] for conversation in conversations]
 
     monkeypatch.setattr(inference, "generate_answers", generate_answers)
+    # The answers are given: of the processor, only its frame count (to read the indices) is used
+    processor = SimpleNamespace(num_frames=100)
     results = evaluate_grounding(
-        None, None, queries, tmp_path / "results.jsonl", lambda video_id: (torch.zeros(100, FEATURE_DIM), None),
+        None, processor, queries, tmp_path / "results.jsonl", lambda video_id: (torch.zeros(100, FEATURE_DIM), None),
         question="{query}", batch_size=3,
     )  # fmt: skip
     records = {record["query"]: record for record in read_jsonl_records(results)}
