@@ -117,6 +117,10 @@ DIALOGUE_GROUNDING_TEMPLATES = (
     "When does {thing} appear and disappear?",
     "Locate {thing} in the video.",
 )
+# Shares of the stage-3 event turns: grounding asked as stage 2 asks it (about the event's sentence), grounding in
+# all (that and the dialogue templates); the rest is captioning
+STAGE3_SENTENCE_GROUNDING_SHARE = 0.5
+STAGE3_GROUNDING_SHARE = 0.7
 # Answers keep the "from XX to YY" form that the grounding evaluation parses.
 DIALOGUE_GROUNDING_ANSWERS = (
     "{Thing} is visible from {start} to {end}.",
@@ -856,8 +860,9 @@ def _stage2_records(videos: list[SyntheticVideo], config: SyntheticMomentsConfig
 
 def _stage3_records(videos: list[SyntheticVideo], config: SyntheticMomentsConfig, rng: np.random.Generator) -> list:
     """
-    VTimeLLM stage-3 style dialogues: an optional count of the shapes, then grounding (or, now and then,
-    captioning) of each event, then order and overlap questions when the video has several events.
+    VTimeLLM stage-3 style dialogues: an optional count of the shapes, then grounding (mostly asked as stage 2 asks
+    it, about the event's sentence; see `STAGE3_SENTENCE_GROUNDING_SHARE`) or, now and then, captioning of each
+    event, then order and overlap questions when the video has several events.
     """
     records = []
     for video in videos:
@@ -874,7 +879,14 @@ def _stage3_records(videos: list[SyntheticVideo], config: SyntheticMomentsConfig
             for index in rng.permutation(len(events)).tolist():
                 event = events[index]
                 start, end = f"<s{index}>", f"<e{index}>"
-                if rng.uniform() < 0.7:
+                draw = rng.uniform()
+                if draw < STAGE3_SENTENCE_GROUNDING_SHARE:
+                    # Stage 3 keeps stage 2's grounding questions about event sentences, as VTimeLLM's stage-3
+                    # dialogues ground ActivityNet and DiDeMo sentences: without them, instruction tuning on other
+                    # phrasings teaches the model to answer those with a caption
+                    question = _pick(GROUNDING_TEMPLATES, rng).format(event=event.caption)
+                    answer = f"From {start} to {end}."
+                elif draw < STAGE3_GROUNDING_SHARE:
                     thing = event.definite_noun_phrase
                     question = _pick(DIALOGUE_GROUNDING_TEMPLATES, rng).format(thing=thing)
                     answer = _pick(DIALOGUE_GROUNDING_ANSWERS, rng).format(
