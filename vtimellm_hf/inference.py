@@ -38,6 +38,7 @@ from .model import (
     get_video_duration,
     indices_to_seconds,
     parse_event_indices,
+    parse_grounding_answer,
     parse_moments,
 )
 
@@ -283,12 +284,11 @@ def ground(
     answer = generate_answers(
         model, processor, [[user_turn(grounding_question(query, question))]], [features], **generation_kwargs
     )[0]
-    moments = parse_moments(answer, duration, GROUNDING, processor.num_frames)
-    if not moments:
+    moment = parse_grounding_answer(answer, duration, processor.num_frames)
+    if moment is None:
         return Moment(None, None, answer)
     offset = window[0] if window is not None else 0.0
-    start, end = moments[0]
-    return Moment(start + offset, end + offset, answer)
+    return Moment(moment[0] + offset, moment[1] + offset, answer)
 
 
 def caption(model, processor, video, question: str = CAPTIONING_QUESTION, **generation_kwargs):
@@ -351,7 +351,8 @@ def evaluate_grounding(
     """
     Answers grounding queries and appends one JSON line per query to `output_file`:
     `{"video_id", "query", "timestamp": [start, end] | null, "answer", "duration"}`, seconds by the grounding
-    convention; `timestamp` is null where the answer names no moment.
+    convention, from the answer's first "NN to NN" pair as the original reads it; `timestamp` is null where the answer
+    names no moment or its first pair is reversed ([`parse_grounding_answer`]).
 
     Resumes: queries already in `output_file` are skipped (a truncated last line, from a killed run, is dropped).
     Queries are grouped by video, so each video's features are loaded (or computed) once, and several questions
@@ -406,11 +407,11 @@ def _answer_grounding_batch(model, processor, batch, question, sink, generation_
         **generation_kwargs,
     )  # fmt: skip
     for (query, _, duration), answer in zip(batch, answers, strict=True):
-        moments = parse_moments(answer, duration, GROUNDING, processor.num_frames)
+        moment = parse_grounding_answer(answer, duration, processor.num_frames)
         record = {
             "video_id": query["video_id"],
             "query": query["query"],
-            "timestamp": list(moments[0]) if moments else None,
+            "timestamp": list(moment) if moment is not None else None,
             "answer": answer,
             "duration": duration,
         }

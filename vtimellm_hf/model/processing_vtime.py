@@ -140,6 +140,18 @@ def parse_moments(
     return [indices_to_seconds(s, e, duration, convention, num_frames) for s, e in parse_moment_indices(text)]
 
 
+def parse_grounding_answer(text: str, duration: float, num_frames: int = 100) -> tuple[float, float] | None:
+    """
+    The moment a grounding answer names, in seconds by the grounding convention, as the original evaluation reads
+    it: the first "NN to NN" pair. `None` where there is none, or where that first pair is reversed (the original
+    scores it IoU 0; a later pair does not stand in for it).
+    """
+    match = _MOMENT_PATTERN.search(text) if isinstance(text, str) else None
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        return None
+    return indices_to_seconds(int(match.group(1)), int(match.group(2)), duration, GROUNDING, num_frames)
+
+
 def parse_event_indices(text: str) -> list[tuple[int, int, str]]:
     """
     Dense-captioning events of a generated answer as `(start_index, end_index, sentence)`, in the order written.
