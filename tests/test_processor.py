@@ -353,6 +353,8 @@ def test_video_input_formats_of_transformers(processor):
         encoded(clips[None], ["<video>"])
     with pytest.raises(ValueError, match=r"video_windows\[0\] is \(1.0, 2.0\), but videos\[0\] is decoded frames"):
         processor(text="<video>", videos=[clips[0]], video_windows=[(1.0, 2.0)])
+    with pytest.raises(ValueError, match=r"must be uint8 RGB \(0-255\), got dtype float32 for videos\[1\]"):
+        encoded([clips[0], clips[1].astype(np.float32) / 255])
 
 
 @pytest.mark.parametrize(
