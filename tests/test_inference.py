@@ -359,7 +359,8 @@ def test_evaluate_grounding_with_videos_and_charades_annotations(
 
 def test_captioning_replies_are_read_as_the_original_evaluation_reads_them():
     # The original's question asks for JSON; repeats of a caption over touching moments are one event
-    assert CAPTIONING_QUESTION.startswith(" Could you please describe the events") and '"timestamps"' in CAPTIONING_QUESTION
+    assert CAPTIONING_QUESTION.startswith(" Could you please describe the events")
+    assert '"timestamps"' in CAPTIONING_QUESTION
     answer = (
         '[{"event": "a man talks", "timestamps": "from 00 to 10"}, {"event": "a man talks", "timestamps": "from 11 '
         'to 20"}, {"event": "a man talks.", "timestamps": "from 40 to 50"}, {"event": "he leaves", "timestamps": '

@@ -20,7 +20,8 @@ def test_every_test_named_in_the_reliability_table_exists():
             assert current is not None, f"{test_name} names no file in: {line[:120]}"
             if current not in defined:
                 source = (TESTS / current).read_text(encoding="utf-8")
-                defined[current] = {node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)}
+                nodes = ast.walk(ast.parse(source))
+                defined[current] = {node.name for node in nodes if isinstance(node, ast.FunctionDef)}
             if test_name not in defined[current]:
                 missing.append(f"{current}::{test_name}")
     assert defined, "RELIABILITY.md names no test"

@@ -743,7 +743,10 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
         "--dtype", choices=sorted(_DTYPES), default=None, help="encoder dtype (default: float16 on cuda, else float32)"
     )
     parser.add_argument(
-        "--video-root", default=None, metavar="DIR", help="for an annotation INPUT (JSON, Charades-STA): the folder holding the videos {id}.*"
+        "--video-root",
+        default=None,
+        metavar="DIR",
+        help="for an annotation INPUT (JSON, Charades-STA): the folder holding the videos {id}.*",
     )
     parser.add_argument(
         "--consolidate", default=None, metavar="PATH", help="also pack all features into this safetensors file"

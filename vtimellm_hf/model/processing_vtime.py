@@ -803,7 +803,9 @@ class VTimeProcessor(ProcessorMixin):
             )
         if frames.dtype not in (np.uint8, torch.uint8):
             # Float frames in [0, 1] would be divided by 255 once more and encoded as black
-            raise ValueError(f"A decoded video must be uint8 RGB (0-255), got dtype {frames.dtype} for videos[{index}].")
+            raise ValueError(
+                f"A decoded video must be uint8 RGB (0-255), got dtype {frames.dtype} for videos[{index}]."
+            )
         return self.encode_frames(frames if isinstance(video, list) else frames[indices])
 
     def encode_prompt(

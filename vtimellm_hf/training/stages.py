@@ -181,7 +181,10 @@ def load_projector(model: VTimeLlamaForCausalLM, source: str | Path) -> None:
     with gathered(model.model.mm_projector, modifier_rank=0):
         expected = model.model.mm_projector.weight.shape
         if projector["weight"].shape != expected:
-            raise ValueError(f"{path}: projector weight has shape {tuple(projector['weight'].shape)}, the model needs {tuple(expected)}.")
+            raise ValueError(
+                f"{path}: projector weight has shape {tuple(projector['weight'].shape)}, the model needs "
+                f"{tuple(expected)}."
+            )
         model.model.mm_projector.load_state_dict(projector)
 
 
