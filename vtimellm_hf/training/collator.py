@@ -132,7 +132,6 @@ class VTimeDataCollator:
         }
 
 
-
 def add_lengths(dataset, collator: VTimeDataCollator, num_proc: int | None = None, column: str = "length"):
     """
     A column of lengths (tokens, video rows included) for `train_sampling_strategy="group_by_length"` or
