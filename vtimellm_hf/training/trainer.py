@@ -78,15 +78,17 @@ class VTimeSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
-            # Counted here, in the main process: collators run in the dataloader's workers
+            # Counted here, in the training process: collators run in the dataloader's workers
             mask = inputs["attention_mask"]
-            local = torch.stack([mask.sum(), torch.tensor(mask.numel(), device=mask.device)]).long()
-            self._padding_counts += self.accelerator.reduce(local, reduction="sum").cpu()
+            self._padding_counts = self._padding_counts.to(mask.device)
+            self._padding_counts += torch.stack([mask.sum(), torch.tensor(mask.numel(), device=mask.device)])
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        real, total = self._padding_counts.tolist()
+        # Every process logs at the same steps: the counts of all are summed once per log, not once per batch
+        counts = self.accelerator.reduce(self._padding_counts.to(self.accelerator.device), reduction="sum").cpu()
+        real, total = counts.tolist()
         if total:
             logs["padding_waste"] = round(1 - real / total, 4)
-            self._padding_counts.zero_()
+        self._padding_counts.zero_()
         super().log(logs, start_time)
