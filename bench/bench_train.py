@@ -2,15 +2,15 @@
 
     python bench/bench_train.py [--out bench/results/train.json]
 
-Stage 2 on the path of `vtimellm_hf.training.stages.run_stage`: TRL's `SFTTrainer` with
+Stage 2 on the path of `vtimellm_hf.training.stages.run_stage`: its `VTimeSFTTrainer` (TRL's `SFTTrainer`) with
 [`VTimeDataCollator`], a LoRA (r 64, alpha 128, dropout 0.05) on every linear layer of the LLM, records loaded by
 `load_stage2` from a stage-2 JSON file. The model is a random `build_tiny_vtime_model` LLaMA (4 layers, hidden 512,
 8 heads) on 32-d frame features, 100 video rows per record; the records are stage-2 dialogues of 1 to 6 turns
 (dense captioning, event captioning, grounding), so that lengths vary as in the real data. Batch 8, no gradient
 accumulation, float32, no activation checkpointing (the tiny CPU recipe's settings).
 
-* ours: `train_sampling_strategy="group_by_length"` on the `length` column of `add_lengths` (transformers'
-  `LengthGroupedSampler`), each batch padded to its longest record;
+* ours: `train_sampling_strategy="group_by_length"` on the `length` column of `add_lengths` (transformers' length
+  grouping, its order drawn from seed + epoch), each batch padded to its longest record;
 * baseline: `train_sampling_strategy="random"`, each batch padded to its longest record.
 
 Padding waste: the share of padding over one whole epoch of each arm's training dataloader (collated, not trained),
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 
 from vtimellm_hf import VTimeProcessor
 from vtimellm_hf.data.features import open_feature_store
@@ -52,6 +52,7 @@ from vtimellm_hf.data.loaders import load_stage2
 from vtimellm_hf.tiny_models import build_tiny_tokenizer
 from vtimellm_hf.training.collator import VTimeDataCollator, add_lengths
 from vtimellm_hf.training.stages import VTimeModelArguments, lora_config
+from vtimellm_hf.training.trainer import VTimeSFTTrainer
 
 from common import build_vtime_model, peak_gpu_mib, release_memory, synchronize
 
@@ -180,7 +181,7 @@ def make_trainer(strategy: str, tokenizer, dataset, feature_store, args, workdir
         save_strategy="no", report_to="none", seed=args.seed, dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False, disable_tqdm=True,
     )  # fmt: skip
-    trainer = SFTTrainer(
+    trainer = VTimeSFTTrainer(
         model=model, args=config, train_dataset=dataset, data_collator=collator, processing_class=processor,
         peft_config=lora_config(VTimeModelArguments()),
     )  # fmt: skip
