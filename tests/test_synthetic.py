@@ -13,7 +13,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from vtimellm_hf.data.synthetic import (
     COLOURS,
     DENSE_CAPTIONING_TEMPLATES,
+    DIALOGUE_CAPTIONING_TEMPLATES,
+    DIALOGUE_GROUNDING_TEMPLATES,
     EMPTY_STILL_CAPTION,
+    GROUNDING_TEMPLATES,
     SHAPES,
     SyntheticMomentsConfig,
     generate_synthetic_moments,
@@ -228,6 +231,41 @@ def test_stage_records_use_placeholders_they_define(dataset):
     assert len(questions) >= 30, "the question templates should vary"
 
 
+def test_stage3_event_turns_come_in_the_configured_shares(dataset):
+    # What fills each slot: an event's sentence ("a red circle appears"), a shape ("the red circle"), a placeholder
+    slots = {"event": r"an? \w+ \w+ appears", "thing": r"the \w+ \w+", "start": r"<s\d+>", "end": r"<e\d+>"}
+
+    def patterns(templates):
+        return [
+            re.compile(re.sub(r"\\\{(\w+)\\\}", lambda slot: slots[slot.group(1)], re.escape(template)))
+            for template in templates
+        ]
+
+    kinds = {
+        "sentence grounding": patterns(GROUNDING_TEMPLATES),
+        "dialogue grounding": patterns(DIALOGUE_GROUNDING_TEMPLATES),
+        "captioning": patterns(DIALOGUE_CAPTIONING_TEMPLATES),
+    }
+    counts = dict.fromkeys(kinds, 0)
+    for record in read_json(dataset.stage3_file):
+        turns = record["conversations"]
+        for question, answer in zip(turns[::2], turns[1::2]):
+            question = question["value"].removeprefix("<video>\n")
+            for kind, kind_patterns in kinds.items():
+                if any(pattern.fullmatch(question) for pattern in kind_patterns):
+                    counts[kind] += 1
+                    if kind == "sentence grounding":
+                        # Asked as stage 2 asks it, answered as stage 2 answers it
+                        assert re.fullmatch(r"From <s\d+> to <e\d+>\.", answer["value"]), answer["value"]
+    total = sum(counts.values())
+    sentence_share, dialogue_share = dataset.config.stage3_grounding_shares
+    expected = {"sentence grounding": sentence_share, "dialogue grounding": dialogue_share,
+                "captioning": 1 - sentence_share - dialogue_share}  # fmt: skip
+    assert total > 300
+    for kind, share in expected.items():
+        assert abs(counts[kind] / total - share) < 0.08, (kind, counts)
+
+
 def test_stage1_stills_show_their_caption(dataset):
     records = read_json(dataset.stage1_file)
     assert len(records) == dataset.config.num_images
@@ -319,6 +357,8 @@ def test_needs_a_training_video(tmp_path):
         ({"event_span_range": (0.6, 0.3)}, "event_span_range"),
         ({"duration_range": (0, 10)}, "duration_range"),
         ({"shapes_per_image": (0.5, 0.5, 0.5)}, "shapes_per_image"),
+        ({"stage3_grounding_shares": (0.6, 0.5)}, "stage3_grounding_shares"),
+        ({"stage3_grounding_shares": (-0.1, 0.5)}, "stage3_grounding_shares"),
     ],
 )
 def test_config_rejects_bad_settings(settings, message):

@@ -117,10 +117,6 @@ DIALOGUE_GROUNDING_TEMPLATES = (
     "When does {thing} appear and disappear?",
     "Locate {thing} in the video.",
 )
-# Shares of the stage-3 event turns: grounding asked as stage 2 asks it (about the event's sentence), grounding in
-# all (that and the dialogue templates); the rest is captioning
-STAGE3_SENTENCE_GROUNDING_SHARE = 0.5
-STAGE3_GROUNDING_SHARE = 0.7
 # Answers keep the "from XX to YY" form that the grounding evaluation parses.
 DIALOGUE_GROUNDING_ANSWERS = (
     "{Thing} is visible from {start} to {end}.",
@@ -211,6 +207,11 @@ class SyntheticMomentsConfig:
             Stage-2 records drawn per training video.
         stage3_dialogues_per_video (`int`, defaults to 4):
             Stage-3 records drawn per training video.
+        stage3_grounding_shares (`tuple[float, float]`, defaults to `(0.5, 0.2)`):
+            Shares of the stage-3 event turns that ground the event as stage 2 asks it (about its sentence, "a red
+            circle appears") and as a dialogue asks it (about the shape, "the red circle"); the rest caption it.
+            Without the first kind, instruction tuning on other phrasings can teach the model to answer stage 2's
+            grounding questions with a caption.
         dense_captioning_share (`float`, defaults to 0.2):
             Share of stage-2 records that are single-turn dense captioning (the rest are multi-turn event
             captioning and grounding), as in VTimeLLM.
@@ -231,6 +232,7 @@ class SyntheticMomentsConfig:
     shapes_per_image: tuple[float, float, float] = (0.25, 0.45, 0.3)
     stage2_dialogues_per_video: int = 4
     stage3_dialogues_per_video: int = 4
+    stage3_grounding_shares: tuple[float, float] = (0.5, 0.2)
     dense_captioning_share: float = 0.2
     num_workers: int = 2
 
@@ -259,6 +261,11 @@ class SyntheticMomentsConfig:
                 raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {(smallest, largest)}.")
         if not 0 <= self.dense_captioning_share <= 1:
             raise ValueError(f"dense_captioning_share must lie in [0, 1], got {self.dense_captioning_share}.")
+        if min(self.stage3_grounding_shares) < 0 or sum(self.stage3_grounding_shares) > 1 + 1e-6:
+            raise ValueError(
+                f"stage3_grounding_shares must be two non-negative shares summing to at most 1, got "
+                f"{self.stage3_grounding_shares}."
+            )
         shares = self.shapes_per_image
         if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
             raise ValueError(f"shapes_per_image must be three non-negative shares summing to 1, got {shares}.")
@@ -860,9 +867,9 @@ def _stage2_records(videos: list[SyntheticVideo], config: SyntheticMomentsConfig
 
 def _stage3_records(videos: list[SyntheticVideo], config: SyntheticMomentsConfig, rng: np.random.Generator) -> list:
     """
-    VTimeLLM stage-3 style dialogues: an optional count of the shapes, then grounding (mostly asked as stage 2 asks
-    it, about the event's sentence; see `STAGE3_SENTENCE_GROUNDING_SHARE`) or, now and then, captioning of each
-    event, then order and overlap questions when the video has several events.
+    VTimeLLM stage-3 style dialogues: an optional count of the shapes, then grounding (asked as stage 2 asks it, or
+    as a dialogue does; `config.stage3_grounding_shares`) or captioning of each event, then order and overlap
+    questions when the video has several events.
     """
     records = []
     for video in videos:
@@ -879,14 +886,13 @@ def _stage3_records(videos: list[SyntheticVideo], config: SyntheticMomentsConfig
             for index in rng.permutation(len(events)).tolist():
                 event = events[index]
                 start, end = f"<s{index}>", f"<e{index}>"
+                sentence_share, dialogue_share = config.stage3_grounding_shares
                 draw = rng.uniform()
-                if draw < STAGE3_SENTENCE_GROUNDING_SHARE:
-                    # Stage 3 keeps stage 2's grounding questions about event sentences, as VTimeLLM's stage-3
-                    # dialogues ground ActivityNet and DiDeMo sentences: without them, instruction tuning on other
-                    # phrasings teaches the model to answer those with a caption
+                if draw < sentence_share:
+                    # As VTimeLLM's stage-3 dialogues ground ActivityNet and DiDeMo sentences
                     question = _pick(GROUNDING_TEMPLATES, rng).format(event=event.caption)
                     answer = f"From {start} to {end}."
-                elif draw < STAGE3_GROUNDING_SHARE:
+                elif draw < sentence_share + dialogue_share:
                     thing = event.definite_noun_phrase
                     question = _pick(DIALOGUE_GROUNDING_TEMPLATES, rng).format(thing=thing)
                     answer = _pick(DIALOGUE_GROUNDING_ANSWERS, rng).format(
