@@ -46,7 +46,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from vtimellm_hf.data.extract import extract_features
 from vtimellm_hf.data.synthetic import SyntheticMomentsConfig, generate_synthetic_moments
-from vtimellm_hf.model.processing_vtime import load_video_frames, preprocess_frames, read_frame_preprocessing
+from vtimellm_hf.model import load_video_frames, preprocess_frames, read_frame_preprocessing
 from vtimellm_hf.tiny_models import build_tiny_frame_encoder
 
 from common import DTYPES, created_on, peak_gpu_mib, synchronize

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import CLIPImageProcessorPil
 
-from vtimellm_hf.model.processing_vtime import CLIP_MEAN, CLIP_STD, load_video_frames, preprocess_frames
+from vtimellm_hf.model import CLIP_MEAN, CLIP_STD, load_video_frames, preprocess_frames
 
 TARGET = 3.0
 TOLERANCE = 1e-2

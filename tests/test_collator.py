@@ -81,7 +81,8 @@ def test_truncation_cuts_the_end_but_never_the_video(processor):
     full = VTimeDataCollator(processor, store, max_length=4096).encode(record(turns=3))
     cut = VTimeDataCollator(processor, store, max_length=len(full["input_ids"]) - 5).encode(record(turns=3))
     assert cut["input_ids"] == full["input_ids"][:-5] and cut["labels"] == full["labels"][:-5]
-    with pytest.raises(ValueError, match=r"max_length=120 would cut its video rows, which end at token 1\d\d"):
+    with pytest.raises(ValueError, match=r"Record 'v1-1': Text 0 is \d+ tokens, 100 of them the rows of its video "
+                                         r"\(tokens \d+ to 1\d\d\); truncating it to max_length=120 on the right"):
         VTimeDataCollator(processor, store, max_length=120).encode(record())
 
 
@@ -100,7 +101,7 @@ def test_batch_is_right_padded_with_stacked_features_and_counts_waste(processor,
 
 def test_bad_records_are_named(processor, collator):
     no_video = {"id": "r7", "video_id": "v1", "messages": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "x"}]}
-    with pytest.raises(ValueError, match=r"Record 'r7': the prompt holds 0 <video>"):
+    with pytest.raises(ValueError, match=r"Record 'r7': The text holds 0 <video> placeholders but 1 visual inputs"):
         collator.encode(no_video)
     wrong_rows = VTimeDataCollator(processor, InMemoryFeatures({"v1": np.ones((99, 32), np.float16)}))
     with pytest.raises(ValueError, match=r"Record 'v1-1': Feature 'v1': shape \(99, 32\), expected \(100, "):

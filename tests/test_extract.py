@@ -40,7 +40,7 @@ from vtimellm_hf.data.features import (
     remove_stale_temporaries,
     write_feature,
 )
-from vtimellm_hf.model.processing_vtime import VTimeProcessor, load_video_frames
+from vtimellm_hf.model import VTimeProcessor, load_video_frames
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="the test videos are written with imageio-ffmpeg")
 

@@ -1,4 +1,4 @@
-"""VTimeProcessor: original token ids, the Vicuna v1 template, frame sampling and preprocessing, real videos."""
+"""VTimeProcessor: original token ids, the chat templates, frame sampling and preprocessing, real videos, saving."""
 
 import re
 
@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from vtimellm_hf import VICUNA_V1_CHAT_TEMPLATE, VTimeProcessor, load_video_frames, parse_events, preprocess_frames
-from vtimellm_hf.model.processing_vtime import CLIP_MEAN, CLIP_STD, sample_frame_indices
+from vtimellm_hf import (
+    CLIP_MEAN,
+    CLIP_STD,
+    PLAIN_CHAT_TEMPLATE,
+    VICUNA_V1_CHAT_TEMPLATE,
+    VTimeProcessor,
+    load_video_frames,
+    parse_events,
+    preprocess_frames,
+    sample_frame_indices,
+)
 
 SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -52,7 +61,7 @@ def test_chat_template_is_the_original_vicuna_v1_prompt(processor):
     assert generation_prompt == f"{SYSTEM} USER: <video>\nWhen does the man crack the egg? ASSISTANT:"
     with_system = [{"role": "system", "content": "Be brief."}, *conversation()[:1]]
     assert processor.apply_chat_template(with_system).startswith("Be brief. USER: <video>\n")
-    assert processor.chat_template == VICUNA_V1_CHAT_TEMPLATE
+    assert processor.chat_template == {"default": VICUNA_V1_CHAT_TEMPLATE, "plain": PLAIN_CHAT_TEMPLATE}
 
 
 def test_token_ids_equal_the_originals(tiny_dir, tokenizer, processor):
@@ -188,17 +197,17 @@ def test_preprocessing_matches_a_float64_reference(shape):
 
 def test_frame_encoder_loads_lazily_and_is_not_saved(tmp_path, tokenizer, frame_encoder_path):
     processor = VTimeProcessor(tokenizer=tokenizer, frame_encoder_name_or_path=str(frame_encoder_path), frame_size=32)
-    assert processor._frame_encoder is None
+    assert processor.frame_encoder._model is None
     processor(text="<video>\nWhen?", video_features=[np.zeros((100, 32))])
-    assert processor._frame_encoder is None
+    assert processor.frame_encoder._model is None
     frames = np.random.default_rng(0).integers(0, 256, size=(10, 48, 64, 3), dtype=np.uint8)
     batch = processor(text="<video>\nWhen?", videos=[frames], return_tensors="pt")
-    assert processor._frame_encoder is not None
+    assert processor.frame_encoder._model is not None
     assert batch["video_features"].shape == (1, 100, 32)
     processor.save_pretrained(tmp_path)
     reloaded = VTimeProcessor.from_pretrained(tmp_path)
     assert reloaded.frame_encoder_name_or_path == str(frame_encoder_path)
-    assert reloaded._frame_encoder is None and reloaded.frame_size == 32
+    assert reloaded.frame_encoder._model is None and reloaded.frame_size == 32
     assert reloaded.chat_template == processor.chat_template
     torch.testing.assert_close(reloaded(text="<video>\nWhen?", videos=[frames], return_tensors="pt")["video_features"],
                                batch["video_features"])
@@ -274,7 +283,8 @@ def test_tokenizer_padding_and_truncation_options(processor):
         truncated = processor(text=PROMPT, video_features=features, return_offsets_mapping=True, **kwargs)
         assert len(truncated["input_ids"][0]) == len(truncated["offset_mapping"][0]) == length - 3
         assert truncated["input_ids"][0].count(processor.video_token_id) == 100
-    with pytest.raises(ValueError, match="Text 0 is .* tokens, 100 of them the rows of its video; truncating it to"):
+    with pytest.raises(ValueError, match=r"Text 0 is \d+ tokens, 100 of them the rows of its video \(tokens \d+ to "
+                                         r"\d+\); truncating it to max_length=100 on the right would cut into those"):
         processor(text=PROMPT, video_features=features, truncation=True, max_length=100)
     with pytest.raises(ValueError, match="truncation='only_second' does not apply"):
         processor(text=PROMPT, video_features=features, truncation="only_second", max_length=200)

@@ -182,7 +182,7 @@ def generate_answers(
         # Unpadded ids: the padding depends on whether the prompt start is shared, decided below
         encoded = processor(text=prompts, video_features=batch_features, padding=False)
         rows = encoded["input_ids"]
-        rows_features = [torch.from_numpy(feature) for feature in encoded["video_features"]]
+        rows_features = [torch.as_tensor(feature) for feature in encoded["video_features"]]
         first_rows, video_of_row = _distinct_videos(batch_features)
         shared_length = 0
         if len(first_rows) < len(rows) and _can_reuse_a_cache(model, generation_kwargs):

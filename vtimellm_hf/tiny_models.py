@@ -16,7 +16,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from .model import VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaConfig, VTimeLlamaForCausalLM
-from .model.processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
+from .model.video_processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
 
 _BASE_CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. "

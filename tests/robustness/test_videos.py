@@ -13,7 +13,7 @@ from PIL import Image
 
 from vtimellm_hf.data.extract import FAILURES_FILE, extract_features
 from vtimellm_hf.data.synthetic import encode_mp4
-from vtimellm_hf.model.processing_vtime import (
+from vtimellm_hf.model import (
     get_video_duration,
     image_as_frame,
     load_video_frames,

@@ -37,13 +37,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..model.processing_vtime import (
+from ..model import (
     DEFAULT_FRAME_ENCODER,
+    VTimeFrameEncoder,
     VTimeProcessor,
     image_as_frame,
     load_video_frames,
     preprocess_frames,
-    read_frame_preprocessing,
 )
 from .features import (
     FEATURE_DTYPE,
@@ -515,20 +515,6 @@ def _resolve_device_and_dtype(device, dtype) -> tuple[torch.device, torch.dtype]
     return device, dtype
 
 
-def _load_frame_encoder(clip, device: torch.device, dtype: torch.dtype):
-    """`(encoder, frame_size, mean, std)`: the CLIP image encoder on `device` and its preprocessing."""
-    if isinstance(clip, VTimeProcessor):
-        encoder = clip.frame_encoder
-        frame_size, mean, std = clip.frame_size, clip.image_mean, clip.image_std
-    else:
-        from transformers import CLIPVisionModelWithProjection
-
-        encoder = CLIPVisionModelWithProjection.from_pretrained(str(clip), dtype=dtype)
-        preprocessing = read_frame_preprocessing(str(clip), encoder.config.image_size)
-        frame_size, mean, std = preprocessing["frame_size"], preprocessing["image_mean"], preprocessing["image_std"]
-    return encoder.to(device=device, dtype=dtype).eval(), frame_size, mean, std
-
-
 def _is_extracted(path: Path, expected_shape: tuple[int, ...]) -> bool:
     try:
         header = read_npy_header(path)
@@ -609,7 +595,10 @@ def extract_features(
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output_dir)
     device, dtype = _resolve_device_and_dtype(device, dtype)
-    encoder, frame_size, mean, std = _load_frame_encoder(clip, device, dtype)
+    frame_encoder = clip.frame_encoder if isinstance(clip, VTimeProcessor) else VTimeFrameEncoder(str(clip))
+    encoder = frame_encoder.to(device, dtype).model.eval()
+    video_processor = frame_encoder.video_processor
+    frame_size, mean, std = video_processor.frame_size, video_processor.image_mean, video_processor.image_std
     dim = encoder.config.projection_dim
 
     def expected_shape(item: MediaItem) -> tuple[int, ...]:

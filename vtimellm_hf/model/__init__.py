@@ -1,27 +1,36 @@
-"""The VTimeLLM model: configuration, modeling and processing, the three files that travel to the Hub."""
+"""The VTimeLLM model: configuration, modeling and processing, the files that travel to the Hub.
+
+`processing_vtime.py` (text, chat templates, the `<video>` expansion) uses `video_processing_vtime.py` (pixels and the
+frame encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers.
+"""
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
 
 from .configuration_vtime_llama import VTimeLlamaConfig
 from .modeling_vtime_llama import VTimeLlamaForCausalLM, VTimeLlamaModel
-from .processing_vtime import (
+from .processing_vtime import PLAIN_CHAT_TEMPLATE, VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeProcessor
+from .timestamps_vtime import (
     CAPTIONING,
     GROUNDING,
-    VIDEO_TOKEN,
-    VICUNA_V1_CHAT_TEMPLATE,
-    VTimeProcessor,
     format_index,
-    get_video_duration,
     indices_to_seconds,
-    load_video_frames,
     parse_event_indices,
     parse_events,
     parse_grounding_answer,
     parse_moment_indices,
     parse_moments,
-    preprocess_frames,
-    sample_frame_indices,
     seconds_to_index,
+)
+from .video_decoding_vtime import get_video_duration, load_video_frames, sample_frame_indices
+from .video_processing_vtime import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DEFAULT_FRAME_ENCODER,
+    VTimeFrameEncoder,
+    VTimeVideoProcessor,
+    image_as_frame,
+    preprocess_frames,
+    read_frame_preprocessing,
 )
 
 # In this process the Auto classes resolve "vtime_llama" to these classes; a saved folder also carries the files
@@ -36,15 +45,22 @@ VTimeProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "CAPTIONING",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_FRAME_ENCODER",
     "GROUNDING",
-    "VIDEO_TOKEN",
+    "PLAIN_CHAT_TEMPLATE",
     "VICUNA_V1_CHAT_TEMPLATE",
+    "VIDEO_TOKEN",
+    "VTimeFrameEncoder",
     "VTimeLlamaConfig",
     "VTimeLlamaForCausalLM",
     "VTimeLlamaModel",
     "VTimeProcessor",
+    "VTimeVideoProcessor",
     "format_index",
     "get_video_duration",
+    "image_as_frame",
     "indices_to_seconds",
     "load_video_frames",
     "parse_event_indices",
@@ -53,6 +69,7 @@ __all__ = [
     "parse_moment_indices",
     "parse_moments",
     "preprocess_frames",
+    "read_frame_preprocessing",
     "sample_frame_indices",
     "seconds_to_index",
 ]

@@ -1,43 +1,36 @@
 """The training collator: conversational records -> padded token ids, labels and stacked frame features."""
 
 import logging
+import warnings
 
 import numpy as np
 import torch
-from transformers.utils.chat_template_utils import render_jinja_template
 
 from ..data.features import check_feature
-from ..model import VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeProcessor
+from ..model import VTimeProcessor
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-# Stage 1 of the original ("plain" template): the input is the visual placeholder alone, the question is dropped,
-# and the target is the caption followed by a newline.
-PLAIN_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- '<video>' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] + '\\n' -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
-TEMPLATES = {"vicuna_v1": VICUNA_V1_CHAT_TEMPLATE, "plain": PLAIN_CHAT_TEMPLATE}
+# The collator's template names -> the processor's chat template names
+_CHAT_TEMPLATES = {"vicuna_v1": None, "plain": "plain"}
 
 
 class VTimeDataCollator:
     """
     Builds training batches from records of the common schema (`id`, `video_id`, `messages`, ...).
 
-    For each record: the prompt is rendered with the chat template (Vicuna v1, or "plain" for stage 1), tokenized
-    by [`VTimeProcessor`] exactly as the original (its `<video>` expanded to one placeholder per feature row), and
-    labelled on assistant tokens only (answers and their `</s>`; system, user turns and placeholders are -100).
-    Sequences longer than `max_length` are cut at the end, never inside the video rows. Batches are padded on the
-    right and the features stacked into `(batch, rows, mm_hidden_size)`.
+    Each record goes through the processor's public path, as an inference prompt does:
+    `processor.apply_chat_template(messages, tokenize=True, return_assistant_tokens_mask=True, ...)` renders it with
+    the processor's chat template (its default, Vicuna v1, or the one named "plain" for stage 1), tokenizes it exactly
+    as the original (its `<video>` expanded to one placeholder per feature row), cuts it to `max_length` (at the
+    end for Vicuna's tokenizer, never inside the video rows) and marks the assistant tokens, the only ones labelled
+    (answers and their `</s>`; system, user turns and placeholders are -100). Batches are padded on the right and
+    the features stacked into `(batch, rows, mm_hidden_size)`.
 
     Args:
-        processor: the [`VTimeProcessor`] whose tokenizer and tokenization are used.
+        processor: the [`VTimeProcessor`] whose chat templates and tokenization are used.
         feature_store: where features are read, by `video_id` (see `vtimellm_hf.data.features`).
         max_length: longest sequence kept, in tokens, video rows included.
         template: `"vicuna_v1"` (stages 2 and 3) or `"plain"` (stage 1).
@@ -52,8 +45,8 @@ class VTimeDataCollator:
         template: str = "vicuna_v1",
         num_rows: int = 100,
     ):
-        if template not in TEMPLATES:
-            raise ValueError(f"Unknown template {template!r}; choose from {sorted(TEMPLATES)}.")
+        if template not in _CHAT_TEMPLATES:
+            raise ValueError(f"Unknown template {template!r}; choose from {sorted(_CHAT_TEMPLATES)}.")
         self.processor = processor
         self.feature_store = feature_store
         self.max_length = max_length
@@ -67,36 +60,24 @@ class VTimeDataCollator:
 
     def encode(self, example: dict) -> dict:
         """`input_ids` and `labels` (lists) of one record, truncated to `max_length`."""
-        tokenizer = self.processor.tokenizer
-        prompts, generation_spans = render_jinja_template(
-            conversations=[example["messages"]],
-            chat_template=TEMPLATES[self.template],
-            return_assistant_tokens_mask=True,
-            **tokenizer.special_tokens_map,
-        )
-        prompt, spans = prompts[0], generation_spans[0]
-        if prompt.count(VIDEO_TOKEN) != 1:
-            raise ValueError(
-                f"Record {example.get('id')!r}: the prompt holds {prompt.count(VIDEO_TOKEN)} {VIDEO_TOKEN} "
-                "placeholders; a training record needs exactly one, at the start of its first user turn."
+        try:
+            encoded = self.processor.apply_chat_template(
+                example["messages"],
+                chat_template=_CHAT_TEMPLATES[self.template],
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+                # The ids depend on the number of feature rows only: the features themselves are read by __call__
+                processor_kwargs={
+                    "video_features": [torch.empty(self.num_rows, 0)],
+                    "truncation": True,
+                    "max_length": self.max_length,
+                },
             )
-        encoded = self.processor.encode_prompt(prompt, rows=self.num_rows, return_offsets_mapping=True)
-        input_ids = encoded["input_ids"]
-        labels = [
-            token_id
-            if token_id != self.processor.video_token_id
-            and any(start < span_end and end > span_start for span_start, span_end in spans)
-            else IGNORE_INDEX
-            for token_id, (start, end) in zip(input_ids, encoded["offset_mapping"])
-        ]
-        if len(input_ids) > self.max_length:
-            video_end = len(input_ids) - input_ids[::-1].index(self.processor.video_token_id)
-            if video_end > self.max_length:
-                raise ValueError(
-                    f"Record {example.get('id')!r}: max_length={self.max_length} would cut its video rows, which "
-                    f"end at token {video_end}; raise max_length."
-                )
-            input_ids, labels = input_ids[: self.max_length], labels[: self.max_length]
+        except ValueError as error:
+            raise ValueError(f"Record {example.get('id')!r}: {error}") from None
+        input_ids, assistant_mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+        labels = [token_id if trained else IGNORE_INDEX for token_id, trained in zip(input_ids, assistant_mask)]
         return {"input_ids": input_ids, "labels": labels}
 
     def load_features(self, example: dict) -> torch.Tensor:
@@ -142,3 +123,18 @@ def add_lengths(dataset, collator: VTimeDataCollator, num_proc: int | None = Non
         num_proc=num_proc,
         desc="Measuring sequence lengths",
     )
+
+
+def __getattr__(name: str):
+    # The plain template moved to the processor, which holds it as its chat template named "plain"
+    if name == "PLAIN_CHAT_TEMPLATE":
+        from ..model import PLAIN_CHAT_TEMPLATE
+
+        warnings.warn(
+            "PLAIN_CHAT_TEMPLATE moved to vtimellm_hf.model (the processor's chat template named 'plain'); import "
+            "it from vtimellm_hf.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return PLAIN_CHAT_TEMPLATE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
