@@ -106,3 +106,49 @@ def test_bad_records_are_named(processor, collator):
     wrong_rows = VTimeDataCollator(processor, InMemoryFeatures({"v1": np.ones((99, 32), np.float16)}))
     with pytest.raises(ValueError, match=r"Record 'v1-1': Feature 'v1': shape \(99, 32\), expected \(100, "):
         wrong_rows([record()])
+
+
+def reference_encoding(processor, messages: list[dict], rows: int = 100) -> tuple[list[int], list[int]]:
+    """
+    Ids and labels of a Vicuna v1 record built piece by piece, without the chat template: BOS, the system prompt,
+    the video rows, then each turn up to its `</s>` tokenized as one piece, its answer labelled (the tokens after
+    those of the turn's text up to "ASSISTANT:", which tokenizes to a prefix of the whole turn; a token of the space
+    marker alone, where the answer's first letter has no piece with it, is the space after "ASSISTANT:") and its
+    `</s>`.
+    """
+    tokenizer, eos = processor.tokenizer, processor.tokenizer.eos_token_id
+    (system,) = pieces_ids(processor, [f"{SYSTEM} USER: "])
+    ids = [tokenizer.bos_token_id, *system, *[processor.video_token_id] * rows]
+    labels = [IGNORE_INDEX] * len(ids)
+    for index in range(0, len(messages), 2):
+        question, answer = messages[index]["content"], messages[index + 1]["content"]
+        user = question.removeprefix("<video>") if index == 0 else f"USER: {question}"
+        prompt, turn = pieces_ids(processor, [f"{user} ASSISTANT:", f"{user} ASSISTANT: {answer}"])
+        assert turn[: len(prompt)] == prompt, (prompt, turn)
+        answer_start = len(prompt) + (tokenizer.convert_ids_to_tokens(turn[len(prompt)]) == "\u2581")
+        ids += [*turn, eos]
+        labels += [IGNORE_INDEX] * answer_start + turn[answer_start:] + [eos]
+    return ids, labels
+
+
+def test_real_records_equal_the_reference_and_the_inference_prompt(real_data, tmp_path, processor):
+    import json
+
+    from vtimellm_hf.data.converters import read_source, videos_to_dialogues
+    from vtimellm_hf.data.loaders import load_stage3
+
+    annotations = tmp_path / "dialogues.json"
+    videos = read_source("activitynet", real_data / "activitynet_captions_val_coco_format.json")[:40]
+    annotations.write_text(json.dumps(videos_to_dialogues(videos, "anet", seed=0)))
+    records = list(load_stage3(annotations))
+    # Dense captions (one long answer) and multi-turn dialogues
+    assert len(records) == 40 and {len(record["messages"]) for record in records} >= {2, 6}
+    collator = VTimeDataCollator(processor, feature_store=None, max_length=4096)
+    for record in records:
+        encoded = collator.encode(record)
+        assert (encoded["input_ids"], encoded["labels"]) == reference_encoding(processor, record["messages"])
+        # A training sample starts with the tokens of the inference prompt of its first question
+        prompt = processor.apply_chat_template(record["messages"][:1], add_generation_prompt=True)
+        prompt_ids = processor(text=prompt, video_features=[torch.zeros(100, 32)])["input_ids"][0]
+        assert encoded["input_ids"][: len(prompt_ids)] == prompt_ids
+        assert set(encoded["labels"][: len(prompt_ids)]) == {IGNORE_INDEX}

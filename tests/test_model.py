@@ -1,13 +1,17 @@
-"""VTimeLlamaForCausalLM: the splice, its errors, training through TRL's path, generation, save and load."""
+"""VTimeLlamaForCausalLM: the splice, its errors, training through TRL's path, generation, save and load; the
+configuration's checks and the names the package exports."""
 
 import inspect
+import json
+import re
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, LlamaForCausalLM
 
-from vtimellm_hf import VTimeLlamaForCausalLM
+from vtimellm_hf import VTimeLlamaConfig, VTimeLlamaForCausalLM
 
 
 def video_batch(tokenizer, model, texts, rows=100, seed=0, padding_side="left"):
@@ -203,3 +207,63 @@ def test_save_and_load_round_trip_through_auto_classes(tmp_path, tokenizer, mode
         loaded = auto_class.from_pretrained(tmp_path)
         assert type(loaded) is VTimeLlamaForCausalLM
         torch.testing.assert_close(loaded(input_ids=input_ids, video_features=features).logits, expected)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("mm_hidden_size", "x", "TypeError: Field 'mm_hidden_size' expected int, got str"),
+        ("mm_hidden_size", -768, "ValueError: Value must be a positive integer, got -768"),
+        ("num_frames", 0, "ValueError: Value must be a positive integer, got 0"),
+        ("num_frames", 1.5, "TypeError: Field 'num_frames' expected int, got float"),
+        ("video_token_id", -1, "ValueError: Value must be a positive integer, got -1"),
+        ("hidden_size", "x", "TypeError: Field 'hidden_size' expected int, got str"),
+    ],
+)
+def test_config_checks_its_fields_as_llama_does(tmp_path, field, value, message):
+    """
+    transformers 5 validates `LlamaConfig` with huggingface_hub's strict dataclasses (`@strict`): a type check per
+    annotated field and validators given with the field, on construction, on assignment and on loading, in an error
+    that names the field. `VTimeLlamaConfig` is `@strict` too, so its own fields are checked the same way.
+    """
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    expected = rf"Validation error for field '{field}':\s+{re.escape(message)}"
+    with pytest.raises(StrictDataclassFieldValidationError, match=expected):
+        VTimeLlamaConfig(**{field: value})
+    config = VTimeLlamaConfig()
+    with pytest.raises(StrictDataclassFieldValidationError, match=expected):
+        setattr(config, field, value)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, field: value}))
+    with pytest.raises(StrictDataclassFieldValidationError, match=expected):
+        VTimeLlamaConfig.from_pretrained(tmp_path)
+
+
+def test_all_lists_every_documented_name():
+    import vtimellm_hf
+    from vtimellm_hf.model import (
+        configuration_vtime_llama,
+        modeling_vtime_llama,
+        processing_vtime,
+        timestamps_vtime,
+        video_decoding_vtime,
+        video_processing_vtime,
+    )
+
+    exported = set(vtimellm_hf.__all__)
+    assert exported == set(vtimellm_hf.model.__all__)
+    for module in (configuration_vtime_llama, modeling_vtime_llama, processing_vtime, timestamps_vtime,
+                   video_decoding_vtime, video_processing_vtime):  # fmt: skip
+        assert set(module.__all__) <= exported, module.__name__
+        assert all(hasattr(module, name) for name in module.__all__), module.__name__
+    # The names of the package that the README imports from it or writes in backticks (`name(...)` or `name`)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(\w+)[(`]", readme)
+    for names in re.findall(r"from vtimellm_hf import ([\w, ]+)", readme):
+        named += [name.strip() for name in names.split(",")]
+    documented = {name for name in named
+                  if hasattr(vtimellm_hf, name) and not inspect.ismodule(getattr(vtimellm_hf, name))}  # fmt: skip
+    assert {"parse_event_indices", "parse_grounding_answer", "get_video_duration", "VTimeProcessor"} <= documented
+    assert documented <= exported, documented - exported

@@ -1,5 +1,6 @@
 """VTimeProcessor: original token ids, the chat templates, frame sampling and preprocessing, real videos, saving."""
 
+import json
 import re
 
 import numpy as np
@@ -405,3 +406,159 @@ def test_processor_parses_indices_into_its_own_frame_count(tokenizer):
     assert processor.parse_events("From 10 to 20, a man enters.", 100.0) == [
         (pytest.approx(20.0), pytest.approx(42.0), "a man enters")
     ]
+
+
+# The video processor, the frame encoder and saving
+
+
+def test_video_processor_mirrors_transformers_names(processor):
+    video_processor = processor.video_processor
+    assert video_processor.size == {"shortest_edge": 32} and video_processor.crop_size == {"height": 32, "width": 32}
+    assert video_processor.sample_frames(930).tolist() == np.linspace(0, 929, 100, dtype=np.int32).tolist()
+    clips = np.random.default_rng(0).integers(0, 256, size=(2, 12, 24, 40, 3), dtype=np.uint8)
+    # The pixels: the frames of `np.linspace` indices, through the transform `preprocess_frames` (tested above)
+    expected = torch.stack([preprocess_frames(clip[np.linspace(0, 11, 100, dtype=np.int32)], 32) for clip in clips])
+    pixels = video_processor(clips, return_tensors="pt")["pixel_values_videos"]
+    assert pixels.shape == (2, 100, 3, 32, 32)
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=0)
+    every_frame = video_processor(list(clips), do_sample_frames=False)["pixel_values_videos"]
+    assert [tuple(video.shape) for video in every_frame] == [(12, 3, 32, 32)] * 2
+    # The processor's features are the frame encoder's embeddings of those pixels
+    features = processor(text=["<video>", "<video>"], videos=clips, return_tensors="pt")["video_features"]
+    encoder = processor.frame_encoder.model
+    with torch.no_grad():
+        torch.testing.assert_close(features, torch.stack([encoder(pixel_values=video).image_embeds for video in expected]))
+    assert type(processor.video_processor)(**video_processor.to_dict()) == video_processor
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_frames": 0}, "num_frames must be a positive integer, got 0"),
+        ({"frame_size": "224"}, "frame_size must be a positive integer, got '224'"),
+        ({"image_mean": (0.5, 0.5)}, "image_mean must be three numbers"),
+        ({"image_std": (0.5, 0.0, 0.5)}, "image_std must be positive"),
+        ({"encoder_batch_size": -1}, "batch_size must be a positive integer, got -1"),
+    ],
+)
+def test_video_settings_are_checked_when_the_processor_is_made(tokenizer, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        VTimeProcessor(tokenizer=tokenizer, **kwargs)
+
+
+def test_video_processor_is_a_plain_attribute_saved_in_processor_config(tmp_path, tokenizer, processor):
+    """
+    What transformers 5 does with a `video_processor` parameter of `__init__`: `ProcessorMixin` makes it a
+    sub-processor, checks it against `VideoProcessorMixin` through `VIDEO_PROCESSOR_MAPPING`, which is a placeholder
+    object beside the CPU torch wheel (no torchvision), and would load it with `AutoVideoProcessor`, which needs
+    torchvision too. So the processor holds its video processor and frame encoder as plain attributes, saved as their
+    settings in `processor_config.json`, the layout it had before they were parts.
+    """
+    from transformers import ProcessorMixin
+
+    from vtimellm_hf import VTimeVideoProcessor
+
+    class WithSubProcessor(ProcessorMixin):
+        def __init__(self, tokenizer=None, video_processor=None):
+            super().__init__(tokenizer, video_processor)
+
+    assert WithSubProcessor.get_attributes() == ["tokenizer", "video_processor"]
+    with pytest.raises((TypeError, AttributeError)):
+        WithSubProcessor(tokenizer, VTimeVideoProcessor())
+    assert VTimeProcessor.get_attributes() == ["tokenizer"]
+
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert {key: value for key, value in saved.items() if key not in ("auto_map", "processor_class")} == {
+        "frame_encoder_name_or_path": processor.frame_encoder_name_or_path,
+        "encoder_batch_size": 64,
+        "num_frames": 100,
+        "do_sample_frames": True,
+        "frame_size": 32,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+    }
+    assert (tmp_path / "chat_template.jinja").read_text() == VICUNA_V1_CHAT_TEMPLATE
+    assert (tmp_path / "additional_chat_templates" / "plain.jinja").read_text() == PLAIN_CHAT_TEMPLATE
+    reloaded = VTimeProcessor.from_pretrained(tmp_path)
+    assert reloaded.video_processor == processor.video_processor
+    assert reloaded.frame_encoder.video_processor is reloaded.video_processor
+
+
+def test_processor_saved_before_the_video_processor_existed_loads(tmp_path, tokenizer, frame_encoder_path):
+    from transformers import AutoProcessor
+
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text(VICUNA_V1_CHAT_TEMPLATE)
+    # processor_config.json as the processor wrote it when it held its settings itself
+    (tmp_path / "processor_config.json").write_text(json.dumps({
+        "auto_map": {"AutoProcessor": "processing_vtime.VTimeProcessor"},
+        "encoder_batch_size": 16,
+        "frame_encoder_name_or_path": str(frame_encoder_path),
+        "frame_size": 32,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.25, 0.25, 0.25],
+        "num_frames": 40,
+        "processor_class": "VTimeProcessor",
+    }))  # fmt: skip
+    for loaded in (VTimeProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert isinstance(loaded, VTimeProcessor)
+        assert (loaded.num_frames, loaded.frame_size, loaded.encoder_batch_size) == (40, 32, 16)
+        assert loaded.image_mean == [0.5] * 3 and loaded.image_std == [0.25] * 3 and loaded.video_processor.do_sample_frames
+        assert loaded.frame_encoder_name_or_path == str(frame_encoder_path)
+        assert loaded.chat_template == {"default": VICUNA_V1_CHAT_TEMPLATE, "plain": PLAIN_CHAT_TEMPLATE}
+        frames = np.random.default_rng(0).integers(0, 256, size=(50, 40, 48, 3), dtype=np.uint8)
+        features = loaded(text="<video>", videos=frames, return_tensors="pt")["video_features"]
+        assert features.shape == (1, 40, 32)
+        torch.testing.assert_close(features[0], loaded.encode_pixels(preprocess_frames(
+            frames[np.linspace(0, 49, 40, dtype=np.int32)], 32, [0.5] * 3, [0.25] * 3)))  # fmt: skip
+
+
+def test_named_chat_templates(tokenizer):
+    messages = [{"role": "user", "content": "<video>\nDescribe the photo."}, {"role": "assistant", "content": "A cat."}]
+    processor = VTimeProcessor(tokenizer=tokenizer)
+    assert processor.apply_chat_template(messages, chat_template="plain") == "<video>A cat.\n"
+    assert processor.apply_chat_template(messages).startswith(f"{SYSTEM} USER: <video>\nDescribe the photo.")
+    custom = VTimeProcessor(tokenizer=tokenizer, chat_template="{{ messages[0]['content'] }}")
+    assert custom.chat_template == {"default": "{{ messages[0]['content'] }}", "plain": PLAIN_CHAT_TEMPLATE}
+    own_plain = VTimeProcessor(tokenizer=tokenizer, chat_template={"default": "x", "plain": "y"})
+    assert own_plain.chat_template == {"default": "x", "plain": "y"}
+
+
+def test_features_keep_the_type_they_were_given_in(processor):
+    as_tensor, as_array = torch.randn(100, 32), np.random.default_rng(0).standard_normal((100, 32), dtype=np.float32)
+    features = processor(text=["<video>", "<video>"], video_features=[as_tensor, as_array])["video_features"]
+    assert isinstance(features[0], torch.Tensor) and isinstance(features[1], np.ndarray)
+    torch.testing.assert_close(features[0], as_tensor)
+    np.testing.assert_array_equal(features[1], as_array)
+    # Converted to float32 as with return_tensors="pt", which stacks them
+    half = processor(text="<video>", video_features=[as_tensor.half()])["video_features"][0]
+    assert half.dtype == torch.float32
+    stacked = processor(text=["<video>", "<video>"], video_features=[as_tensor, as_array], return_tensors="pt")
+    torch.testing.assert_close(stacked["video_features"], torch.stack([as_tensor, torch.from_numpy(as_array)]))
+
+
+def test_names_that_moved_import_from_their_old_paths_with_a_warning():
+    import warnings
+
+    from vtimellm_hf.model import processing_vtime, video_decoding_vtime, video_processing_vtime
+    from vtimellm_hf.training import collator
+
+    moved_to = {
+        "get_video_duration": video_decoding_vtime, "load_video_frames": video_decoding_vtime,
+        "sample_frame_indices": video_decoding_vtime, "DECODE_CHUNK_BYTES": video_decoding_vtime,
+        "preprocess_frames": video_processing_vtime, "PREPROCESS_CHUNK_BYTES": video_processing_vtime,
+    }  # fmt: skip
+    for name, module in moved_to.items():
+        with pytest.warns(FutureWarning, match=f"{name} moved to {module.__name__.rsplit('.', 1)[-1]}.py"):
+            assert getattr(processing_vtime, name) is getattr(module, name)
+    with pytest.warns(FutureWarning, match="PLAIN_CHAT_TEMPLATE moved to vtimellm_hf.model"):
+        assert collator.PLAIN_CHAT_TEMPLATE is PLAIN_CHAT_TEMPLATE
+    # The timestamp helpers are re-exported, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from vtimellm_hf.model.processing_vtime import parse_events as reexported  # noqa: F401
+        from vtimellm_hf.training import PLAIN_CHAT_TEMPLATE as from_training
+    assert from_training is PLAIN_CHAT_TEMPLATE
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        processing_vtime.no_such_name

@@ -38,6 +38,12 @@ REMOTE_SCRIPT = textwrap.dedent(
         "classes": [type(config).__module__, type(model).__name__, type(model).__module__,
                     type(causal_lm).__name__, type(processor).__name__, type(processor).__module__],
         "vtimellm_hf_loaded": any(name.startswith("vtimellm_hf") for name in sys.modules),
+        "video_processor": [type(processor.video_processor).__module__, processor.video_processor.to_dict()],
+        "chat_templates": processor.chat_template,
+        "plain_prompt": processor.apply_chat_template(
+            [{"role": "user", "content": "<video>"}, {"role": "assistant", "content": "a caption"}],
+            chat_template="plain",
+        ),
         "input_ids": processed["input_ids"].tolist(),
         "logits": logits[0, -1].tolist(),
         "generated": generated.tolist(),
@@ -58,8 +64,10 @@ def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path, tokeniz
     }
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_vtime.VTimeProcessor"}
-    for code_file in ("configuration_vtime_llama.py", "modeling_vtime_llama.py", "processing_vtime.py"):
-        assert (folder / code_file).is_file(), code_file
+    # The files `auto_map` names, and the siblings they import relatively, which transformers copies with them
+    code_files = ["configuration_vtime_llama.py", "modeling_vtime_llama.py", "processing_vtime.py",
+                  "timestamps_vtime.py", "video_decoding_vtime.py", "video_processing_vtime.py"]  # fmt: skip
+    assert sorted(path.name for path in folder.glob("*.py")) == code_files
 
     features = torch.randn(1, 100, model.config.mm_hidden_size, generator=torch.Generator().manual_seed(3))
     torch.save({"video_features": features}, tmp_path / "inputs.pt")
@@ -81,6 +89,11 @@ def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path, tokeniz
     assert model_module.startswith("transformers_modules.") and processor_module.startswith("transformers_modules.")
     assert model_class == causal_lm_class == "VTimeLlamaForCausalLM"
     assert processor_class == "VTimeProcessor"
+    video_processor_module, video_settings = remote["video_processor"]
+    assert video_processor_module.startswith("transformers_modules.")
+    assert video_settings == processor.video_processor.to_dict()
+    assert remote["chat_templates"] == processor.chat_template
+    assert remote["plain_prompt"] == "<video>a caption\n"
 
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "When does it happen?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)

@@ -489,10 +489,7 @@ __all__ = [
     "DEFAULT_FRAME_ENCODER",
     "VTimeFrameEncoder",
     "VTimeVideoProcessor",
-    "get_video_duration",
     "image_as_frame",
-    "load_video_frames",
     "preprocess_frames",
     "read_frame_preprocessing",
-    "sample_frame_indices",
 ]
