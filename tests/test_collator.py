@@ -21,9 +21,15 @@ class InMemoryFeatures:
 
 
 def record(answer="From 05 to 23.", video_id="v1", turns=1):
-    messages = [{"role": "user", "content": "<video>\nWhen does the red circle appear?"}, {"role": "assistant", "content": answer}]
+    messages = [
+        {"role": "user", "content": "<video>\nWhen does the red circle appear?"},
+        {"role": "assistant", "content": answer},
+    ]
     for _ in range(turns - 1):
-        messages += [{"role": "user", "content": "And the blue one?"}, {"role": "assistant", "content": "From 40 to 60."}]
+        messages += [
+            {"role": "user", "content": "And the blue one?"},
+            {"role": "assistant", "content": "From 40 to 60."},
+        ]
     return {"id": f"{video_id}-{turns}", "video_id": video_id, "messages": messages}
 
 
@@ -45,7 +51,9 @@ def test_labels_cover_each_answer_and_its_eos_token_by_token(processor, collator
     first_turn = pieces_ids(processor, ["\nWhen does the red circle appear? ASSISTANT: From 05 to 23."])[0]
     assert first_turn[: len(question)] == question  # the prompt's tokens do not depend on the answer after them
     answer = first_turn[len(question) :]
-    second_prompt, second_turn = pieces_ids(processor, ["USER: And the blue one? ASSISTANT:", "USER: And the blue one? ASSISTANT: From 40 to 60."])
+    second_prompt, second_turn = pieces_ids(
+        processor, ["USER: And the blue one? ASSISTANT:", "USER: And the blue one? ASSISTANT: From 40 to 60."]
+    )
     assert second_turn[: len(second_prompt)] == second_prompt
     second_answer = second_turn[len(second_prompt) :]
     eos = tokenizer.eos_token_id
@@ -100,7 +108,8 @@ def test_batch_is_right_padded_with_stacked_features_and_counts_waste(processor,
 
 
 def test_bad_records_are_named(processor, collator):
-    no_video = {"id": "r7", "video_id": "v1", "messages": [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "x"}]}
+    messages = [{"role": "user", "content": "When?"}, {"role": "assistant", "content": "x"}]
+    no_video = {"id": "r7", "video_id": "v1", "messages": messages}
     with pytest.raises(ValueError, match=r"Record 'r7': The text holds 0 <video> placeholders but 1 visual inputs"):
         collator.encode(no_video)
     wrong_rows = VTimeDataCollator(processor, InMemoryFeatures({"v1": np.ones((99, 32), np.float16)}))

@@ -68,7 +68,8 @@ def test_chat_template_is_the_original_vicuna_v1_prompt(processor):
 def test_token_ids_equal_the_originals(tiny_dir, tokenizer, processor):
     import sentencepiece
 
-    sentencepiece_model = sentencepiece.SentencePieceProcessor(model_file=str(tiny_dir / "tokenizer" / "tokenizer.model"))
+    model_file = str(tiny_dir / "tokenizer" / "tokenizer.model")
+    sentencepiece_model = sentencepiece.SentencePieceProcessor(model_file=model_file)
     prompt = processor.apply_chat_template(conversation())
     for rows in (100, 1):
         ids = processor(text=prompt, video_features=[torch.zeros(rows, 32)])["input_ids"][0]
@@ -214,7 +215,9 @@ def test_frame_encoder_loads_lazily_and_is_not_saved(tmp_path, tokenizer, frame_
                                batch["video_features"])
 
 
-@pytest.mark.parametrize(("name", "duration", "shape"), [("3MSZA.mp4", 31.0, (270, 480)), ("demo.mp4", 15.0, (720, 406))])
+@pytest.mark.parametrize(
+    ("name", "duration", "shape"), [("3MSZA.mp4", 31.0, (270, 480)), ("demo.mp4", 15.0, (720, 406))]
+)
 def test_real_videos(real_data, processor, name, duration, shape):
     path = real_data / "videos" / name
     frames, seconds = load_video_frames(path, num_frames=100)
@@ -341,31 +344,31 @@ def test_video_input_formats_of_transformers(processor):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    clips = rng.integers(0, 256, size=(2, 12, 24, 32, 3), dtype=np.uint8)
-    expected = torch.stack([processor.encode_frames(clip[sample_frame_indices(12, 100)]) for clip in clips])
+    videos = rng.integers(0, 256, size=(2, 12, 24, 32, 3), dtype=np.uint8)
+    expected = torch.stack([processor.encode_frames(video[sample_frame_indices(12, 100)]) for video in videos])
 
-    def encoded(videos, texts=("<video>", "<video>")):
-        return processor(text=list(texts), videos=videos, return_tensors="pt")["video_features"]
+    def encoded(given, texts=("<video>", "<video>")):
+        return processor(text=list(texts), videos=given, return_tensors="pt")["video_features"]
 
     # A list of frames is one video, as arrays or PIL images
-    torch.testing.assert_close(encoded(list(clips[0]), ["<video>"]), expected[:1])
-    torch.testing.assert_close(encoded([Image.fromarray(frame) for frame in clips[0]], ["<video>"]), expected[:1])
+    torch.testing.assert_close(encoded(list(videos[0]), ["<video>"]), expected[:1])
+    torch.testing.assert_close(encoded([Image.fromarray(frame) for frame in videos[0]], ["<video>"]), expected[:1])
     # A batch: 5-D arrays and tensors, lists of videos, and a list of videos per sample
-    torch.testing.assert_close(encoded(clips), expected)
-    torch.testing.assert_close(encoded(torch.from_numpy(clips)), expected)
-    torch.testing.assert_close(encoded([list(clips[0]), list(clips[1])]), expected)
-    torch.testing.assert_close(encoded([[clips[0]], [list(clips[1])]]), expected)
+    torch.testing.assert_close(encoded(videos), expected)
+    torch.testing.assert_close(encoded(torch.from_numpy(videos)), expected)
+    torch.testing.assert_close(encoded([list(videos[0]), list(videos[1])]), expected)
+    torch.testing.assert_close(encoded([[videos[0]], [list(videos[1])]]), expected)
 
     with pytest.raises(ValueError, match="mixes single frames with whole videos"):
-        encoded([clips[0][0], clips[1]])
+        encoded([videos[0][0], videos[1]])
     with pytest.raises(ValueError, match=r"frames of videos\[0\] differ in shape"):
-        encoded([[clips[0][0], clips[0][0][:10]]], ["<video>"])
+        encoded([[videos[0][0], videos[0][0][:10]]], ["<video>"])
     with pytest.raises(ValueError, match=r"or \(videos, frames, height, width, 3\) for a batch, got \(1, 2, 12, 24"):
-        encoded(clips[None], ["<video>"])
+        encoded(videos[None], ["<video>"])
     with pytest.raises(ValueError, match=r"video_windows\[0\] is \(1.0, 2.0\), but videos\[0\] is decoded frames"):
-        processor(text="<video>", videos=[clips[0]], video_windows=[(1.0, 2.0)])
+        processor(text="<video>", videos=[videos[0]], video_windows=[(1.0, 2.0)])
     with pytest.raises(ValueError, match=r"must be uint8 RGB \(0-255\), got dtype float32 for videos\[1\]"):
-        encoded([clips[0], clips[1].astype(np.float32) / 255])
+        encoded([videos[0], videos[1].astype(np.float32) / 255])
 
 
 @pytest.mark.parametrize(
@@ -415,19 +418,20 @@ def test_video_processor_mirrors_transformers_names(processor):
     video_processor = processor.video_processor
     assert video_processor.size == {"shortest_edge": 32} and video_processor.crop_size == {"height": 32, "width": 32}
     assert video_processor.sample_frames(930).tolist() == np.linspace(0, 929, 100, dtype=np.int32).tolist()
-    clips = np.random.default_rng(0).integers(0, 256, size=(2, 12, 24, 40, 3), dtype=np.uint8)
+    videos = np.random.default_rng(0).integers(0, 256, size=(2, 12, 24, 40, 3), dtype=np.uint8)
     # The pixels: the frames of `np.linspace` indices, through the transform `preprocess_frames` (tested above)
-    expected = torch.stack([preprocess_frames(clip[np.linspace(0, 11, 100, dtype=np.int32)], 32) for clip in clips])
-    pixels = video_processor(clips, return_tensors="pt")["pixel_values_videos"]
+    expected = torch.stack([preprocess_frames(video[np.linspace(0, 11, 100, dtype=np.int32)], 32) for video in videos])
+    pixels = video_processor(videos, return_tensors="pt")["pixel_values_videos"]
     assert pixels.shape == (2, 100, 3, 32, 32)
     torch.testing.assert_close(pixels, expected, rtol=0, atol=0)
-    every_frame = video_processor(list(clips), do_sample_frames=False)["pixel_values_videos"]
+    every_frame = video_processor(list(videos), do_sample_frames=False)["pixel_values_videos"]
     assert [tuple(video.shape) for video in every_frame] == [(12, 3, 32, 32)] * 2
     # The processor's features are the frame encoder's embeddings of those pixels
-    features = processor(text=["<video>", "<video>"], videos=clips, return_tensors="pt")["video_features"]
+    features = processor(text=["<video>", "<video>"], videos=videos, return_tensors="pt")["video_features"]
     encoder = processor.frame_encoder.model
     with torch.no_grad():
-        torch.testing.assert_close(features, torch.stack([encoder(pixel_values=video).image_embeds for video in expected]))
+        embeddings = torch.stack([encoder(pixel_values=video).image_embeds for video in expected])
+    torch.testing.assert_close(features, embeddings)
     assert type(processor.video_processor)(**video_processor.to_dict()) == video_processor
 
 
@@ -504,7 +508,8 @@ def test_processor_saved_before_the_video_processor_existed_loads(tmp_path, toke
     for loaded in (VTimeProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
         assert isinstance(loaded, VTimeProcessor)
         assert (loaded.num_frames, loaded.frame_size, loaded.encoder_batch_size) == (40, 32, 16)
-        assert loaded.image_mean == [0.5] * 3 and loaded.image_std == [0.25] * 3 and loaded.video_processor.do_sample_frames
+        assert loaded.image_mean == [0.5] * 3 and loaded.image_std == [0.25] * 3
+        assert loaded.video_processor.do_sample_frames
         assert loaded.frame_encoder_name_or_path == str(frame_encoder_path)
         assert loaded.chat_template == {"default": VICUNA_V1_CHAT_TEMPLATE, "plain": PLAIN_CHAT_TEMPLATE}
         frames = np.random.default_rng(0).integers(0, 256, size=(50, 40, 48, 3), dtype=np.uint8)
