@@ -129,6 +129,9 @@ class VTimeProcessor(ProcessorMixin):
 
     The chat templates are named, as transformers allows: the default is the Vicuna v1 template of the original
     (stages 2 and 3, inference), `"plain"` the stage-1 template (`apply_chat_template(..., chat_template="plain")`).
+    Training samples take the path of inference prompts: `apply_chat_template(messages, tokenize=True,
+    return_assistant_tokens_mask=True, processor_kwargs={..., "truncation": True, "max_length": n})` gives their
+    ids, cut as [`__call__`] cuts prompts, and the mask of the answers the loss is taken on (`VTimeDataCollator`).
 
     The video processor and the frame encoder are plain attributes, saved as their settings in
     `processor_config.json`, not sub-processors: transformers 5 checks a `video_processor` sub-processor against
