@@ -213,6 +213,10 @@ def test_frame_encoder_loads_lazily_and_is_not_saved(tmp_path, tokenizer, frame_
     assert reloaded.chat_template == processor.chat_template
     torch.testing.assert_close(reloaded(text="<video>\nWhen?", videos=[frames], return_tensors="pt")["video_features"],
                                batch["video_features"])
+    # The device is not configuration: setting it moves the loaded encoder (to the meta device, which holds no data)
+    processor.frame_encoder_device = "meta"
+    assert next(processor.frame_encoder.model.parameters()).device.type == "meta"
+    assert "frame_encoder_device" not in json.loads((tmp_path / "processor_config.json").read_text())
 
 
 @pytest.mark.parametrize(

@@ -180,7 +180,15 @@ class VTimeProcessor(ProcessorMixin):
     image_std = _forwarded("video_processor", "image_std", "Standard deviation of the encoder's normalisation.")
     frame_encoder_name_or_path = _forwarded("frame_encoder", "name_or_path", "The frame encoder's checkpoint.")
     encoder_batch_size = _forwarded("frame_encoder", "batch_size", "Frames per forward pass of the encoder.")
-    frame_encoder_device = _forwarded("frame_encoder", "device", "Where the encoder runs (not saved).")
+
+    @property
+    def frame_encoder_device(self):
+        """Where the frame encoder runs (not saved); setting it moves a loaded encoder."""
+        return self.frame_encoder.device
+
+    @frame_encoder_device.setter
+    def frame_encoder_device(self, device) -> None:
+        self.frame_encoder.to(device=device)
 
     @classmethod
     def for_frame_encoder(cls, tokenizer, frame_encoder_name_or_path: str = DEFAULT_FRAME_ENCODER, **kwargs):

@@ -268,7 +268,11 @@ class VTimeVideoProcessor:
         return {"height": self.frame_size, "width": self.frame_size}
 
     def sample_frames(
-        self, total_frames: int, num_frames: int | None = None, fps: float | None = None, window=None
+        self,
+        total_frames: int,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        window: Sequence[float] | None = None,
     ) -> np.ndarray:
         """The indices of the frames to sample ([`sample_frame_indices`]); `num_frames` defaults to this processor's."""
         return sample_frame_indices(total_frames, self.num_frames if num_frames is None else num_frames, fps, window)
@@ -440,6 +444,7 @@ class VTimeFrameEncoder:
 
     @property
     def video_processor(self) -> VTimeVideoProcessor:
+        """How frames become pixels: the one given, else the checkpoint's preprocessing (which loads the model)."""
         if self._video_processor is None:
             self._video_processor = VTimeVideoProcessor.from_frame_encoder(
                 self.name_or_path, self.model.config.image_size
