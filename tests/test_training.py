@@ -16,16 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from vtimellm_hf.checkpoints import PROJECTOR_FILE, load_model, load_projector, load_tokenizer, save_projector
 from vtimellm_hf.training.stages import (
-    PROJECTOR_FILE,
     VTimeDataArguments,
     VTimeModelArguments,
     fit_global_batch,
-    load_model,
-    load_projector,
-    load_tokenizer,
     resume_checkpoint,
-    save_projector,
     save_stage,
     setup_model,
 )
@@ -124,9 +120,8 @@ def test_projector_files_in_both_key_spellings_and_refused_pickles(tmp_path, tok
 
 
 def test_base_llama_becomes_vtime_model_with_video_token(workspace):
-    arguments = VTimeModelArguments(model_name_or_path=str(workspace / "base"), mm_hidden_size=32)
-    tokenizer = load_tokenizer(arguments)
-    model = load_model(arguments, tokenizer)
+    tokenizer = load_tokenizer(str(workspace / "base"))
+    model = load_model(str(workspace / "base"), tokenizer, mm_hidden_size=32)
     assert model.config.model_type == "vtime_llama"
     assert model.config.video_token_id == tokenizer.convert_tokens_to_ids("<video>")
     assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
@@ -379,7 +374,7 @@ def test_a_projector_with_empty_tensors_is_refused_not_written(tmp_path, model):
 
 
 def test_projector_is_gathered_under_zero3(tmp_path, model, monkeypatch):
-    from vtimellm_hf.training import stages
+    from vtimellm_hf import checkpoints
 
     projector = model.model.mm_projector
     whole = {name: parameter.detach().clone() for name, parameter in projector.named_parameters()}
@@ -402,7 +397,7 @@ def test_projector_is_gathered_under_zero3(tmp_path, model, monkeypatch):
 
     fake_deepspeed = SimpleNamespace(zero=SimpleNamespace(GatheredParameters=GatheredParameters))
     monkeypatch.setitem(sys.modules, "deepspeed", fake_deepspeed)
-    monkeypatch.setattr(stages, "is_deepspeed_zero3_enabled", lambda: True)
+    monkeypatch.setattr(checkpoints, "is_deepspeed_zero3_enabled", lambda: True)
     for parameter in projector.parameters():
         parameter.data = torch.empty(0)
     save_projector(model, tmp_path)

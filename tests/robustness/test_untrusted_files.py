@@ -2,7 +2,8 @@
 checkpoint makes no network call and runs no dynamic code.
 
 `tests/test_training.py::test_projector_files_in_both_key_spellings_and_refused_pickles` refuses a code-running
-`mm_projector.bin` through `load_projector`; here the same goes through `hub.read_state_dict` and the feature store.
+`mm_projector.bin` through `load_projector`; here the same goes through `checkpoints.read_state_dict`, every path that
+reads a projector, and the feature store.
 """
 
 import ast
@@ -20,8 +21,8 @@ import torch
 import vtimellm_hf
 from vtimellm_hf.data.features import NpyFeatureStore, consolidate_features
 from vtimellm_hf.data.synthetic import encode_mp4
-from vtimellm_hf.hub import read_state_dict
-from vtimellm_hf.training import stages
+from vtimellm_hf import checkpoints
+from vtimellm_hf.checkpoints import read_state_dict
 
 PACKAGE_ROOT = Path(vtimellm_hf.__file__).parent
 HUB_CODE_FILES = ("configuration_vtime_llama.py", "modeling_vtime_llama.py", "processing_vtime.py")
@@ -97,7 +98,7 @@ def test_legacy_checkpoints_are_read_with_weights_only(tmp_path, model, monkeypa
     state = {name: tensor.detach().clone() for name, tensor in model.model.mm_projector.state_dict().items()}
     torch.save({f"model.mm_projector.{name}": tensor for name, tensor in state.items()}, tmp_path / "mm_projector.bin")
     read_state_dict(tmp_path / "mm_projector.bin")
-    stages.load_projector(model, tmp_path / "mm_projector.bin")
+    checkpoints.load_projector(model, tmp_path / "mm_projector.bin")
     assert calls == [True, True]
 
 
