@@ -145,7 +145,8 @@ def check_arguments(stage: Stage, model_args: VTimeModelArguments, push: bool = 
     if stage.merges_stage2_adapter and model_args.stage2_adapter is None:
         raise ValueError(f"Stage {stage.number} starts from the stage-2 adapter: set stage2_adapter.")
     if push and stage.leaves != "model":
-        raise ValueError(f"Stage {stage.number} leaves a {stage.leaves}, not a model: push the final model of stage 3.")
+        raise ValueError(f"Stage {stage.number} leaves its {stage.leaves}, not a model: push the final model of "
+                         "stage 3.")
     if push and not model_args.merge_final_adapter and model_args.stage1_projector is None:
         raise ValueError("Pushing a base + adapter builds the folder from the stage outputs: set stage1_projector.")
     reads = {"stage1_projector": stage.starts_from_projector, "stage2_adapter": stage.merges_stage2_adapter}
