@@ -200,7 +200,8 @@ def load_stage_dataset(stage: int, data_args: VTimeDataArguments, feature_store,
     """The stage's records in the common schema, bad records skipped (with a count and a log) or raised."""
     spec = stage_of(stage)
     if not data_args.train_files:
-        raise ValueError("No train_files given: set them in the recipe's YAML or with --train_files.")
+        raise ValueError(f"No train_files given (stage {spec.number} trains on {spec.data}): set them in the recipe's "
+                         "YAML or with --train_files.")
     if not spec.reads_several_files and len(data_args.train_files) > 1:
         raise ValueError(f"Stage {spec.number} reads one annotation file, got {len(data_args.train_files)}.")
     return spec.load_records(
