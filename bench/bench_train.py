@@ -183,7 +183,7 @@ def make_trainer(strategy: str, tokenizer, dataset, feature_store, args, workdir
     )  # fmt: skip
     trainer = VTimeSFTTrainer(
         model=model, args=config, train_dataset=dataset, data_collator=collator, processing_class=processor,
-        peft_config=lora_config(VTimeModelArguments()),
+        peft_config=lora_config(VTimeModelArguments(lora_r=64, lora_alpha=128)),  # the recipes' LoRA
     )  # fmt: skip
     return trainer, collator, lengths_seconds
 

@@ -3,9 +3,10 @@
     accelerate launch recipes/stage1.py --config recipes/configs/vicuna-7b/stage1.yaml
     python recipes/stage1.py --config recipes/configs/tiny/stage1.yaml   # CPU
 
-Every knob is a field of VTimeModelArguments, VTimeDataArguments (vtimellm_hf.training.stages) or
-VTimeTrainingArguments (vtimellm_hf.training.trainer: TRL's SFTConfig and global_batch_size), set in the YAML
-and overridable on the command line (--learning_rate 2e-4).
+What the stage reads, starts from, trains and leaves is STAGES[1] (vtimellm_hf.training.stages). Every knob is a
+field of VTimeModelArguments (TRL's ModelConfig and the stage's inputs), VTimeDataArguments or VTimeTrainingArguments
+(vtimellm_hf.training.trainer: TRL's SFTConfig and global_batch_size), set in the YAML and overridable on the command
+line (--learning_rate 2e-4).
 """
 
 from vtimellm_hf.training.stages import stage_main

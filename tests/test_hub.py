@@ -21,7 +21,9 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import LlamaForCausalLM, LlamaTokenizer
 
-from vtimellm_hf import hub, model_card
+from vtimellm_hf import conversion, hub, model_card
+from vtimellm_hf.checkpoints import load_model, load_model_and_processor, load_tokenizer, read_stage_adapter
+from vtimellm_hf.conversion import build_hub_folder
 from vtimellm_hf.data.synthetic import encode_mp4
 from vtimellm_hf.hub import (
     FolderNotLoadableError,
@@ -30,14 +32,11 @@ from vtimellm_hf.hub import (
     LoadCheck,
     NoTokenError,
     OfflineModeError,
-    build_hub_folder,
     push_folder,
-    read_stage_adapter,
 )
-from vtimellm_hf.inference import load_model_and_processor
 from vtimellm_hf.model import VIDEO_TOKEN, VTimeLlamaForCausalLM
 from vtimellm_hf.tiny_models import build_tiny_llama
-from vtimellm_hf.training.stages import VTimeModelArguments, load_model, load_tokenizer
+from vtimellm_hf.training.stages import VTimeModelArguments
 
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 STAGES = {  # r, alpha, target modules (stage 3 on a subset, so that targeting is checked, not assumed)
@@ -66,8 +65,7 @@ def _legacy_adapter(folder, base, stage, seed):
     from peft import LoraConfig, get_peft_model
 
     r, alpha, targets = STAGES[stage]
-    arguments = VTimeModelArguments(model_name_or_path=str(base), mm_hidden_size=MM_HIDDEN, dtype="float32")
-    vtime = load_model(arguments, load_tokenizer(arguments))
+    vtime = load_model(str(base), load_tokenizer(str(base)), mm_hidden_size=MM_HIDDEN)
     peft_model = get_peft_model(vtime, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, task_type="CAUSAL_LM"))
     generator = torch.Generator().manual_seed(seed)
     state = {}
@@ -223,7 +221,7 @@ def test_unmerged_conversion_from_the_cli_matches_the_reference(release, tmp_pat
 
     root = release["root"]
     parser = argparse.ArgumentParser()
-    hub.add_subcommand(parser.add_subparsers())
+    conversion.add_subcommand(parser.add_subparsers())
     args = parser.parse_args([
         "convert-original", "--base", str(root / "base_with_video"), "--stage1", str(root / "mm_projector.bin"),
         "--stage2", str(root / "stage2"), "--stage3", str(root / "stage3"), "--clip", str(frame_encoder_path),
@@ -350,6 +348,8 @@ def test_model_card_metadata_results_and_recipe(merged, tmp_path):
             model_name_or_path="lmsys/vicuna-7b-v1.5",
             stage1_projector=str(tmp_path / "stage1"),
             stage2_adapter=str(tmp_path / "stage2"),
+            lora_r=64,
+            lora_alpha=128,
         )
         data_args = argparse.Namespace(train_files=[f"data/stage{stage}.json"])
         training_args = argparse.Namespace(num_train_epochs=2, max_steps=-1, learning_rate=1e-4, bf16=True,

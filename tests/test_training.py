@@ -16,16 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from vtimellm_hf.checkpoints import PROJECTOR_FILE, load_model, load_projector, load_tokenizer, save_projector
 from vtimellm_hf.training.stages import (
-    PROJECTOR_FILE,
     VTimeDataArguments,
     VTimeModelArguments,
     fit_global_batch,
-    load_model,
-    load_projector,
-    load_tokenizer,
     resume_checkpoint,
-    save_projector,
     save_stage,
     setup_model,
 )
@@ -124,9 +120,8 @@ def test_projector_files_in_both_key_spellings_and_refused_pickles(tmp_path, tok
 
 
 def test_base_llama_becomes_vtime_model_with_video_token(workspace):
-    arguments = VTimeModelArguments(model_name_or_path=str(workspace / "base"), mm_hidden_size=32)
-    tokenizer = load_tokenizer(arguments)
-    model = load_model(arguments, tokenizer)
+    tokenizer = load_tokenizer(str(workspace / "base"))
+    model = load_model(str(workspace / "base"), tokenizer, mm_hidden_size=32)
     assert model.config.model_type == "vtime_llama"
     assert model.config.video_token_id == tokenizer.convert_tokens_to_ids("<video>")
     assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
@@ -379,7 +374,7 @@ def test_a_projector_with_empty_tensors_is_refused_not_written(tmp_path, model):
 
 
 def test_projector_is_gathered_under_zero3(tmp_path, model, monkeypatch):
-    from vtimellm_hf.training import stages
+    from vtimellm_hf import checkpoints
 
     projector = model.model.mm_projector
     whole = {name: parameter.detach().clone() for name, parameter in projector.named_parameters()}
@@ -402,7 +397,7 @@ def test_projector_is_gathered_under_zero3(tmp_path, model, monkeypatch):
 
     fake_deepspeed = SimpleNamespace(zero=SimpleNamespace(GatheredParameters=GatheredParameters))
     monkeypatch.setitem(sys.modules, "deepspeed", fake_deepspeed)
-    monkeypatch.setattr(stages, "is_deepspeed_zero3_enabled", lambda: True)
+    monkeypatch.setattr(checkpoints, "is_deepspeed_zero3_enabled", lambda: True)
     for parameter in projector.parameters():
         parameter.data = torch.empty(0)
     save_projector(model, tmp_path)
@@ -435,3 +430,193 @@ def test_stage_one_recipe_with_global_batch_rebalanced_batches_workers_and_bf16(
     record = json.loads((tmp_path / "vtimellm_training.json").read_text())["stages"][-1]["training"]
     assert record["gradient_accumulation_steps"] == 2
     assert load_file(str(tmp_path / PROJECTOR_FILE))["model.mm_projector.weight"].dtype == torch.float32
+
+
+# The stage table, checked against the paper: what each stage starts from, trains and leaves
+
+LLM_LINEAR_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                     "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+LLAMA_LAYER_NAMES = [module.split(".")[1] for module in LLM_LINEAR_LAYERS]
+
+
+@pytest.fixture
+def stage_inputs(tokenizer, tmp_path):
+    """A plain LLaMA base, a stage-1 projector file and a stage-2 LoRA adapter saved by PEFT with random A and B."""
+    from peft import LoraConfig, get_peft_model
+
+    from vtimellm_hf.tiny_models import build_tiny_llama, build_tiny_vtime_model
+
+    base = build_tiny_llama(tmp_path / "llama", tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    projector = {"weight": torch.randn(64, 32, generator=generator), "bias": torch.randn(64, generator=generator)}
+    (tmp_path / "stage1").mkdir()
+    save_file({f"model.mm_projector.{name}": tensor for name, tensor in projector.items()},
+              str(tmp_path / "stage1" / PROJECTOR_FILE))  # fmt: skip
+    stage2 = get_peft_model(build_tiny_vtime_model(tokenizer),
+                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], lora_dropout=0.0))  # fmt: skip
+    with torch.no_grad():
+        for name, parameter in stage2.named_parameters():
+            if ".lora_" in name:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    stage2.save_pretrained(tmp_path / "stage2")
+    lora = {name: parameter.detach().clone() for name, parameter in stage2.named_parameters() if ".lora_" in name}
+    arguments = VTimeModelArguments(model_name_or_path=str(tmp_path / "llama"), mm_hidden_size=32,
+                                    stage1_projector=str(tmp_path / "stage1"), stage2_adapter=str(tmp_path / "stage2"))
+    return SimpleNamespace(base=base, projector=projector, lora=lora, arguments=arguments)
+
+
+def trainable_after_setup(stage, arguments, tokenizer):
+    from peft import get_peft_model
+
+    model, peft_config = setup_model(stage, arguments, tokenizer)
+    trained = model if peft_config is None else get_peft_model(model, peft_config)
+    return trained, {name for name, parameter in trained.named_parameters() if parameter.requires_grad}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_stage_trains_what_the_paper_says(stage, stage_inputs, tokenizer):
+    """Stage 1: the projector alone. Stages 2 and 3: a new LoRA (r 64, alpha 128 as set) on every linear layer of the
+    LLM, the projector frozen; stage 3 over the LLM with the stage-2 LoRA merged (W + B @ A * alpha / r)."""
+    arguments = stage_inputs.arguments
+    arguments.lora_r, arguments.lora_alpha = 64, 128
+    model, trainable = trainable_after_setup(stage, arguments, tokenizer)
+    if stage == 1:
+        assert trainable == {"model.mm_projector.weight", "model.mm_projector.bias"}
+        return
+    layers = stage_inputs.base.config.num_hidden_layers
+    assert trainable == {f"base_model.model.model.layers.{layer}.{module}.lora_{part}.default.weight"
+                         for layer in range(layers) for module in LLM_LINEAR_LAYERS for part in "AB"}  # fmt: skip
+    assert model.peft_config["default"].r == 64 and model.peft_config["default"].lora_alpha == 128
+    inner = model.base_model.model
+    torch.testing.assert_close(inner.model.mm_projector.weight, stage_inputs.projector["weight"])
+    base_q = stage_inputs.base.model.layers[0].self_attn.q_proj.weight
+    merged_q = inner.model.layers[0].self_attn.q_proj.base_layer.weight
+    if stage == 2:
+        torch.testing.assert_close(merged_q, base_q)
+    else:
+        prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+        lora_a, lora_b = (stage_inputs.lora[f"{prefix}.lora_{part}.default.weight"] for part in "AB")
+        torch.testing.assert_close(merged_q, base_q + lora_b @ lora_a * 8 / 4)
+        assert not torch.allclose(merged_q, base_q)
+
+
+class MainProcessTrainer:
+    """What `save_stage` uses of a Trainer, in the main process: the model and the Trainer's own save."""
+
+    accelerator = SimpleNamespace(wait_for_everyone=lambda: None)
+
+    def __init__(self, model):
+        self.model = model
+
+    def is_world_process_zero(self):
+        return True
+
+    def save_model(self, output_dir):
+        self.model.save_pretrained(output_dir)
+
+
+@pytest.mark.parametrize(("stage", "merge"), [(1, True), (2, True), (3, True), (3, False)])
+def test_each_stage_leaves_what_the_paper_says(stage, merge, stage_inputs, tokenizer, processor, tmp_path):
+    """Stage 1 the projector alone, stage 2 a LoRA adapter without the projector, stage 3 one model folder that loads
+    (or its adapter and the stages it sits on)."""
+    from peft import get_peft_model
+
+    stage_inputs.arguments.merge_final_adapter = merge
+    model, peft_config = setup_model(stage, stage_inputs.arguments, tokenizer)
+    if peft_config is not None:
+        model = get_peft_model(model, peft_config)
+    output = tmp_path / "output"
+    save_stage(stage, MainProcessTrainer(model), processor, stage_inputs.arguments, output)
+    files = {path.name for path in output.iterdir()}
+    processor_files = {"processor_config.json", "tokenizer_config.json"}
+    adapter_files = {"adapter_config.json", "adapter_model.safetensors"}
+    model_files = {"config.json", "generation_config.json", "model.safetensors", "modeling_vtime_llama.py"}
+    if stage == 1:
+        assert files == {PROJECTOR_FILE}
+        saved = load_file(str(output / PROJECTOR_FILE))
+        torch.testing.assert_close(saved["model.mm_projector.weight"], model.model.mm_projector.weight)
+    elif stage == 2 or not merge:
+        assert adapter_files | processor_files <= files and not files & model_files
+        assert not any("mm_projector" in key for key in load_file(str(output / "adapter_model.safetensors")))
+        assert ("vtimellm_stages.json" in files) == (stage == 3)
+    else:
+        assert model_files | processor_files <= files and not files & adapter_files
+        assert json.loads((output / "generation_config.json").read_text())["temperature"] == 0.05
+
+
+def test_model_arguments_reuse_trl_and_refuse_what_the_stages_cannot_do(tmp_path):
+    """`VTimeModelArguments` is TRL's `ModelConfig` (trl 1.16: `lora_r`, `lora_alpha`, `lora_dropout`,
+    `lora_target_modules`, read by `get_peft_config`, which returns None unless `use_peft`): the stages set `use_peft`
+    themselves, so it is no argument; `all-linear` would wrap the projector and one name stays a list."""
+    from trl import ModelConfig, TrlParser
+
+    from vtimellm_hf.training.stages import lora_config
+
+    assert issubclass(VTimeModelArguments, ModelConfig)
+    arguments = VTimeModelArguments(model_name_or_path="base", lora_r=8, lora_alpha=16, lora_dropout=0.1,
+                                    lora_target_modules=["q_proj"])  # fmt: skip
+    config = lora_config(arguments)
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (8, 16, 0.1, {"q_proj"})
+    assert VTimeModelArguments().lora_target_modules == LLAMA_LAYER_NAMES
+    with pytest.raises(ValueError, match="'all-linear' would also wrap mm_projector"):
+        VTimeModelArguments(lora_target_modules=["all-linear"])
+    with pytest.raises(ValueError, match="load_in_4bit"):
+        VTimeModelArguments(load_in_4bit=True)
+    (tmp_path / "recipe.yaml").write_text("model_name_or_path: base\nuse_peft: true\n")
+    parser = TrlParser((VTimeModelArguments, VTimeDataArguments, VTimeTrainingArguments))
+    with pytest.raises(ValueError, match="use_peft"):
+        parser.parse_args_and_config(["--config", str(tmp_path / "recipe.yaml"), "--output_dir", str(tmp_path),
+                                      "--use_cpu", "true"])
+
+
+def test_stage_three_without_its_adapter_and_a_push_of_what_is_not_a_model_are_refused(tmp_path):
+    from vtimellm_hf.training.stages import run_stage
+
+    def training_args(**settings):
+        return VTimeTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **settings)
+
+    with pytest.raises(ValueError, match="Stage 3 starts from the stage-2 adapter: set stage2_adapter"):
+        run_stage(3, VTimeModelArguments(model_name_or_path="base"), VTimeDataArguments(), training_args())
+    with pytest.raises(ValueError, match="Stage 2 leaves its adapter, not a model"):
+        run_stage(2, VTimeModelArguments(model_name_or_path="base"), VTimeDataArguments(),
+                  training_args(push_to_hub=True, hub_model_id="org/name"))  # fmt: skip
+    with pytest.raises(ValueError, match="VTimeLLM has stages 1, 2, 3, not 4"):
+        run_stage(4, VTimeModelArguments(model_name_or_path="base"), VTimeDataArguments(), training_args())
+
+
+def test_old_names_still_work_and_say_where_they_moved(stage_inputs, tokenizer):
+    from vtimellm_hf import checkpoints, conversion, hub, inference, model_card
+    from vtimellm_hf.training import stages
+
+    moved = {
+        (hub, "build_hub_folder"): conversion.build_hub_folder,
+        (hub, "ConversionResult"): conversion.ConversionResult,
+        (hub, "read_stage_adapter"): checkpoints.read_stage_adapter,
+        (hub, "read_state_dict"): checkpoints.read_state_dict,
+        (hub, "StageAdapter"): checkpoints.StageAdapter,
+        (hub, "original_generation_config"): checkpoints.original_generation_config,
+        (hub, "ORIGINAL_GENERATION_SETTINGS"): checkpoints.ORIGINAL_GENERATION_SETTINGS,
+        (stages, "load_projector"): checkpoints.load_projector,
+        (stages, "save_projector"): checkpoints.save_projector,
+        (stages, "merge_adapter"): checkpoints.merge_adapter,
+        (stages, "gathered"): checkpoints.gathered,
+        (stages, "PROJECTOR_FILE"): checkpoints.PROJECTOR_FILE,
+    }
+    for (module, name), new in moved.items():
+        with pytest.warns(FutureWarning, match=rf"{module.__name__}\.{name} moved to vtimellm_hf\.\w+\.{name}"):
+            assert getattr(module, name) is new
+    # Names the old module still uses itself are plain imports there
+    assert inference.load_model_and_processor is checkpoints.load_model_and_processor
+    assert model_card.ADAPTER_SUBFOLDER == checkpoints.ADAPTER_SUBFOLDER == "stage3_adapter"
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        hub.no_such_name  # noqa: B018
+
+    arguments = stage_inputs.arguments
+    with pytest.warns(FutureWarning, match=r"stages\.load_tokenizer\(model_args\) moved"):
+        old_tokenizer = stages.load_tokenizer(arguments)
+    with pytest.warns(FutureWarning, match=r"stages\.load_model\(model_args, \.\.\.\) moved"):
+        old_model = stages.load_model(arguments, old_tokenizer)
+    new_tokenizer = checkpoints.load_tokenizer(arguments.model_name_or_path)
+    new_model = checkpoints.load_model(arguments.model_name_or_path, new_tokenizer, mm_hidden_size=32)
+    assert old_tokenizer.get_vocab() == tokenizer.get_vocab()
+    torch.testing.assert_close(old_model.model.embed_tokens.weight, new_model.model.embed_tokens.weight)

@@ -11,6 +11,7 @@ SUBCOMMAND_MODULES = [
     "vtimellm_hf.data.synthetic",
     "vtimellm_hf.data.extract",
     "vtimellm_hf.data.converters",
+    "vtimellm_hf.conversion",
     "vtimellm_hf.hub",
     "vtimellm_hf.model_card",
     "vtimellm_hf.inference",

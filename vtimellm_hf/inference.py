@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import load_model_and_processor
 from .data.features import check_feature
 from .model import (
     CAPTIONING,
@@ -98,34 +99,6 @@ class Moment:
     start: float | None
     end: float | None
     answer: str
-
-
-def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: str = "auto"):
-    """
-    A VTimeLLM checkpoint (a folder or a Hub id) and its processor, the model in eval mode on `device`.
-
-    A checkpoint that keeps its stage-3 LoRA adapter apart (`stage3_adapter/`, from `convert-original --no-merge`
-    or a stage 3 trained with `--merge_final_adapter false`) is the base it sits on: the adapter is merged in here,
-    or every answer would come from the stage-2 model.
-    """
-    from transformers import AutoModelForCausalLM, AutoProcessor
-    from transformers.utils import cached_file
-
-    from .model_card import ADAPTER_SUBFOLDER
-
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
-    adapter_config = cached_file(
-        name_or_path, "adapter_config.json", subfolder=ADAPTER_SUBFOLDER, _raise_exceptions_for_missing_entries=False
-    )
-    if adapter_config is not None:
-        from peft import PeftModel
-
-        logger.info("%s: merging the stage-3 adapter of %s/", name_or_path, ADAPTER_SUBFOLDER)
-        model = PeftModel.from_pretrained(model, name_or_path, subfolder=ADAPTER_SUBFOLDER).merge_and_unload()
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    processor.frame_encoder_device = device
-    return model.to(device).eval(), processor
 
 
 def grounding_question(query: str, question: str = GROUNDING_QUESTION) -> str:

@@ -46,6 +46,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .checkpoints import ADAPTER_SUBFOLDER
 from .model.processing_vtime import DEFAULT_FRAME_ENCODER
 
 # `model_card/template.md` of the repository, reached through a link inside the package so that wheels carry it
@@ -54,8 +55,6 @@ RESULTS_FILE = "eval_results.json"
 TRAINING_RECORD_FILE = "vtimellm_training.json"
 CONVERSION_RECORD_FILE = "vtimellm_conversion.json"
 STAGES_RECORD_FILE = "vtimellm_stages.json"
-# Where `convert-original --no-merge` puts the stage-3 LoRA adapter, beside the base it applies to
-ADAPTER_SUBFOLDER = "stage3_adapter"
 
 # The weights derive from Vicuna v1.5, itself under the Llama 2 Community License
 DEFAULT_LICENSE = "llama2"

@@ -2,7 +2,8 @@
 checkpoint makes no network call and runs no dynamic code.
 
 `tests/test_training.py::test_projector_files_in_both_key_spellings_and_refused_pickles` refuses a code-running
-`mm_projector.bin` through `load_projector`; here the same goes through `hub.read_state_dict` and the feature store.
+`mm_projector.bin` through `load_projector`; here the same goes through `checkpoints.read_state_dict`, every path that
+reads a projector, and the feature store.
 """
 
 import ast
@@ -16,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import vtimellm_hf
 from vtimellm_hf.data.features import NpyFeatureStore, consolidate_features
 from vtimellm_hf.data.synthetic import encode_mp4
-from vtimellm_hf.hub import read_state_dict
-from vtimellm_hf.training import stages
+from vtimellm_hf import checkpoints
+from vtimellm_hf.checkpoints import read_state_dict
 
 PACKAGE_ROOT = Path(vtimellm_hf.__file__).parent
 # Every file of the model folder travels: the three that `auto_map` names and the siblings they import
@@ -100,8 +102,77 @@ def test_legacy_checkpoints_are_read_with_weights_only(tmp_path, model, monkeypa
     state = {name: tensor.detach().clone() for name, tensor in model.model.mm_projector.state_dict().items()}
     torch.save({f"model.mm_projector.{name}": tensor for name, tensor in state.items()}, tmp_path / "mm_projector.bin")
     read_state_dict(tmp_path / "mm_projector.bin")
-    stages.load_projector(model, tmp_path / "mm_projector.bin")
+    checkpoints.load_projector(model, tmp_path / "mm_projector.bin")
     assert calls == [True, True]
+
+
+def projector_readers(tokenizer, model, tmp_path):
+    """Every path that reads a stage-1 projector, each given a file or folder: loading it into a model, a stage's
+    set-up (`stage1_projector`), and the conversion of a release (`convert-original --stage1`, stopped by the missing
+    stage-2 adapter once the projector is read)."""
+    from vtimellm_hf.conversion import build_hub_folder
+    from vtimellm_hf.tiny_models import build_tiny_llama
+    from vtimellm_hf.training.stages import VTimeModelArguments, setup_model
+
+    build_tiny_llama(tmp_path / "llama", tokenizer)
+
+    def stage_two(source):
+        arguments = VTimeModelArguments(model_name_or_path=str(tmp_path / "llama"), mm_hidden_size=32,
+                                        stage1_projector=str(source))  # fmt: skip
+        return setup_model(2, arguments, tokenizer)[0]
+
+    def conversion(source):
+        with pytest.raises(FileNotFoundError, match="no-stage2 is not a PEFT adapter folder"):
+            build_hub_folder(str(tmp_path / "llama"), source, tmp_path / "no-stage2", tmp_path / "no-stage3",
+                             tmp_path / "converted", check=False)  # fmt: skip
+
+    return {"load_projector": lambda source: checkpoints.load_projector(model, source), "setup_model": stage_two,
+            "build_hub_folder": conversion}  # fmt: skip
+
+
+def test_every_projector_reader_refuses_a_pickle_that_runs_code_and_finds_the_same_file(tokenizer, model, tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    torch.save({"model.mm_projector.weight": CreatesFile(marker), "model.mm_projector.bias": torch.zeros(64)},
+               evil / "mm_projector.bin")  # fmt: skip
+    readers = projector_readers(tokenizer, model, tmp_path)
+    for name, read in readers.items():
+        for source in (evil, evil / "mm_projector.bin"):
+            with pytest.raises(ValueError, match=r"Refusing to load .*evil/mm_projector\.bin: it is not a plain"):
+                read(source)
+        assert not marker.exists(), name
+
+    # A folder with both files: ours is read, by every reader, and the pickle never opened
+    weights = {"weight": torch.full((64, 32), 0.5), "bias": torch.full((64,), -1.0)}
+    save_file({f"model.mm_projector.{key}": value for key, value in weights.items()},
+              str(evil / "mm_projector.safetensors"))  # fmt: skip
+    readers["load_projector"](evil)
+    torch.testing.assert_close(model.model.mm_projector.weight, weights["weight"])
+    torch.testing.assert_close(readers["setup_model"](evil).model.mm_projector.bias, weights["bias"])
+    readers["build_hub_folder"](evil)
+    assert checkpoints.projector_file(evil) == evil / "mm_projector.safetensors" and not marker.exists()
+
+
+def test_stage_three_refuses_a_stage_two_adapter_pickle_that_runs_code(tokenizer, model, tmp_path):
+    """Stage 3 reads the stage-2 adapter through `checkpoints.read_stage_adapter`, as `convert-original` does."""
+    from peft import LoraConfig, get_peft_model
+
+    from vtimellm_hf.tiny_models import build_tiny_llama
+    from vtimellm_hf.training.stages import VTimeModelArguments, setup_model
+
+    marker = tmp_path / "ran"
+    build_tiny_llama(tmp_path / "llama", tokenizer)
+    checkpoints.save_projector(model, tmp_path / "stage1")
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "stage2")
+    (tmp_path / "stage2" / "adapter_model.safetensors").unlink()
+    torch.save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": CreatesFile(marker)},
+               tmp_path / "stage2" / "adapter_model.bin")  # fmt: skip
+    arguments = VTimeModelArguments(model_name_or_path=str(tmp_path / "llama"), mm_hidden_size=32,
+                                    stage1_projector=str(tmp_path / "stage1"), stage2_adapter=str(tmp_path / "stage2"))
+    with pytest.raises(ValueError, match=r"Refusing to load .*stage2/adapter_model\.bin: it is not a plain"):
+        setup_model(3, arguments, tokenizer)
+    assert not marker.exists()
 
 
 def test_every_load_of_the_package_refuses_pickled_code():

@@ -1,0 +1,28 @@
+"""Old import paths of names that moved: a module's `__getattr__` that finds them where they live now, with a warning."""
+
+import importlib
+import warnings
+from collections.abc import Callable, Mapping
+
+
+def warn_moved(old: str, new: str) -> None:
+    """A `FutureWarning` (shown by default, unlike a `DeprecationWarning`) that `old` is now `new`, pointing at the
+    caller of the old name."""
+    warnings.warn(f"{old} moved to {new}; the old name will be removed.", FutureWarning, stacklevel=3)
+
+
+def moved_names(module_name: str, moved: Mapping[str, str]) -> Callable[[str], object]:
+    """
+    A module-level `__getattr__` for `module_name`: each old name of `moved` resolves to `"new.module:name"` with
+    [`warn_moved`]. The new module is imported when an old name is first read, not when `module_name` is, so that a
+    module can point at one that imports it.
+    """
+
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        new_module, new_name = moved[name].split(":")
+        warn_moved(f"{module_name}.{name}", f"{new_module}.{new_name}")
+        return getattr(importlib.import_module(new_module), new_name)
+
+    return __getattr__
