@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 from collections import deque
@@ -45,16 +44,18 @@ from ..model import (
     load_video_frames,
     preprocess_frames,
 )
+from ..distributed import Processes, command_status, current_processes, process_files
+from ..files import remove_stale_temporaries, write_lines_atomically
 from .features import (
     FEATURE_DTYPE,
     check_feature,
     consolidate_features,
     feature_path,
+    open_feature_store,
     read_npy_header,
-    remove_stale_temporaries,
     write_feature,
 )
-from .raw_annotations import read_charades_sta
+from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ExtractionFailure, MediaItem, collect_media
 
 __all__ = [
     "FAILURES_FILE",
@@ -75,47 +76,11 @@ FAILURES_FILE = "failures.jsonl"
 # One line per written feature: what it was made from, so that a resumed run tells a feature made with other
 # settings (another clip window, frame count or encoder) from a finished one
 SETTINGS_FILE = "extraction.jsonl"
-# In order of preference when `{video_root}/{id}.*` matches several files
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-
 # Matrix-multiply libraries use other kernels, with other rounding, for matrices of a few rows (MKL: under 12). The
 # last batch of a run, the only one that can be short, is padded to a multiple of this many frames, so that a
 # feature's bytes do not depend on how many frames happened to be left at the end.
 _PAD_MULTIPLE = 16
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class MediaItem:
-    """
-    One video or image to encode.
-
-    Attributes:
-        feature_id: the id, and the name of the output file `{feature_id}.npy`.
-        path: the video or image file; a file with an image extension (jpg, jpeg, png, webp) is an image.
-        window: `(start_seconds, end_seconds)` of the clip to sample, or `None` for the whole video.
-    """
-
-    feature_id: str
-    path: Path
-    window: tuple[float, float] | None = None
-
-    @property
-    def is_image(self) -> bool:
-        return self.path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-@dataclass(frozen=True)
-class ExtractionFailure:
-    """An input that produced no feature: its id, its file (`None` when none was found) and why."""
-
-    feature_id: str
-    path: str | None
-    reason: str
-
-    def to_json(self) -> str:
-        return json.dumps({"id": self.feature_id, "path": self.path, "reason": self.reason}, ensure_ascii=False)
 
 
 @dataclass
@@ -159,209 +124,6 @@ class ExtractionReport:
         if self.consolidated is not None:
             text += f"; consolidated into {self.consolidated}"
         return text
-
-
-def collect_media(
-    inputs: str | os.PathLike | Iterable[str | os.PathLike], video_root: str | os.PathLike | None = None
-) -> tuple[list[MediaItem], list[ExtractionFailure]]:
-    """
-    The videos and images named by `inputs`, and the inputs that name none.
-
-    `inputs` is one of:
-
-    * a folder: every video and image file in it and its subfolders (hidden ones excepted); id = file stem.
-    * a video or image file; id = its stem.
-    * a VTimeLLM annotation file (`.json`), a list of records with an `id`: the video is `{video_root}/{id}.*` and
-      the clip `meta.split` (`[start, end]` seconds) when present; a stage-1 record with an `image` field names the
-      image `{video_root}/{image}` and keeps `id` as its feature id.
-    * an ActivityNet Captions file (`.json`): `{"v_ID": {...}}`, or the coco-style `{"annotations": [{"image_id":
-      "v_ID.mp4", ...}]}`; the video is `{video_root}/v_ID.*`, or `{video_root}/ID.*` (downloads often drop the
-      prefix); the feature id keeps the annotation's `v_ID`.
-    * a Charades-STA file, `VIDEO_ID START END##sentence` a line: the video is `{video_root}/VIDEO_ID.*`, each once.
-    * any other file: one path a line (blank lines and `#` comments skipped; relative paths are relative to the
-      list's folder); id = file stem. `video_root` is refused here: the paths do not go through it.
-    * a list of paths (Python only); id = file stem.
-
-    An id named twice for the same file and window is kept once; an id named for two different inputs is a failure
-    of the second (one feature file holds one input).
-
-    Raises:
-        FileNotFoundError: when `inputs` or `video_root` does not exist.
-        ValueError: naming the file, on an annotation file that cannot be read as one of the formats above, one
-            used without `video_root`, or a list of paths given with one.
-    """
-    if not isinstance(inputs, (str, os.PathLike)):
-        return _deduplicate([MediaItem(Path(path).stem, Path(path)) for path in inputs])
-    source = Path(inputs)
-    if source.is_dir():
-        candidates = [MediaItem(path.stem, path) for path in _media_files(source)]
-    elif not source.is_file():
-        raise FileNotFoundError(f"Input not found: {source}")
-    elif source.suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS:
-        candidates = [MediaItem(source.stem, source)]
-    elif source.suffix.lower() == ".json":
-        candidates = _read_annotation_file(source, video_root)
-    elif _is_charades_sta(source):
-        videos = _video_index(source, video_root)
-        video_ids = dict.fromkeys(query.video_id for query in read_charades_sta(source))
-        candidates = [videos.item(video_id) for video_id in video_ids]
-    elif video_root is not None:
-        raise ValueError(
-            f"{source} is a list of paths (relative to its folder): video_root only applies to annotation files "
-            "(.json, or Charades-STA 'ID START END##sentence' lines)."
-        )
-    else:
-        candidates = _read_path_list(source)
-    return _deduplicate(candidates)
-
-
-def _media_files(folder: Path) -> list[Path]:
-    extensions = set(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
-    files = []
-    for directory, subdirectories, names in os.walk(folder):
-        # Hidden entries include macOS "._name.mp4" resource forks, which are not videos
-        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
-        files += [
-            Path(directory) / name
-            for name in sorted(names)
-            if not name.startswith(".") and Path(name).suffix.lower() in extensions
-        ]
-    return files
-
-
-def _is_charades_sta(path: Path) -> bool:
-    """Whether the first line that holds anything is a Charades-STA query, `VIDEO_ID START END##sentence`."""
-    with open(path, encoding="utf-8-sig", errors="replace") as file:
-        for line in file:
-            if line.strip():
-                return re.fullmatch(r"\S+ +\S+ +\S+ *##.*", line.strip()) is not None
-    return False
-
-
-def _read_path_list(path: Path) -> list[MediaItem]:
-    items = []
-    with open(path, encoding="utf-8-sig") as file:
-        for line in file:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                media = path.parent / line
-                items.append(MediaItem(media.stem, media))
-    return items
-
-
-def _read_annotation_file(path: Path, video_root: str | os.PathLike | None) -> list[MediaItem | ExtractionFailure]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON annotation file ({error}).") from error
-    videos = _video_index(path, video_root)
-    if isinstance(data, list):
-        return [_dialogue_item(path, index, record, videos) for index, record in enumerate(data)]
-    if isinstance(data, dict):
-        if isinstance(data.get("annotations"), list):
-            ids = [_coco_video_id(path, index, record) for index, record in enumerate(data["annotations"])]
-        else:
-            ids = list(data)
-        return [videos.item(video_id, fallback=video_id.removeprefix("v_")) for video_id in ids]
-    raise ValueError(
-        f"{path}: expected a list of VTimeLLM records or an ActivityNet Captions object, found {type(data).__name__}."
-    )
-
-
-def _video_index(path: Path, video_root: str | os.PathLike | None) -> "_VideoIndex":
-    if video_root is None:
-        raise ValueError(
-            f"{path} is an annotation file: give the folder of its videos (video_root, --video-root), where the "
-            "video of id ID is ID.mp4 (or another video extension)."
-        )
-    video_root = Path(video_root)
-    if not video_root.is_dir():
-        raise FileNotFoundError(f"Video folder not found: {video_root}")
-    return _VideoIndex(video_root)
-
-
-def _dialogue_item(path: Path, index: int, record, videos: "_VideoIndex") -> MediaItem | ExtractionFailure:
-    # Raw VideoInstruct-100K pairs `{"video_id", "q", "a"}` name their video by `video_id`, as `load_stage3` reads them
-    key = "video_id" if isinstance(record, dict) and "id" not in record and "video_id" in record else "id"
-    if not isinstance(record, dict) or not isinstance(record.get(key), (str, int)):
-        raise ValueError(
-            f"{path}, record #{index}: expected an object with an 'id' (or a VideoInstruct 'video_id'), found "
-            f"{str(record)[:80]!r}."
-        )
-    feature_id = str(record[key])
-    if "image" in record:
-        if not isinstance(record["image"], str):
-            raise ValueError(f"{path}, record #{index}: 'image' must be a relative path, got {record['image']!r}.")
-        return MediaItem(feature_id, videos.root / record["image"])
-    split = (record.get("meta") or {}).get("split")
-    # ActivityNet ids keep their `v_` prefix in the dialogues, and the videos may be saved without it
-    found = videos.item(feature_id, fallback=feature_id.removeprefix("v_"))
-    if split is None or isinstance(found, ExtractionFailure):
-        return found
-    if (
-        not isinstance(split, (list, tuple))
-        or len(split) != 2
-        or not all(isinstance(bound, (int, float)) and math.isfinite(bound) for bound in split)
-    ):
-        reason = f"{path}, record #{index}: meta.split must be [start, end] in seconds, got {split!r}"
-        return ExtractionFailure(feature_id, None, reason)
-    return MediaItem(feature_id, found.path, (float(split[0]), float(split[1])))
-
-
-def _coco_video_id(path: Path, index: int, record) -> str:
-    if not isinstance(record, dict) or not isinstance(record.get("image_id"), str):
-        raise ValueError(f"{path}, annotation #{index}: expected an object with a string 'image_id'.")
-    return Path(record["image_id"]).stem
-
-
-class _VideoIndex:
-    """`{root}/{id}.*` lookups from one listing of the folder, not one glob per id."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        rank = {extension: position for position, extension in enumerate(VIDEO_EXTENSIONS)}
-        self._videos = {}
-        with os.scandir(root) as entries:
-            for entry in entries:
-                path = Path(entry.path)
-                if path.suffix.lower() not in rank or not entry.is_file():
-                    continue
-                known = self._videos.get(path.stem)
-                if known is None or rank[path.suffix.lower()] < rank[known.suffix.lower()]:
-                    self._videos[path.stem] = path
-
-    def item(self, feature_id: str, fallback: str | None = None) -> MediaItem | ExtractionFailure:
-        path = self._videos.get(feature_id) or (self._videos.get(fallback) if fallback else None)
-        if path is None:
-            names = f"{feature_id}.*" + (f" nor {fallback}.*" if fallback and fallback != feature_id else "")
-            return ExtractionFailure(feature_id, None, f"no video named {names} in {self.root}")
-        return MediaItem(feature_id, path)
-
-
-def _deduplicate(candidates: list[MediaItem | ExtractionFailure]) -> tuple[list[MediaItem], list[ExtractionFailure]]:
-    items, failures, by_id = [], [], {}
-    for candidate in candidates:
-        if isinstance(candidate, ExtractionFailure):
-            failures.append(candidate)
-            continue
-        try:
-            feature_path(".", candidate.feature_id)
-        except ValueError as error:
-            failures.append(ExtractionFailure(candidate.feature_id, str(candidate.path), str(error)))
-            continue
-        first = by_id.setdefault(candidate.feature_id, candidate)
-        if first is candidate:
-            items.append(candidate)
-        elif first != candidate:
-            failures.append(
-                ExtractionFailure(
-                    candidate.feature_id,
-                    str(candidate.path),
-                    f"id {candidate.feature_id!r} is already used by {first.path} (window {first.window}); one "
-                    f"{candidate.feature_id}.npy holds one input",
-                )
-            )
-    return items, failures
 
 
 class _DecodedMedia(Dataset):
@@ -479,26 +241,27 @@ class _FrameBatcher:
 
 
 class _FailureLog:
-    """Failures on stderr and in `failures.jsonl`, which is replaced by each run and created on its first failure."""
+    """A process's failures, on stderr and in its record file, created on its first failure."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.failures = []
         self._file = None
-        path.unlink(missing_ok=True)
 
     def add(self, failure: ExtractionFailure) -> None:
-        self.failures.append(failure)
         if self._file is None:
-            self._file = open(self.path, "w", encoding="utf-8")
+            self._file = open(self.path, "a", encoding="utf-8")
         # One flushed line per failure: a killed run still leaves the failures it met
         self._file.write(failure.to_json() + "\n")
         self._file.flush()
-        tqdm.write(f"failed: {failure.feature_id} ({failure.path}): {failure.reason}", file=sys.stderr)
+        _announce(failure)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def _announce(failure: ExtractionFailure) -> None:
+    tqdm.write(f"failed: {failure.feature_id} ({failure.path}): {failure.reason}", file=sys.stderr)
 
 
 def _resolve_device_and_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
@@ -523,23 +286,182 @@ def _is_extracted(path: Path, expected_shape: tuple[int, ...]) -> bool:
     return header.complete and header.dtype == FEATURE_DTYPE and header.shape == expected_shape
 
 
-def _feature_settings(item: MediaItem, num_frames: int, encoder: str) -> dict:
-    window = None if item.window is None else list(item.window)
-    return {"id": item.feature_id, "window": window, "num_frames": num_frames, "encoder": encoder}
+@dataclass
+class _Encoding:
+    """What the features of a run are made with, and how each is recorded in `extraction.jsonl`."""
+
+    encoder: torch.nn.Module
+    frame_size: int
+    mean: list[float]
+    std: list[float]
+    device: torch.device
+    dtype: torch.dtype
+    num_frames: int
+    batch_size: int
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.projection_dim
+
+    def expected_shape(self, item: MediaItem) -> tuple[int, ...]:
+        return (self.dim,) if item.is_image else (self.num_frames, self.dim)
+
+    def settings(self, item: MediaItem) -> dict:
+        window = None if item.window is None else list(item.window)
+        return {"id": item.feature_id, "window": window, "num_frames": self.num_frames,
+                "encoder": self.encoder.name_or_path}  # fmt: skip
 
 
-def _read_settings(path: Path) -> dict[str, dict]:
-    """The settings of each feature of earlier runs, by id (the last line of an id wins); unreadable lines (a
-    line cut short by a killed run) are skipped, so their features are made again if their settings differ."""
-    settings = {}
+@dataclass
+class _Plan:
+    """What the main process found to do: every input, those that named no usable file, those left to encode."""
+
+    total: int
+    input_failures: list[ExtractionFailure]
+    todo: list[MediaItem]
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    """The JSON objects of a record file, in order; a line that is not one (cut short by a killed run) is skipped."""
+    records = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
-                settings[record["id"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def _read_settings(output_dir: Path) -> dict[str, dict]:
+    """
+    The settings of each feature of earlier runs, by id, from `extraction.jsonl` and the record files that processes
+    of a killed run left beside it (the last line of an id wins). Unreadable lines (cut short by a killed run) are
+    skipped, so their features are made again if their settings differ.
+    """
+    settings = {}
+    for path in [output_dir / SETTINGS_FILE, *process_files(output_dir / SETTINGS_FILE)]:
+        settings.update((record["id"], record) for record in _read_json_lines(path) if isinstance(record.get("id"), str))
     return settings
+
+
+def _merge_settings(output_dir: Path) -> None:
+    """`extraction.jsonl` made one line per id, sorted, with the records of every process merged in; the same file
+    whatever the number of processes that wrote them."""
+    merged = [json.dumps(record) for _, record in sorted(_read_settings(output_dir).items())]
+    leftovers = process_files(output_dir / SETTINGS_FILE)
+    path = output_dir / SETTINGS_FILE
+    if leftovers or not path.is_file() or path.read_text(encoding="utf-8", errors="replace").splitlines() != merged:
+        write_lines_atomically(path, merged)
+    for leftover in leftovers:
+        leftover.unlink()
+
+
+def _merge_failures(output_dir: Path, plan: _Plan) -> list[ExtractionFailure]:
+    """
+    `failures.jsonl` of this run, from the processes' record files: the inputs that named no usable file, then the
+    failed items in the order of the inputs; absent when nothing failed.
+    """
+    path = output_dir / FAILURES_FILE
+    sources = [path, *process_files(path)]
+    position = {item.feature_id: index for index, item in enumerate(plan.todo)}
+    failed = [
+        ExtractionFailure(record["id"], record.get("path"), record.get("reason", ""))
+        for source in sources
+        for record in _read_json_lines(source)
+        if record.get("id") in position
+    ]
+    failures = plan.input_failures + sorted(failed, key=lambda failure: position[failure.feature_id])
+    if failures:
+        write_lines_atomically(path, [failure.to_json() for failure in failures])
+    else:
+        path.unlink(missing_ok=True)
+    for source in sources[1:]:
+        source.unlink()
+    return failures
+
+
+def _plan_extraction(inputs, video_root, output_dir: Path, encoding: _Encoding) -> _Plan:
+    """The main process's plan: every input, less the features already made with the same settings."""
+    items, input_failures = collect_media(inputs, video_root)
+    # What earlier runs recorded, merged first: their features count as done; their failures are retried
+    _merge_settings(output_dir)
+    for path in [output_dir / FAILURES_FILE, *process_files(output_dir / FAILURES_FILE)]:
+        path.unlink(missing_ok=True)
+    earlier = _read_settings(output_dir)
+
+    def is_done(item: MediaItem) -> bool:
+        # A feature without a record (copied from elsewhere, or the original's release) is trusted by its shape
+        recorded = earlier.get(item.feature_id)
+        same_settings = recorded is None or recorded == encoding.settings(item)
+        return same_settings and _is_extracted(feature_path(output_dir, item.feature_id), encoding.expected_shape(item))
+
+    todo = [item for item in items if not is_done(item)]
+    stale = sum(feature_path(output_dir, item.feature_id).exists() for item in todo)
+    if stale:
+        tqdm.write(
+            f"re-extracting {stale} feature file(s) that are incomplete, of another shape, or made with other "
+            f"settings (clip window, frames, encoder; see {SETTINGS_FILE})",
+            file=sys.stderr,
+        )
+    for failure in input_failures:
+        _announce(failure)
+    return _Plan(len(items) + len(input_failures), input_failures, todo)
+
+
+def _extract_share(
+    items: list[MediaItem], output_dir: Path, encoding: _Encoding, workers: int, processes: Processes, progress
+) -> int:
+    """Encodes `items` into their `.npy` files, recording each in this process's record files; returns how many
+    were written."""
+    failure_log = _FailureLog(processes.record_file(output_dir / FAILURES_FILE))
+    loader = DataLoader(
+        _DecodedMedia(items, encoding.num_frames, encoding.frame_size, encoding.mean, encoding.std, encoding.dtype),
+        batch_size=None,
+        num_workers=min(workers, len(items)),
+        collate_fn=_as_is,
+        pin_memory=encoding.device.type == "cuda",
+        # Take whichever video is decoded first: a long video must not hold up the others
+        in_order=False,
+    )
+    batcher = _FrameBatcher(encoding.encoder, encoding.batch_size, encoding.device, encoding.dtype)
+    extracted = 0
+    # One progress bar, the main process's share, whatever the number of processes
+    show = (None if progress is None else progress) if processes.is_main else False
+    settings_log = open(processes.record_file(output_dir / SETTINGS_FILE), "a", encoding="utf-8")
+    try:
+        with tqdm(total=len(items), unit="video", disable=None if show is None else not show) as bar:
+
+            def save(finished: list[tuple[int, torch.Tensor]]) -> int:
+                written = 0
+                for index, features in finished:
+                    item = items[index]
+                    array = features.numpy()[0] if item.is_image else features.numpy()
+                    try:
+                        check_feature(array, 1 if item.is_image else encoding.num_frames, encoding.dim, item.feature_id)
+                    except ValueError as error:  # e.g. float16 overflow of a bfloat16 encoder
+                        failure_log.add(ExtractionFailure(item.feature_id, str(item.path), str(error)))
+                    else:
+                        write_feature(feature_path(output_dir, item.feature_id), array)
+                        settings_log.write(json.dumps(encoding.settings(item)) + "\n")
+                        settings_log.flush()
+                        written += 1
+                    bar.update()
+                return written
+
+            for index, pixels, reason in loader:
+                if reason is not None:
+                    failure_log.add(ExtractionFailure(items[index].feature_id, str(items[index].path), reason))
+                    bar.update()
+                else:
+                    extracted += save(batcher.add(index, pixels))
+            extracted += save(batcher.flush())
+    finally:
+        settings_log.close()
+        failure_log.close()
+    return extracted
 
 
 def extract_features(
@@ -554,14 +476,22 @@ def extract_features(
     video_root: str | os.PathLike | None = None,
     consolidate: str | os.PathLike | None = None,
     progress: bool | None = None,
+    max_shard_size: str | int | None = None,
 ) -> ExtractionReport:
     """
     Encodes videos and images into `{output_dir}/{id}.npy`: float16 `(num_frames, D)` per video, `(D,)` per image.
 
     A feature is `VTimeProcessor.encode_frames(load_video_frames(path, num_frames, window)[0])` cast to float16: the
-    same sampling, preprocessing and encoder. Its bytes do not depend on `workers` nor on which videos shared its
-    batches. On CPU with batches of 16 frames or more they are exactly those of `encode_frames`; smaller batches
-    (MKL uses other kernels under 12 rows) and GPUs (whose kernels depend on the batch size) may change the last bit.
+    same sampling, preprocessing and encoder. Its bytes do not depend on `workers`, on the number of processes nor on
+    which videos shared its batches. On CPU with batches of 16 frames or more they are exactly those of
+    `encode_frames`; smaller batches (MKL uses other kernels under 12 rows) and GPUs (whose kernels depend on the batch
+    size) may change the last bit.
+
+    Run by several processes (`torchrun`, `accelerate launch`: see [`vtimellm_hf.distributed`]), each encodes every
+    `world_size`-th input left to do on its own device (`cuda:LOCAL_RANK`), writes its own record files
+    (`extraction.rankR.jsonl`, `failures.rankR.jsonl`), and the main process merges them once all have finished:
+    the files are those one process writes. A rerun, with any number of processes, merges what a killed run recorded
+    and finishes the rest.
 
     Args:
         inputs: a folder, a media file, an annotation file, a list file of paths, or a list of paths; see
@@ -572,112 +502,69 @@ def extract_features(
             moved to `device` and `dtype`).
         num_frames: frames sampled per video.
         batch_size: frames per encoder forward pass, packed across videos.
-        workers: decoding processes (0: decode in this process, without overlap); default: the CPU count, up to 8.
-            Each holds up to two decoded videos (`num_frames` frames, 3 x frame_size x frame_size each) in shared
-            memory.
-        device: where the encoder runs; default: CUDA when available, else CPU.
+        workers: decoding processes of each process (0: decode in the process, without overlap); default: its share
+            of the CPUs (`LOCAL_WORLD_SIZE` processes per machine), up to 8. Each holds up to two decoded videos
+            (`num_frames` frames, 3 x frame_size x frame_size each) in shared memory.
+        device: where the encoder runs; default: CUDA when available (the process's own GPU), else CPU.
         dtype: the encoder's dtype (`"float16"`, `"bfloat16"`, `"float32"` or a torch dtype); default: float16 on
             CUDA, float32 on CPU. Features are stored as float16 whatever it is.
         video_root: for annotation files, the folder holding `{id}.*` (and stage-1 images).
-        consolidate: also pack all features of `output_dir` into this safetensors file (see
-            [`~vtimellm_hf.data.features.consolidate_features`]).
+        consolidate: also pack all features of `output_dir` into this store once all are written: a `.safetensors`
+            file, or a sharded `datasets` store for any other name (see
+            [`~vtimellm_hf.data.features.consolidate_features`]); skipped when a process failed.
         progress: show a progress bar (videos/s); default: when stderr is a terminal.
+        max_shard_size: the largest shard of a sharded `consolidate` store (default 500MB).
 
     Returns:
-        An [`ExtractionReport`]; failed inputs are in its `failures` and in `{output_dir}/failures.jsonl`.
+        An [`ExtractionReport`] (the same on every process); failed inputs are in its `failures` and in
+        `{output_dir}/failures.jsonl`.
+
+    Raises:
+        ProcessFailedError: on every process of a job of several, once the records are merged, when one of them
+            raised (its error names it); a job of one process raises the error itself.
     """
     if num_frames < 1 or batch_size < 1:
         raise ValueError(f"num_frames and batch_size must be positive, got {num_frames} and {batch_size}.")
+    processes = current_processes()
     if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    items, input_failures = collect_media(inputs, video_root)
+        workers = min(8, max(1, (os.cpu_count() or 1) // processes.local_world_size))
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output_dir)
-    device, dtype = _resolve_device_and_dtype(device, dtype)
-    frame_encoder = clip.frame_encoder if isinstance(clip, VTimeProcessor) else VTimeFrameEncoder(str(clip))
-    encoder = frame_encoder.to(device, dtype).model.eval()
-    video_processor = frame_encoder.video_processor
-    frame_size, mean, std = video_processor.frame_size, video_processor.image_mean, video_processor.image_std
-    dim = encoder.config.projection_dim
 
-    def expected_shape(item: MediaItem) -> tuple[int, ...]:
-        return (dim,) if item.is_image else (num_frames, dim)
+    def set_up() -> _Encoding:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if processes.is_first_on_its_machine:
+            remove_stale_temporaries(output_dir)
+        run_device, run_dtype = _resolve_device_and_dtype(processes.device(device), dtype)
+        frame_encoder = clip.frame_encoder if isinstance(clip, VTimeProcessor) else VTimeFrameEncoder(str(clip))
+        encoder = frame_encoder.to(run_device, run_dtype).model.eval()
+        video_processor = frame_encoder.video_processor
+        frame_size, mean, std = video_processor.frame_size, video_processor.image_mean, video_processor.image_std
+        return _Encoding(encoder, frame_size, mean, std, run_device, run_dtype, num_frames, batch_size)
 
-    encoder_name = encoder.name_or_path
-    earlier = _read_settings(output_dir / SETTINGS_FILE)
-
-    def is_done(item: MediaItem) -> bool:
-        # A feature without a record (copied from elsewhere, or the original's release) is trusted by its shape
-        recorded = earlier.get(item.feature_id)
-        same_settings = recorded is None or recorded == _feature_settings(item, num_frames, encoder_name)
-        return same_settings and _is_extracted(feature_path(output_dir, item.feature_id), expected_shape(item))
-
-    todo = [item for item in items if not is_done(item)]
-    stale = sum(feature_path(output_dir, item.feature_id).exists() for item in todo)
-    if stale:
-        tqdm.write(
-            f"re-extracting {stale} feature file(s) that are incomplete, of another shape, or made with other "
-            f"settings (clip window, frames, encoder; see {SETTINGS_FILE})",
-            file=sys.stderr,
-        )
-
-    failure_log = _FailureLog(output_dir / FAILURES_FILE)
-    for failure in input_failures:
-        failure_log.add(failure)
-    loader = DataLoader(
-        _DecodedMedia(todo, num_frames, frame_size, mean, std, dtype),
-        batch_size=None,
-        num_workers=min(workers, len(todo)),
-        collate_fn=_as_is,
-        pin_memory=device.type == "cuda",
-        # Take whichever video is decoded first: a long video must not hold up the others
-        in_order=False,
-    )
-    batcher = _FrameBatcher(encoder, batch_size, device, dtype)
-    extracted = 0
+    encoding = processes.set_up_each(set_up)
+    plan = processes.run_on_main(lambda: _plan_extraction(inputs, video_root, output_dir, encoding))
     start = time.perf_counter()
-    settings_log = open(output_dir / SETTINGS_FILE, "a", encoding="utf-8")
-    try:
-        with tqdm(total=len(todo), unit="video", disable=None if progress is None else not progress) as bar:
-
-            def save(finished: list[tuple[int, torch.Tensor]]) -> int:
-                written = 0
-                for index, features in finished:
-                    item = todo[index]
-                    array = features.numpy()[0] if item.is_image else features.numpy()
-                    try:
-                        check_feature(array, 1 if item.is_image else num_frames, dim, item.feature_id)
-                    except ValueError as error:  # e.g. float16 overflow of a bfloat16 encoder
-                        failure_log.add(ExtractionFailure(item.feature_id, str(item.path), str(error)))
-                    else:
-                        write_feature(feature_path(output_dir, item.feature_id), array)
-                        settings_log.write(json.dumps(_feature_settings(item, num_frames, encoder_name)) + "\n")
-                        settings_log.flush()
-                        written += 1
-                    bar.update()
-                return written
-
-            for index, pixels, reason in loader:
-                if reason is not None:
-                    failure_log.add(ExtractionFailure(todo[index].feature_id, str(todo[index].path), reason))
-                    bar.update()
-                else:
-                    extracted += save(batcher.add(index, pixels))
-            extracted += save(batcher.flush())
-    finally:
-        settings_log.close()
-        failure_log.close()
-    report = ExtractionReport(
-        output_dir=output_dir,
-        total=len(items) + len(input_failures),
-        extracted=extracted,
-        skipped=len(items) - len(todo),
-        failures=failure_log.failures,
-        seconds=time.perf_counter() - start,
+    shares = processes.run_on_each(
+        lambda: _extract_share(processes.share(plan.todo), output_dir, encoding, workers, processes, progress)
     )
-    if consolidate is not None:
-        report.consolidated = consolidate_features(output_dir, consolidate)
+    seconds = time.perf_counter() - start
+
+    def merge() -> ExtractionReport:
+        _merge_settings(output_dir)
+        report = ExtractionReport(
+            output_dir=output_dir,
+            total=plan.total,
+            extracted=sum(count or 0 for count in shares.values),
+            skipped=plan.total - len(plan.input_failures) - len(plan.todo),
+            failures=_merge_failures(output_dir, plan),
+            seconds=seconds,
+        )
+        if consolidate is not None and not shares.errors:
+            report.consolidated = consolidate_features(output_dir, consolidate, max_shard_size=max_shard_size)
+        return report
+
+    report = processes.run_on_main(merge)
+    processes.raise_errors(shares)
     return report
 
 
@@ -737,15 +624,35 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
         metavar="DIR",
         help="for an annotation INPUT (JSON, Charades-STA): the folder holding the videos {id}.*",
     )
-    parser.add_argument(
-        "--consolidate", default=None, metavar="PATH", help="also pack all features into this safetensors file"
-    )
+    _add_store_arguments(parser, "--consolidate", "also pack all features into this store once they are written: ")
     parser.set_defaults(run=_run)
+
+    consolidate = subparsers.add_parser(
+        "consolidate-features",
+        help="pack a folder of {id}.npy features into one store",
+        description="Pack the {id}.npy features of NPY_DIR into OUTPUT: one .safetensors file (up to about a million "
+        "ids), or, for any other name, a sharded datasets store (Arrow shards, any number of ids, load_from_disk and "
+        "push_to_hub). Written atomically; an earlier store at OUTPUT is replaced.",
+    )
+    consolidate.add_argument("npy_dir", metavar="NPY_DIR", help="folder of the {id}.npy files")
+    _add_store_arguments(consolidate, "output", "")
+    consolidate.set_defaults(run=_run_consolidate)
     return parser
 
 
+def _add_store_arguments(parser: argparse.ArgumentParser, name: str, help_start: str) -> None:
+    parser.add_argument(
+        name, default=None, metavar="OUTPUT" if name == "output" else "PATH",
+        help=f"{help_start}a FILE.safetensors, or a folder for a sharded datasets store",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-shard-size", default=None, metavar="SIZE",
+        help="largest shard of a sharded store, in bytes or as 500MB (default: 500MB)",
+    )  # fmt: skip
+
+
 def _run(args: argparse.Namespace) -> int:
-    try:
+    def run(processes: Processes) -> int:
         report = extract_features(
             args.input,
             args.output_dir,
@@ -757,9 +664,20 @@ def _run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             video_root=args.video_root,
             consolidate=args.consolidate,
+            max_shard_size=args.max_shard_size,
         )
+        if processes.is_main:
+            print(f"extract-features: {report.summary()}", file=sys.stderr)
+        return 0 if report.ok else 1
+
+    return command_status("extract-features", run)
+
+
+def _run_consolidate(args: argparse.Namespace) -> int:
+    try:
+        output = consolidate_features(args.npy_dir, args.output, max_shard_size=args.max_shard_size)
     except (OSError, ValueError) as error:
-        print(f"extract-features: error: {error}", file=sys.stderr)
+        print(f"consolidate-features: error: {error}", file=sys.stderr)
         return 2
-    print(f"extract-features: {report.summary()}", file=sys.stderr)
-    return 0 if report.ok else 1
+    print(f"consolidate-features: {len(open_feature_store(output))} features in {output}", file=sys.stderr)
+    return 0

@@ -5,11 +5,13 @@ Two layouts hold the same arrays, addressed by a feature id (a video or image id
 * a folder of `{id}.npy` files, the layout of the original VTimeLLM: a video is a float16 array of shape
   `(num_frames, D)` (`(100, 768)` for CLIP ViT-L/14), an image a float16 array of shape `(D,)`. Features made by the
   original code and by [`~vtimellm_hf.data.extract.extract_features`] are interchangeable.
-* one consolidated safetensors file holding one tensor per id (see [`consolidate_features`]), so that a training
-  job opens one file instead of hundreds of thousands of small ones.
+* a consolidated store (see [`consolidate_features`]), so that a training job opens one file or a few shards instead
+  of hundreds of thousands of small files: one safetensors file holding one tensor per id (up to about a million
+  ids), or a sharded `datasets` store, for any number of ids and for the Hub
+  (see [`~vtimellm_hf.data.sharded_features`]).
 
-[`open_feature_store`] returns a [`FeatureStore`] for either; [`check_feature`] is the validation the loaders run
-on every array they read.
+[`open_feature_store`] returns a [`FeatureStore`] for any of them; [`check_feature`] is the validation the loaders
+run on every array they read.
 """
 
 import abc
@@ -17,14 +19,14 @@ import json
 import math
 import os
 import re
-import secrets
-import socket
 import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from ..files import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "FEATURE_DTYPE",
@@ -51,13 +53,6 @@ _SAFETENSORS_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
 # safetensors refuses headers above 100 MB (its MAX_HEADER_SIZE); at about 100 bytes an entry that is ~1M ids
 _SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
 _CONSOLIDATED_FORMAT = "vtimellm_hf.features"
-
-# Temporary files of `write_feature`: hidden, never ending in ".npy", and naming their writer, so that an interrupted
-# run's leftovers can be told apart from another live process's file in progress (see `remove_stale_temporaries`).
-_HOST = socket.gethostname()
-_TEMPORARY_SUFFIX = ".tmp"
-_TEMPORARY_PATTERN = re.compile(r"^\..+\.npy\.[A-Za-z0-9_]+\.(?P<host>.+)-(?P<pid>\d+)\.tmp$")
-
 
 class FeatureNotFoundError(KeyError):
     """A feature id that a store does not hold. A `KeyError` whose message reads as written (no added quotes)."""
@@ -100,62 +95,11 @@ def feature_path(folder: str | os.PathLike, feature_id: str) -> Path:
 
 def write_feature(path: str | os.PathLike, array: np.ndarray) -> None:
     """
-    Writes `array` to the `.npy` file `path` atomically.
-
-    The array goes to a hidden temporary file in the same folder, which is flushed to disk and then renamed over
-    `path` (`os.replace`): a reader, or a later run, sees the complete old file, the complete new one, or none, never
-    a truncated file, whatever interrupts the writer (an exception, SIGKILL, a power cut).
+    Writes `array` to the `.npy` file `path` atomically ([`~vtimellm_hf.files.atomic_write`]): a reader, or a later
+    run, sees the complete old file, the complete new one, or none, never a truncated file.
     """
-    path = Path(path)
-    descriptor, temporary = _create_temporary(path)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            np.save(file, np.asarray(array), allow_pickle=False)
-            file.flush()
-            # Without fsync, a crash after the rename can leave an empty file on file systems that reorder the two
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new hidden file beside `path`, named after it and its writer; returns its descriptor and path."""
-    while True:
-        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.{_HOST}-{os.getpid()}{_TEMPORARY_SUFFIX}"
-        try:
-            # Not tempfile.mkstemp: its files are private (0600), and the renamed feature must get the umask's mode
-            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
-        except FileExistsError:
-            continue
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """
-    Deletes the temporary files that killed writers of [`write_feature`] left in `folder`, and returns them.
-
-    Only files written on this host by a process that no longer runs are removed: another extraction writing into
-    the same folder (from this host or, on a shared file system, from another one) keeps its files in progress.
-    """
-    removed = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            match = _TEMPORARY_PATTERN.match(entry.name)
-            if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
-                Path(entry.path).unlink(missing_ok=True)
-                removed.append(Path(entry.path))
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the process exists and belongs to another user
-        return True
-    return True
+    with atomic_write(path) as file:
+        np.save(file, np.asarray(array), allow_pickle=False)
 
 
 def read_npy_header(path: str | os.PathLike) -> NpyHeader:
@@ -372,40 +316,60 @@ class ConsolidatedFeatureStore(FeatureStore):
 
 
 def open_feature_store(path: str | os.PathLike) -> FeatureStore:
-    """An [`NpyFeatureStore`] for a folder of `{id}.npy` files, a [`ConsolidatedFeatureStore`] for a file."""
+    """
+    The store at `path`: a [`ShardedFeatureStore`] for a folder written by `Dataset.save_to_disk`, an
+    [`NpyFeatureStore`] for any other folder (of `{id}.npy` files), a [`ConsolidatedFeatureStore`] for a file.
+    """
+    from .sharded_features import ShardedFeatureStore, is_sharded_store
+
     path = Path(path)
+    if is_sharded_store(path):
+        return ShardedFeatureStore(path)
     if path.is_dir():
         return NpyFeatureStore(path)
     if path.is_file():
         return ConsolidatedFeatureStore(path)
-    raise FileNotFoundError(f"No features at {path}: expected a folder of {{id}}.npy files or a .safetensors file.")
+    raise FileNotFoundError(
+        f"No features at {path}: expected a folder of {{id}}.npy files, a sharded store or a .safetensors file."
+    )
 
 
 def consolidate_features(
-    npy_dir: str | os.PathLike, output_path: str | os.PathLike, ids: Iterable[str] | None = None
+    npy_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    ids: Iterable[str] | None = None,
+    max_shard_size: str | int | None = None,
 ) -> Path:
     """
-    Packs a folder of `{id}.npy` features into one safetensors file, one tensor per id, that
-    [`ConsolidatedFeatureStore`] reads lazily.
+    Packs a folder of `{id}.npy` features into one store, chosen by the name of `output`:
 
-    Why safetensors rather than Arrow shards: a training loader needs random access to single features. safetensors
-    gives it with one memory-mapped file, a header that maps each id to its shape, dtype and byte range (so `shape`
-    costs nothing and `load` reads one feature), and no schema: videos `(num_frames, D)` and images `(D,)` of any
-    sizes share a file as they are. Arrow would need a shape column and list-typed rows, and its strength,
-    columnar scans and streaming, is not what training on features asks for. The limit is safetensors' 100 MB
-    header, about a million ids per file.
+    * `*.safetensors`: one file, one tensor per id, read lazily by [`ConsolidatedFeatureStore`]. One memory-mapped
+      file whose header maps each id to its shape, dtype and byte range (so `shape` costs nothing and `load` reads
+      one feature), and no schema: videos and images of any sizes share it as they are. The format caps its header
+      at 100 MB: about a million ids.
+    * any other name: a sharded `datasets` store, a folder of Arrow shards of `max_shard_size` (default 500MB) read by
+      [`~vtimellm_hf.data.sharded_features.ShardedFeatureStore`], for any number of ids, loadable with
+      `datasets.load_from_disk` and pushable with `push_to_hub` (see [`~vtimellm_hf.data.sharded_features`]).
 
-    The file is streamed (one feature in memory at a time) and written atomically. Every feature is validated
-    first ([`check_feature`]: dtype, finite values), so a damaged one fails here, by name, not mid-training.
+    Either is written atomically: a killed run leaves the earlier store or none, never part of one. Every feature is
+    validated first ([`check_feature`]: dtype, finite values), so a damaged one fails here, by name, not mid-training.
 
     Args:
         npy_dir: the folder of `{id}.npy` files.
-        output_path: the safetensors file to write.
+        output: the safetensors file or the store's folder to write.
         ids: the ids to pack (default: every `.npy` file of the folder).
+        max_shard_size: the largest shard of a sharded store, in bytes or as `"500MB"`.
 
     Returns:
-        `output_path`.
+        `output`.
     """
+    if Path(output).suffix != ".safetensors":
+        from .sharded_features import DEFAULT_MAX_SHARD_SIZE, save_sharded_features
+
+        return save_sharded_features(npy_dir, output, ids, max_shard_size or DEFAULT_MAX_SHARD_SIZE)
+    if max_shard_size is not None:
+        raise ValueError(f"{output}: a .safetensors file is one file; max_shard_size applies to a sharded store.")
+    output_path = Path(output)
     store = NpyFeatureStore(npy_dir)
     ids = sorted(set(ids)) if ids is not None else store.ids()
     if not ids:
@@ -442,27 +406,18 @@ def consolidate_features(
             f"{_SAFETENSORS_MAX_HEADER_BYTES}: consolidate subsets of the ids into several files."
         )
 
-    output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = _create_temporary(output_path)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(struct.pack("<Q", len(header_bytes)))
-            file.write(header_bytes)
-            for feature_id in ids:
-                array = store.load(feature_id)
-                try:
-                    check_feature(array, None, None, feature_id)
-                except ValueError as error:
-                    raise ValueError(f"{store.location(feature_id)}: {error}") from error
-                if array.shape != tuple(header[feature_id]["shape"]):
-                    raise ValueError(f"{store.folder}: feature {feature_id!r} changed while it was consolidated.")
-                # safetensors stores little-endian, C-ordered data
-                file.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, output_path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(output_path) as file:
+        file.write(struct.pack("<Q", len(header_bytes)))
+        file.write(header_bytes)
+        for feature_id in ids:
+            array = store.load(feature_id)
+            try:
+                check_feature(array, None, None, feature_id)
+            except ValueError as error:
+                raise ValueError(f"{store.location(feature_id)}: {error}") from error
+            if array.shape != tuple(header[feature_id]["shape"]):
+                raise ValueError(f"{store.folder}: feature {feature_id!r} changed while it was consolidated.")
+            # safetensors stores little-endian, C-ordered data
+            file.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
     return output_path
