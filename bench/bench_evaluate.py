@@ -5,7 +5,7 @@
 Both sides answer the same queries (several per video) with the same locally built tiny VTimeLLM (hidden 256,
 4 layers, 768-d frame features as CLIP ViT-L/14 gives) and the same precomputed `{id}.npy` features, greedily:
 
-* ours: [`vtimellm_hf.inference.evaluate_grounding`], which loads each video's features once and answers its
+* ours: [`vtimellm_hf.evaluation_runs.evaluate_grounding`], which loads each video's features once and answers its
   queries in batches of 16, the prompt start they share (system prompt and video rows) run once per video;
 * baseline: the loop a script would write, for every query: load the features from disk, run the processor,
   `generate`, decode.
@@ -39,14 +39,10 @@ import numpy as np
 import torch
 
 from vtimellm_hf import VTimeProcessor
+from vtimellm_hf.checkpoints import load_model_and_processor
 from vtimellm_hf.data.features import open_feature_store
-from vtimellm_hf.inference import (
-    evaluate_grounding,
-    feature_store_loader,
-    grounding_question,
-    load_model_and_processor,
-    user_turn,
-)
+from vtimellm_hf.evaluation_runs import evaluate_grounding, feature_store_loader
+from vtimellm_hf.inference import grounding_question, user_turn
 from vtimellm_hf.tiny_models import build_tiny_tokenizer
 
 from common import build_vtime_model, peak_gpu_mib

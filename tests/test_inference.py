@@ -12,16 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from vtimellm_hf import VTimeProcessor, cli, inference
+from vtimellm_hf import VTimeProcessor, cli, evaluation_runs, inference
 from vtimellm_hf.data.synthetic import encode_mp4
 from vtimellm_hf.evaluation import read_grounding_annotations
-from vtimellm_hf.inference import (
-    CAPTIONING_QUESTION,
-    GROUNDING_QUESTION,
-    generate_answers,
-    read_jsonl_records,
-    user_turn,
-)
+from vtimellm_hf.evaluation_runs import read_jsonl_records
+from vtimellm_hf.inference import CAPTIONING_QUESTION, GROUNDING_QUESTION, generate_answers, user_turn
 from vtimellm_hf.metrics import captioning as captioning_metrics
 from vtimellm_hf.tiny_models import build_tiny_vtime_model
 from vtimellm_hf.training.collator import VTimeDataCollator
@@ -146,7 +141,7 @@ def last_json(stdout):
 
 
 def by_key(records):
-    return dict(inference.keyed(records))
+    return dict(evaluation_runs.keyed(records))
 
 
 def spy(monkeypatch, name, record, owner=inference):
@@ -300,7 +295,8 @@ def test_evaluate_grounding_batches_resumes_and_scores(run, random_checkpoint, t
     half = len(lines) // 2
     resumed.write_text("".join(lines[:half]) + lines[half][:25])
     asked = []
-    spy(monkeypatch, "generate_answers", lambda model, processor, conversations, features: asked.append(len(features)))
+    spy(monkeypatch, "generate_answers", lambda model, processor, conversations, features: asked.append(len(features)),
+        owner=evaluation_runs)
     status, _, err = run("evaluate", "grounding", *common, "--out", resumed, "--batch-size", 4)
     assert status == 0 and f"({half} by an earlier run)" in err
     assert sum(asked) == len(queries) - half
@@ -326,7 +322,7 @@ def test_evaluate_grounding_with_videos_and_charades_annotations(
     spy(monkeypatch, "encode_video", lambda processor, path: encoded.append(path.name), owner=VTimeProcessor)
     spy(monkeypatch, "generate_answers", lambda model, processor, conversations, features: asked.extend(
         conversation[-1]["content"][-1]["text"] for conversation in conversations
-    ))  # fmt: skip
+    ), owner=evaluation_runs)  # fmt: skip
     results = tmp_path / "results.jsonl"
     status, _, err = run("evaluate", "grounding", "--model", trained_checkpoint, "--annotations", annotations,
                          "--videos", video_dir, "--out", results)  # fmt: skip
@@ -405,7 +401,8 @@ def test_evaluate_captioning_resumes_and_scores(run, trained_checkpoint, tmp_pat
     answers.write_text(first + '{"video_id": "v_b", "dur')
     out.unlink()
     asked = []
-    spy(monkeypatch, "generate_answers", lambda model, processor, conversations, features: asked.append(len(features)))
+    spy(monkeypatch, "generate_answers", lambda model, processor, conversations, features: asked.append(len(features)),
+        owner=evaluation_runs)
     status, _, err = run("evaluate", "captioning", *common)
     assert status == 0 and sum(asked) == 2 and "0 answer(s) name no event" in err
     assert json.loads(out.read_text())["results"] == results

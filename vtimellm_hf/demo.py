@@ -118,9 +118,10 @@ def run_stage(stage: int, output: Path, extra: list[str]) -> None:
 
 def evaluate(output: Path, num_plotted: int = 6) -> dict:
     """Grounds the held-out queries with the final model, and again with shuffled frames; scores; plots."""
+    from .checkpoints import load_model_and_processor
     from .data.features import open_feature_store
     from .data.raw_annotations import GroundingQuery
-    from .inference import evaluate_grounding, feature_store_loader, load_model_and_processor
+    from .evaluation_runs import evaluate_grounding, feature_store_loader
     from .metrics import read_grounding_predictions, score_grounding
     from .plotting import TimelineRow, plot_timeline
 

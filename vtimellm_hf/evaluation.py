@@ -13,6 +13,8 @@ Charades-STA gives no video durations, and a frame index means nothing without o
 
 Both evaluations resume where a killed run stopped, and answer a subset with `--video-ids` or `--limit`; give
 `score` the same selection to score that subset. `score` prints one JSON object, in percent, as its last line.
+Under `torchrun` or `accelerate launch`, the processes share the videos, each on its own GPU, and the main process
+merges their answers into `--out` (see [`vtimellm_hf.evaluation_runs`]).
 """
 
 import argparse
@@ -32,6 +34,17 @@ from .data.raw_annotations import (
     read_charades_sta,
     read_text_lines,
 )
+from .checkpoints import load_model_and_processor
+from .distributed import Processes, command_status, process_files
+from .evaluation_runs import (
+    captioning_answers_file,
+    evaluate_captioning,
+    evaluate_grounding,
+    feature_store_loader,
+    keyed,
+    read_jsonl_records,
+    video_folder_loader,
+)
 from .inference import (
     CAPTIONING_MAX_NEW_TOKENS,
     CAPTIONING_QUESTION,
@@ -39,15 +52,7 @@ from .inference import (
     GROUNDING_QUESTION,
     _positive_int,
     add_generation_arguments,
-    captioning_answers_file,
-    evaluate_captioning,
-    evaluate_grounding,
-    feature_store_loader,
     generation_kwargs_from_args,
-    keyed,
-    load_model_and_processor,
-    read_jsonl_records,
-    video_folder_loader,
 )
 
 __all__ = [
@@ -59,6 +64,8 @@ __all__ = [
 ]
 
 Item = TypeVar("Item")
+# What the evaluation commands report as `error: MESSAGE` (exit status 2) rather than as a traceback
+_EVALUATION_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
 
 
 def read_grounding_query_lines(path: str | Path) -> list[GroundingQuery]:
@@ -265,17 +272,25 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N queries or videos")
 
 
-def _loader(args: argparse.Namespace, model, processor):
+def _set_up(args: argparse.Namespace, processes: Processes):
+    """`(model, processor, load_features)` of this process, the model on its own device."""
+    model, processor = load_model_and_processor(args.model, str(processes.device(args.device)), args.dtype)
     if args.videos:
-        return video_folder_loader(processor, args.videos)
+        return model, processor, video_folder_loader(processor, args.videos)
     from .data.features import open_feature_store
 
     # Features the model cannot take are refused by name, not answered
-    return feature_store_loader(
+    load_features = feature_store_loader(
         open_feature_store(args.features),
         num_frames=model.config.num_frames,
         mm_hidden_size=model.config.mm_hidden_size,
     )
+    return model, processor, load_features
+
+
+def _records_so_far(path: str | Path, required: Sequence[str]) -> int:
+    """How many answers `path` and the files of the processes of a killed run hold."""
+    return sum(len(read_jsonl_records(source, required)) for source in [path, *process_files(path)])
 
 
 def _durations(path: str | None) -> dict[str, float] | None:
@@ -295,7 +310,7 @@ def _selected_queries(args: argparse.Namespace) -> list[GroundingQuery]:
 
 
 def _run_evaluate_grounding(args: argparse.Namespace) -> int:
-    try:
+    def run(processes: Processes) -> int:
         if "{query}" not in args.question:
             raise ValueError(f"--question must hold {{query}}, got {args.question!r}.")
         kwargs = generation_kwargs_from_args(args)
@@ -308,52 +323,54 @@ def _run_evaluate_grounding(args: argparse.Namespace) -> int:
                 "read durations from the videos, or --durations FILE (a JSON object of seconds by video id, or "
                 "Charades_v1_test.csv)."
             )
-        answered_before = len(read_jsonl_records(args.out, ("video_id", "query")))
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+        answered_before = _records_so_far(args.out, ("video_id", "query")) if processes.is_main else 0
+        model, processor, load_features = processes.set_up_each(lambda: _set_up(args, processes))
         evaluate_grounding(
-            model, processor, queries, args.out, _loader(args, model, processor), question=args.question,
-            batch_size=args.batch_size, progress=True, **kwargs,
+            model, processor, queries, args.out, load_features, question=args.question, batch_size=args.batch_size,
+            progress=True, **kwargs,
         )  # fmt: skip
+        if not processes.is_main:
+            return 0
         by_key = dict(keyed(read_jsonl_records(args.out, ("video_id", "query", "timestamp"))))
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        print(f"evaluate grounding: error: {error}", file=sys.stderr)
-        return 2
-    records = [by_key[key] for key, _ in keyed(dataclasses.asdict(query) for query in queries)]
-    unparsed = sum(record["timestamp"] is None for record in records)
-    print(
-        f"evaluate grounding: {len(records)} queries answered in {args.out} ({answered_before} by an earlier run); "
-        f"{unparsed} answer(s) name no moment (timestamp null, IoU 0 when scored)",
-        file=sys.stderr,
-    )
-    return 0
+        records = [by_key[key] for key, _ in keyed(dataclasses.asdict(query) for query in queries)]
+        unparsed = sum(record["timestamp"] is None for record in records)
+        print(
+            f"evaluate grounding: {len(records)} queries answered in {args.out} ({answered_before} by an earlier "
+            f"run); {unparsed} answer(s) name no moment (timestamp null, IoU 0 when scored)",
+            file=sys.stderr,
+        )
+        return 0
+
+    return command_status("evaluate grounding", run, _EVALUATION_ERRORS)
 
 
 def _run_evaluate_captioning(args: argparse.Namespace) -> int:
-    try:
+    def run(processes: Processes) -> int:
         kwargs = generation_kwargs_from_args(args)
         videos = select_videos(
             read_activitynet_captions(args.annotations), lambda video: video.video_id, args.annotations,
             args.video_ids, args.limit,
         )  # fmt: skip
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+        model, processor, load_features = processes.set_up_each(lambda: _set_up(args, processes))
         evaluate_captioning(
-            model, processor, videos, args.out, _loader(args, model, processor), question=args.question,
-            batch_size=args.batch_size, progress=True, **kwargs,
+            model, processor, videos, args.out, load_features, question=args.question, batch_size=args.batch_size,
+            progress=True, **kwargs,
         )  # fmt: skip
+        if not processes.is_main:
+            return 0
         answers = {
             record["video_id"]: record
             for record in read_jsonl_records(captioning_answers_file(args.out), ("video_id", "events"))
         }
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        print(f"evaluate captioning: error: {error}", file=sys.stderr)
-        return 2
-    empty = sum(not answers[video.video_id]["events"] for video in videos)
-    print(
-        f"evaluate captioning: {len(videos)} videos captioned in {args.out} (answers in "
-        f"{captioning_answers_file(args.out)}); {empty} answer(s) name no event (an empty list when scored)",
-        file=sys.stderr,
-    )
-    return 0
+        empty = sum(not answers[video.video_id]["events"] for video in videos)
+        print(
+            f"evaluate captioning: {len(videos)} videos captioned in {args.out} (answers in "
+            f"{captioning_answers_file(args.out)}); {empty} answer(s) name no event (an empty list when scored)",
+            file=sys.stderr,
+        )
+        return 0
+
+    return command_status("evaluate captioning", run, _EVALUATION_ERRORS)
 
 
 def _run_score_grounding(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Inference with VTimeLLM: ground a query, caption a video, chat about it, and batched evaluation that resumes.
+"""Inference with VTimeLLM: ground a query, caption a video, chat about it, and answer in batches.
 
 From the command line (registered by [`add_subcommand`]):
 
@@ -13,25 +13,24 @@ original grounding convention (start = s/100, end = e/100 of the duration), dens
 Speed: every video is decoded and encoded once, whatever the number of questions about it, and questions are
 answered in batches. When a batch holds several questions about one video, the prompt start they share (system
 prompt and video rows, most of the prompt) runs once per video and its KV cache serves all of them.
+
+The evaluations over a benchmark (`evaluate_grounding`, `evaluate_captioning` and their loaders) live in
+[`vtimellm_hf.evaluation_runs`]; their names here are deprecated aliases.
 """
 
 import argparse
-import json
 import logging
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ._deprecated import moved_names
 from .checkpoints import load_model_and_processor
-from .data.features import check_feature
 from .model import (
     CAPTIONING,
     GROUNDING,
@@ -51,21 +50,13 @@ __all__ = [
     "add_subcommand",
     "caption",
     "caption_events",
-    "captioning_answers_file",
-    "evaluate_captioning",
-    "evaluate_grounding",
-    "feature_store_loader",
-    "find_video",
     "generate_answers",
     "generation_kwargs_from_args",
     "ground",
     "grounding_question",
     "load_model_and_processor",
     "merge_repeated_events",
-    "read_finished_keys",
-    "read_jsonl_records",
     "user_turn",
-    "video_folder_loader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,11 +76,13 @@ CAPTIONING_QUESTION = (
 GROUNDING_MAX_NEW_TOKENS = 64
 CAPTIONING_MAX_NEW_TOKENS = 512
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
-# Tried in this order for `{video_id}.*` in a video folder
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
-
-# `load_features(video_id) -> (features (rows, D) float tensor on the CPU, video duration in seconds or None)`
-FeatureLoader = Callable[[str], tuple[torch.Tensor, float | None]]
+# The evaluations moved to `vtimellm_hf.evaluation_runs`; their old names here still work, with a warning
+__getattr__ = moved_names(__name__, {
+    name: f"vtimellm_hf.evaluation_runs:{name}"
+    for name in ("FeatureLoader", "captioning_answers_file", "evaluate_captioning", "evaluate_grounding",
+                 "feature_store_loader", "find_video", "keyed", "read_finished_keys", "read_jsonl_records",
+                 "video_folder_loader")
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -296,300 +289,6 @@ def caption_events(answer: str, duration: float, num_frames: int = 100) -> list[
         (*indices_to_seconds(start, end, duration, CAPTIONING, num_frames), sentence)
         for start, end, sentence in merge_repeated_events(parse_event_indices(answer))
     ]
-
-
-# Evaluation
-
-
-def keyed(queries: Iterable[Mapping]) -> Iterator[tuple[tuple[str, str, int], Mapping]]:
-    """Each query with its key: the k-th repeat of a (video_id, query) pair is occurrence k, in file order."""
-    seen = Counter()
-    for query in queries:
-        pair = (query["video_id"], query["query"])
-        yield (*pair, seen[pair]), query
-        seen[pair] += 1
-
-
-def evaluate_grounding(
-    model,
-    processor: VTimeProcessor,
-    queries: Sequence,
-    output_file: str | Path,
-    load_features: FeatureLoader,
-    question: str = GROUNDING_QUESTION,
-    batch_size: int = 8,
-    progress: bool = False,
-    **generation_kwargs,
-) -> Path:
-    """
-    Answers grounding queries and appends one JSON line per query to `output_file`:
-    `{"video_id", "query", "timestamp": [start, end] | null, "answer", "duration"}`, seconds by the grounding
-    convention, from the answer's first "NN to NN" pair as the original reads it; `timestamp` is null where the answer
-    names no moment or its first pair is reversed ([`parse_grounding_answer`]).
-
-    Resumes: queries already in `output_file` are skipped (a truncated last line, from a killed run, is dropped).
-    Queries are grouped by video, so each video's features are loaded (or computed) once, and several questions
-    about one video share a batch (see [`generate_answers`]).
-
-    Args:
-        queries: [`GroundingQuery`]s or dicts with `video_id`, `query` and `duration` (None: the video's, from
-            `load_features`).
-        load_features: `video_id -> (features (rows, D) tensor, duration or None)`.
-        progress: show a progress bar.
-    """
-    queries = [_as_mapping(query) for query in queries]
-    output_file = Path(output_file)
-    done = read_finished_keys(output_file)
-    pending = [(key, query) for key, query in keyed(queries) if key not in done]
-    if done:
-        logger.info("%s: %d queries already answered, %d to go", output_file, len(done), len(pending))
-    by_video: dict[str, list] = {}
-    for _, query in pending:
-        by_video.setdefault(query["video_id"], []).append(query)
-
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        output_file.open("a", encoding="utf-8") as sink,
-        tqdm(total=len(pending), desc="grounding", unit="query", disable=not progress) as bar,
-    ):
-        batch: list[tuple[Mapping, torch.Tensor, float]] = []
-        for video_id, video_queries in by_video.items():
-            features, video_duration = load_features(video_id)
-            for query in video_queries:
-                duration = query.get("duration") or video_duration
-                if duration is None:
-                    raise ValueError(
-                        f"Query {query['query']!r} of video {video_id}: no duration in the annotations, and the "
-                        "features do not give one; pass the videos or the durations."
-                    )
-                batch.append((query, features, duration))
-                if len(batch) == batch_size:
-                    _answer_grounding_batch(model, processor, batch, question, sink, generation_kwargs)
-                    bar.update(len(batch))
-                    batch = []
-        if batch:
-            _answer_grounding_batch(model, processor, batch, question, sink, generation_kwargs)
-            bar.update(len(batch))
-    return output_file
-
-
-def _answer_grounding_batch(model, processor, batch, question, sink, generation_kwargs) -> None:
-    conversations = [[user_turn(grounding_question(query["query"], question))] for query, _, _ in batch]
-    answers = generate_answers(
-        model, processor, conversations, [features for _, features, _ in batch], batch_size=len(batch),
-        **generation_kwargs,
-    )  # fmt: skip
-    for (query, _, duration), answer in zip(batch, answers, strict=True):
-        moment = parse_grounding_answer(answer, duration, processor.num_frames)
-        record = {
-            "video_id": query["video_id"],
-            "query": query["query"],
-            "timestamp": list(moment) if moment is not None else None,
-            "answer": answer,
-            "duration": duration,
-        }
-        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-    # Flushed per batch so that a killed run keeps what it answered
-    sink.flush()
-
-
-def captioning_answers_file(output_file: str | Path) -> Path:
-    """The progress file of [`evaluate_captioning`] beside its output: `preds.json` -> `preds.answers.jsonl`."""
-    output_file = Path(output_file)
-    return output_file.with_name(f"{output_file.stem}.answers.jsonl")
-
-
-def evaluate_captioning(
-    model,
-    processor: VTimeProcessor,
-    videos: Sequence,
-    output_file: str | Path,
-    load_features: FeatureLoader,
-    question: str = CAPTIONING_QUESTION,
-    batch_size: int = 8,
-    progress: bool = False,
-    **generation_kwargs,
-) -> Path:
-    """
-    Dense captions of `videos`, written to `output_file` in the ActivityNet challenge format
-    `{"results": {"v_ID": [{"sentence", "timestamp": [start, end]}, ...]}}` (seconds by the captioning convention;
-    repeats of a caption over touching moments merged as the original evaluation merges them, see
-    [`merge_repeated_events`]; an answer that names no event gives an empty list).
-
-    Resumes: each answer is appended as it comes to the JSON-lines file [`captioning_answers_file`] beside the
-    output (`{"video_id", "duration", "answer", "events"}`); videos already there are not answered again, and the
-    output is written, whole, from that file once every video has its answer.
-
-    Args:
-        videos: [`Video`]s (from [`read_activitynet_captions`]) or dicts with `video_id` and `duration` (None: the
-            video's, from `load_features`).
-        load_features: `video_id -> (features (rows, D) tensor, duration or None)`.
-        progress: show a progress bar.
-    """
-    videos = [_as_mapping(video) for video in videos]
-    output_file = Path(output_file)
-    answers_file = captioning_answers_file(output_file)
-    done = {record["video_id"] for record in read_jsonl_records(answers_file, ("video_id", "events"))}
-    pending = [video for video in videos if video["video_id"] not in done]
-    generation_kwargs = {"max_new_tokens": CAPTIONING_MAX_NEW_TOKENS, **generation_kwargs}
-
-    answers_file.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        answers_file.open("a", encoding="utf-8") as sink,
-        tqdm(total=len(pending), desc="captioning", unit="video", disable=not progress) as bar,
-    ):
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            loaded = [load_features(video["video_id"]) for video in batch]
-            durations = [video.get("duration") or duration for video, (_, duration) in zip(batch, loaded, strict=True)]
-            for video, duration in zip(batch, durations, strict=True):
-                if duration is None:
-                    raise ValueError(f"Video {video['video_id']}: no duration in the annotations or the features.")
-            answers = generate_answers(
-                model, processor, [[user_turn(question)]] * len(batch), [features for features, _ in loaded],
-                batch_size=len(batch), **generation_kwargs,
-            )  # fmt: skip
-            for video, duration, answer in zip(batch, durations, answers, strict=True):
-                events = [
-                    {"sentence": sentence, "timestamp": [start_s, end_s]}
-                    for start_s, end_s, sentence in caption_events(answer, duration, processor.num_frames)
-                ]
-                record = {"video_id": video["video_id"], "duration": duration, "answer": answer, "events": events}
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-            sink.flush()
-            bar.update(len(batch))
-
-    answered = {
-        record["video_id"]: record["events"] for record in read_jsonl_records(answers_file, ("video_id", "events"))
-    }
-    results = {video["video_id"]: answered[video["video_id"]] for video in videos}
-    _write_json_atomically(output_file, {"results": results})
-    return output_file
-
-
-def read_finished_keys(output_file: str | Path) -> set[tuple[str, str, int]]:
-    """Keys (see [`keyed`]) of the queries already answered in a grounding results file."""
-    return {key for key, _ in keyed(read_jsonl_records(output_file, ("video_id", "query")))}
-
-
-def read_jsonl_records(path: str | Path, required: Sequence[str] = ()) -> list[dict]:
-    """
-    The records of a JSON-lines results file written by an evaluation, `[]` when there is none yet.
-
-    A last line cut short by a killed run (no newline at its end and not valid JSON) is removed from the file, and a
-    complete last line without its newline gets one, so that appending goes on from a clean end. A damaged line
-    elsewhere raises a `ValueError` naming the file and line instead: dropping the rest would lose finished work.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    content = path.read_bytes()
-    lines = content.split(b"\n")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            if number < len(lines):
-                raise ValueError(
-                    f"{path}, line {number}: not a JSON record ({error}); fix or remove the line."
-                ) from None
-            logger.warning("%s: dropping an incomplete last line left by an interrupted run", path)
-            with path.open("r+b") as handle:
-                handle.truncate(len(content) - len(line))
-            return records
-        missing = [field for field in required if not isinstance(record, dict) or field not in record]
-        if missing:
-            raise ValueError(f"{path}, line {number}: the record lacks {', '.join(map(repr, missing))}.")
-        records.append(record)
-    if lines[-1].strip():
-        with path.open("ab") as handle:
-            handle.write(b"\n")
-    return records
-
-
-def _write_json_atomically(path: Path, content) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    partial.replace(path)
-
-
-def _as_mapping(item) -> Mapping:
-    """A query or video as a mapping: dataclasses ([`GroundingQuery`], [`Video`]) become dicts."""
-    return asdict(item) if is_dataclass(item) else item
-
-
-def _stored_id(video_id: str, is_stored: Callable[[str], bool]) -> str:
-    """
-    The id under which a video is stored: `video_id`, or for an ActivityNet id (`v_` prefix) that is not stored
-    under it, the id without the prefix (ActivityNet videos and features go by both).
-    """
-    if not is_stored(video_id) and video_id.startswith("v_") and is_stored(video_id[2:]):
-        return video_id[2:]
-    return video_id
-
-
-def feature_store_loader(
-    feature_store,
-    durations: Mapping[str, float] | None = None,
-    shuffle_seed: int | None = None,
-    *,
-    num_frames: int | None = None,
-    mm_hidden_size: int | None = None,
-) -> FeatureLoader:
-    """
-    `load_features` for the evaluations over precomputed features (a [`FeatureStore`]); durations come from
-    `durations` when given. With `shuffle_seed`, each video's frame rows are permuted: a control in which a model that
-    reads the video must fail.
-
-    Each feature is checked as it is loaded ([`check_feature`]): float16 or float32, finite, and of shape
-    `(num_frames, mm_hidden_size)` where those of the model are given (any rows or width where not). A feature that
-    fails raises a `ValueError` naming its id and file, rather than failing deep in the model or, worse, being
-    answered and scored as if the video had been seen.
-    """
-
-    def load(video_id: str):
-        stored = _stored_id(video_id, feature_store.__contains__)
-        array = feature_store.load(stored)
-        try:
-            check_feature(array, num_frames, mm_hidden_size, stored)
-        except ValueError as error:
-            raise ValueError(f"{feature_store.location(stored)}: {error}") from error
-        features = torch.from_numpy(np.asarray(array, dtype=np.float32))
-        if shuffle_seed is not None:
-            generator = torch.Generator().manual_seed(shuffle_seed)
-            features = features[torch.randperm(features.shape[0], generator=generator)]
-        return features, (durations or {}).get(video_id)
-
-    return load
-
-
-def find_video(video_dir: str | Path, video_id: str) -> Path:
-    """The file of `video_id` in `video_dir`: `{video_id}` plus a video extension (see [`_stored_id`] for `v_` ids)."""
-    video_dir = Path(video_dir)
-
-    def path_of(name: str) -> Path | None:
-        paths = (video_dir / f"{name}{extension}" for extension in VIDEO_EXTENSIONS)
-        return next((path for path in paths if path.is_file()), None)
-
-    path = path_of(_stored_id(video_id, lambda name: path_of(name) is not None))
-    if path is None:
-        raise FileNotFoundError(
-            f"No video for {video_id} in {video_dir}: no {video_id}.* file with a video extension "
-            f"({', '.join(VIDEO_EXTENSIONS)})."
-        )
-    return path
-
-
-def video_folder_loader(processor: VTimeProcessor, video_dir: str | Path) -> FeatureLoader:
-    """`load_features` for the evaluations: decodes and encodes `{video_dir}/{video_id}.*`, gives its duration."""
-
-    def load(video_id: str):
-        return processor.encode_video(find_video(video_dir, video_id))
-
-    return load
 
 
 # Command line

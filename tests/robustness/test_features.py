@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from vtimellm_hf.inference import read_jsonl_records
+from vtimellm_hf.evaluation_runs import read_jsonl_records
 from vtimellm_hf.training import VTimeDataCollator
 
 from .conftest import FEATURE_DIM, write_features, write_queries

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from vtimellm_hf.inference import keyed, read_jsonl_records
+from vtimellm_hf.evaluation_runs import keyed, read_jsonl_records
 
 from .conftest import write_features, write_queries
 

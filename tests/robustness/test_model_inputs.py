@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from vtimellm_hf import inference
+from vtimellm_hf import evaluation_runs
 from vtimellm_hf.data.raw_annotations import GroundingQuery
-from vtimellm_hf.inference import evaluate_grounding, read_jsonl_records
+from vtimellm_hf.evaluation_runs import evaluate_grounding, read_jsonl_records
 from vtimellm_hf.metrics import read_grounding_predictions, score_grounding
 
 from .conftest import FEATURE_DIM
@@ -50,7 +50,7 @@ def test_answers_that_name_no_moment_are_kept_as_null_and_scored_zero(tmp_path, 
     def generate_answers(model, processor, conversations, features, **kwargs):
         return [answers[conversation[0]["content"][-1]["text"]] for conversation in conversations]
 
-    monkeypatch.setattr(inference, "generate_answers", generate_answers)
+    monkeypatch.setattr(evaluation_runs, "generate_answers", generate_answers)
     # The answers are given: of the processor, only its frame count (to read the indices) is used
     processor = SimpleNamespace(num_frames=100)
     results = evaluate_grounding(

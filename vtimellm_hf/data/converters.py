@@ -31,7 +31,7 @@ source videos, so InternVid videos are always cut (an uncut record would have to
 unknown length); other sources are cut only where `max_clip_seconds` is given and a video is longer.
 
 **Evaluation sets.** Grounding queries are JSON lines `{"video_id", "query", "start", "end", "duration"}` in
-seconds, the file `vtimellm_hf.inference.evaluate_grounding` and the synthetic dataset use; dense-captioning
+seconds, the file `vtimellm_hf.evaluation_runs.evaluate_grounding` and the synthetic dataset use; dense-captioning
 references are the original ActivityNet Captions layout `{"v_ID": {"duration", "timestamps", "sentences"}}`, which
 [`~vtimellm_hf.data.raw_annotations.read_activitynet_captions`] reads back.
 
