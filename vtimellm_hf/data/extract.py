@@ -444,9 +444,13 @@ def _extract_share(
                     except ValueError as error:  # e.g. float16 overflow of a bfloat16 encoder
                         failure_log.add(ExtractionFailure(item.feature_id, str(item.path), str(error)))
                     else:
-                        write_feature(feature_path(output_dir, item.feature_id), array)
+                        # The record first, and without the stale file it would describe: a run killed in between
+                        # leaves no feature, so the next run makes it (a feature without its record is trusted)
+                        path = feature_path(output_dir, item.feature_id)
+                        path.unlink(missing_ok=True)
                         settings_log.write(json.dumps(encoding.settings(item)) + "\n")
                         settings_log.flush()
+                        write_feature(path, array)
                         written += 1
                     bar.update()
                 return written
