@@ -501,3 +501,129 @@ def test_npy_store_reads_headers_and_names_bad_files(tmp_path):
         store.load("../full")
     with pytest.raises(FileNotFoundError, match="No features at"):
         open_feature_store(tmp_path / "absent")
+
+
+def test_sharded_store_reads_like_the_npy_folder(media_dir, baseline, frame_encoder_path, tmp_path):
+    import datasets
+
+    from vtimellm_hf.data.sharded_features import ShardedFeatureStore
+
+    # Videos of 100 and 7 rows and (D,) images, in shards of a few features each
+    folder = tmp_path / "npy"
+    shutil.copytree(baseline, folder, ignore=shutil.ignore_patterns("*.jsonl"))
+    write_feature(folder / "few-rows.npy", np.arange(7 * DIM, dtype=np.float16).reshape(7, DIM))
+    store_dir = consolidate_features(folder, tmp_path / "store", max_shard_size=20_000)
+    assert len(list(store_dir.glob("data-*.arrow"))) > 1
+    folder_store, sharded = open_feature_store(folder), open_feature_store(store_dir)
+    assert isinstance(sharded, ShardedFeatureStore) and sharded.ids() == folder_store.ids()
+    restored = pickle.loads(pickle.dumps(sharded))  # as a DataLoader worker receives it
+    for feature_id in folder_store.ids():
+        array = folder_store.load(feature_id)
+        for store in (sharded, restored):
+            loaded = store.load(feature_id)
+            assert loaded.dtype == np.float16 and loaded.shape == array.shape and loaded.tobytes() == array.tobytes()
+            assert store.shape(feature_id) == array.shape and feature_id in store
+    assert len(sharded) == len(folder_store) and "nope" not in sharded and 3 not in sharded
+    with pytest.raises(FeatureNotFoundError, match=f"No feature 'nope' in {store_dir}"):
+        sharded.load("nope")
+    # A datasets folder as any other: load_from_disk reads it
+    dataset = datasets.load_from_disk(str(store_dir))
+    assert dataset.column_names == ["id", "features", "image"] and dataset["id"] == folder_store.ids()
+
+    # What push_to_hub uploads (parquet shards with the features' types) comes back as the same store
+    dataset.to_parquet(str(tmp_path / "hub.parquet"))
+    pulled = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "hub.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
+    pulled.save_to_disk(str(tmp_path / "pulled"))
+    pulled_store = open_feature_store(tmp_path / "pulled")
+    assert all(pulled_store.load(feature_id).tobytes() == sharded.load(feature_id).tobytes()
+               for feature_id in sharded.ids())  # fmt: skip
+
+    # From the command line: consolidate-features, and extract-features --consolidate DIR once the features are made
+    parser = argparse.ArgumentParser()
+    add_subcommand(parser.add_subparsers())
+    args = parser.parse_args(["consolidate-features", str(folder), str(tmp_path / "cli"), "--max-shard-size", "20000"])
+    assert args.run(args) == 0
+    report = run_extraction(media_dir, baseline, frame_encoder_path, consolidate=tmp_path / "extracted")
+    assert report.consolidated == tmp_path / "extracted"
+    for store in (open_feature_store(tmp_path / "cli"), open_feature_store(tmp_path / "extracted")):
+        assert all(store.load(feature_id).tobytes() == folder_store.load(feature_id).tobytes()
+                   for feature_id in folder_store.ids() if feature_id in store)  # fmt: skip
+    assert open_feature_store(tmp_path / "cli").ids() == folder_store.ids()
+    assert open_feature_store(tmp_path / "extracted").ids() == open_feature_store(baseline).ids()
+
+
+def test_sharded_consolidation_refuses_bad_features_and_replaces_a_store_whole(tmp_path, monkeypatch):
+    import datasets
+
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for index in range(6):
+        write_feature(folder / f"v{index}.npy", np.full((10, DIM), index, np.float16))
+    store_dir = consolidate_features(folder, tmp_path / "store")
+    before = {path.name: path.read_bytes() for path in store_dir.iterdir()}
+
+    # A damaged feature is named, and the earlier store stays as it was, with no leftover beside it
+    cases = [
+        (np.zeros((10, 16), np.float16), r"features of one store share their size D, but 'bad' has 16, 'v0' has 32"),
+        (np.zeros((10, DIM), np.float32), r"bad\.npy: feature 'bad' has dtype float32; a sharded store holds float16"),
+        (np.full((10, DIM), np.nan, np.float16), r"bad\.npy: Feature 'bad': 320 non-finite value\(s\)"),
+        (np.zeros((2, 10, DIM), np.float16), r"bad\.npy: feature 'bad' has shape \(2, 10, 32\), expected"),
+    ]
+    for array, message in cases:
+        np.save(folder / "bad.npy", array)
+        with pytest.raises(ValueError, match=message):
+            consolidate_features(folder, store_dir)
+        assert {path.name: path.read_bytes() for path in store_dir.iterdir()} == before
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["npy", "store"]
+    (folder / "bad.npy").unlink()
+
+    # Interrupted while saving: the earlier store is kept whole
+    def failing_save(self, path, **kwargs):
+        Path(path).mkdir()
+        (Path(path) / "data-00000-of-00002.arrow").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        consolidate_features(folder, store_dir)
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in store_dir.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["npy", "store"]
+
+    # What a killed run leaves (its hidden folder, named after a dead process) goes with the next run
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".store.0a1b2c3d.{socket.gethostname()}-{int(finished.stdout)}.tmp"
+    (stale / "store").mkdir(parents=True)
+    (stale / "store" / "state.json").write_text("{")
+    write_feature(folder / "v6.npy", np.full((10, DIM), 6, np.float16))
+    consolidate_features(folder, store_dir)
+    assert not stale.exists() and open_feature_store(store_dir).ids() == [f"v{index}" for index in range(7)]
+
+    # Only a store is replaced
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(ValueError, match="notes exists and is not a sharded feature store: not replacing it"):
+        consolidate_features(folder, tmp_path / "notes")
+    with pytest.raises(ValueError, match="max_shard_size applies to a sharded store"):
+        consolidate_features(folder, tmp_path / "one.safetensors", max_shard_size="1MB")
+
+
+def test_sharded_store_refuses_what_it_cannot_search(tmp_path):
+    import datasets
+
+    from vtimellm_hf.data.sharded_features import ShardedFeatureStore
+
+    features = datasets.Features(
+        {"id": datasets.Value("string"), "features": datasets.Array2D((None, DIM), "float16"),
+         "image": datasets.Value("bool")}
+    )  # fmt: skip
+    rows = {"id": ["b", "a"], "features": [np.zeros((2, DIM), np.float16)] * 2, "image": [False, False]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "unsorted"))
+    with pytest.raises(ValueError, match="unsorted: the ids of shard 0 are not sorted and distinct"):
+        open_feature_store(tmp_path / "unsorted")
+    datasets.Dataset.from_dict({"id": ["a"], "text": ["x"]}).save_to_disk(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="other: expected the columns of a feature store"):
+        open_feature_store(tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="No sharded feature store at"):
+        ShardedFeatureStore(tmp_path)

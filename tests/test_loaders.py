@@ -169,6 +169,12 @@ def _open_package_store(folder: Path):
     return open_feature_store(folder)
 
 
+def _open_sharded_store(folder: Path):
+    from vtimellm_hf.data.features import consolidate_features, open_feature_store
+
+    return open_feature_store(consolidate_features(folder, folder.parent / "sharded", max_shard_size=200_000))
+
+
 STORE_FACTORIES = [
     pytest.param(NpyFolder, id="protocol"),
     pytest.param(
@@ -645,7 +651,7 @@ def test_truncated_npy_features_are_refused_by_the_loader_check(tmp_path):
         load_stage2(path, feature_store=NpyFeatureStore(features))
 
 
-@pytest.mark.parametrize("open_store", STORE_FACTORIES)
+@pytest.mark.parametrize("open_store", [*STORE_FACTORIES, pytest.param(_open_sharded_store, id="sharded")])
 def test_image_features_checked(tmp_path, open_store):
     features = write_features(
         tmp_path / "features",

@@ -650,7 +650,7 @@ def _add_store_arguments(parser: argparse.ArgumentParser, name: str, help_start:
         help=f"{help_start}a FILE.safetensors, or a folder for a sharded datasets store",
     )  # fmt: skip
     parser.add_argument(
-        "--max-shard-size", default=None, metavar="SIZE",
+        "--max-shard-size", default=None, metavar="SIZE", type=lambda text: int(text) if text.isdigit() else text,
         help="largest shard of a sharded store, in bytes or as 500MB (default: 500MB)",
     )  # fmt: skip
 

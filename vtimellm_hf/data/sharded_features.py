@@ -216,6 +216,7 @@ def save_sharded_features(
         `output_dir`.
     """
     from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
 
     store = NpyFeatureStore(npy_dir)
     ids = sorted(set(ids)) if ids is not None else store.ids()
@@ -224,8 +225,10 @@ def save_sharded_features(
     shapes = {feature_id: _checked_shape(store, feature_id) for feature_id in ids}
     dims = {shape[-1] for shape in shapes.values()}
     if len(dims) > 1:
-        by_dim = {shape[-1]: feature_id for feature_id, shape in shapes.items()}
-        examples = ", ".join(f"{feature_id!r} has {dim}" for dim, feature_id in sorted(by_dim.items()))
+        by_dim = {}
+        for feature_id, shape in shapes.items():
+            by_dim.setdefault(shape[-1], feature_id)
+        examples = ", ".join(f"{feature_id!r} has {dim}" for dim, feature_id in by_dim.items())
         raise ValueError(f"{store.folder}: features of one store share their size D, but {examples}.")
 
     def rows(ids: list[str]):
@@ -248,10 +251,16 @@ def save_sharded_features(
     work = temporary_path(output_dir)
     work.mkdir()
     try:
-        dataset = Dataset.from_generator(
-            rows, features=_store_features(dims.pop()), cache_dir=str(work / "cache"), gen_kwargs={"ids": ids},
-            fingerprint=work.name.removeprefix("."),
-        )  # fmt: skip
+        try:
+            dataset = Dataset.from_generator(
+                rows, features=_store_features(dims.pop()), cache_dir=str(work / "cache"), gen_kwargs={"ids": ids},
+                fingerprint=work.name.removeprefix("."),
+            )  # fmt: skip
+        except DatasetGenerationError as error:
+            # A damaged feature, named by `rows`, rather than datasets' generic wrapper
+            if isinstance(error.__cause__, (OSError, ValueError)):
+                raise error.__cause__ from None
+            raise
         dataset.save_to_disk(str(work / "store"), max_shard_size=max_shard_size)
         del dataset
         if output_dir.exists():
