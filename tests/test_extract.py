@@ -627,3 +627,26 @@ def test_sharded_store_refuses_what_it_cannot_search(tmp_path):
         open_feature_store(tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="No sharded feature store at"):
         ShardedFeatureStore(tmp_path)
+
+
+def test_rerun_merges_the_records_of_a_killed_job(media_dir, baseline, frame_encoder_path, tmp_path):
+    # A job of several processes killed mid-run: its features, and the records each process appended
+    output_dir = tmp_path / "out"
+    shutil.copytree(baseline, output_dir)
+    records = [json.loads(line) for line in (output_dir / SETTINGS_FILE).read_text().splitlines()]
+    (output_dir / SETTINGS_FILE).unlink()
+    by_id = {record["id"]: record for record in records}
+    # Process 1 recorded a clip of `clock` and was killed before it wrote the feature; process 0 recorded the rest
+    (output_dir / "extraction.rank1.jsonl").write_text(json.dumps({**by_id["clock"], "window": [0.0, 1.0]}) + "\n")
+    others = [json.dumps(record) for feature_id, record in sorted(by_id.items()) if feature_id != "clock"]
+    (output_dir / "extraction.rank0.jsonl").write_text("\n".join(others) + '\n{"id": "cut sh')
+    (output_dir / "failures.rank0.jsonl").write_text('{"id": "old", "path": null, "reason": "earlier run"}\n')
+
+    report = run_extraction(media_dir, output_dir, frame_encoder_path)
+    # Only the feature whose record says another clip is made again; the records are merged, one line an id, sorted
+    assert report.ok and (report.extracted, report.skipped) == (1, len(by_id) - 1)
+    assert (output_dir / SETTINGS_FILE).read_text().splitlines() == [
+        json.dumps(record) for _, record in sorted(by_id.items())
+    ]
+    assert feature_bytes(output_dir) == feature_bytes(baseline)
+    assert sorted(path.name for path in output_dir.iterdir() if path.suffix == ".jsonl") == [SETTINGS_FILE]
