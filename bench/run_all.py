@@ -28,7 +28,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-CASES = ["preprocess", "extract", "train", "evaluate"]
+CASES = ["preprocess", "extract", "train", "evaluate", "feature_store"]
 CASE_TIMEOUT_S = 420
 GPU_SECTION_START = "<!-- gpu-variants: written by bench/run_gpu.py -->"
 GPU_SECTION_END = "<!-- /gpu-variants -->"
@@ -51,6 +51,10 @@ DESCRIPTIONS = {
     "train": "stage-2 SFTTrainer + LoRA r 64, 4-layer hidden-512 LLaMA: length-grouped batches vs random batches",
     "padding_waste": "share of padding over an epoch, length-grouped vs random batches (target on ours: <= 5%)",
     "evaluate": "batched `evaluate_grounding` vs one query at a time (`bench_evaluate.py`)",
+    "feature_store": "random access to 10k float16 (100, 768) features, page cache warm: the sharded `datasets` "
+    "store (`ShardedFeatureStore`) vs the `.npy` folder (`bench_feature_store.py`)",
+    "feature_store_vs_safetensors": "the same loads: the sharded store vs the one safetensors file "
+    "(`ConsolidatedFeatureStore`, capped near a million ids)",
 }
 
 

@@ -524,6 +524,8 @@ def test_sharded_store_reads_like_the_npy_folder(media_dir, baseline, frame_enco
             assert loaded.dtype == np.float16 and loaded.shape == array.shape and loaded.tobytes() == array.tobytes()
             assert store.shape(feature_id) == array.shape and feature_id in store
     assert len(sharded) == len(folder_store) and "nope" not in sharded and 3 not in sharded
+    for absent in ("", "a", "clock0", "few", "\ud800"):  # before, between and after the ids, and not UTF-8
+        assert absent not in sharded
     with pytest.raises(FeatureNotFoundError, match=f"No feature 'nope' in {store_dir}"):
         sharded.load("nope")
     # A datasets folder as any other: load_from_disk reads it

@@ -117,6 +117,7 @@ class _Tables:
 
     def __init__(self, path: Path):
         import datasets
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         try:
@@ -139,32 +140,54 @@ class _Tables:
         self.ids = table.column("id")
         self.rows = len(self.ids)
         self.images = table.column("image").to_numpy()
-        self._starts = np.cumsum([0, *(len(chunk) for chunk in self.ids.chunks)])
-        self._views = [None] * self.ids.num_chunks
         self._features = table.column("features")
         if self.ids.null_count or self._features.null_count:
             raise ValueError(f"{path}: the store holds null ids or features.")
+        self._starts = np.cumsum([0, *(len(chunk) for chunk in self.ids.chunks)])
+        self._views = [None] * self.ids.num_chunks
+        # Each shard's ids as (offsets, UTF-8 bytes) views of the memory map: bytes compare as the strings sort
+        self._id_buffers = []
+        for chunk in self.ids.chunks:
+            _, offsets, data = chunk.buffers()
+            offset_type = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+            offsets = np.frombuffer(offsets, offset_type)[chunk.offset : chunk.offset + len(chunk) + 1]
+            self._id_buffers.append((offsets, memoryview(data) if data is not None else memoryview(b"")))
         # Binary search needs sorted ids; a duplicate would hide a feature
         for chunk_index, chunk in enumerate(self.ids.chunks):
             if len(chunk) > 1 and not pc.all(pc.less(chunk[:-1], chunk[1:])).as_py():
                 raise ValueError(f"{path}: the ids of shard {chunk_index} are not sorted and distinct.")
-            if chunk_index and len(chunk) and not self._key(int(self._starts[chunk_index]) - 1) < chunk[0].as_py():
-                raise ValueError(f"{path}: the ids of shard {chunk_index} do not follow those of the shard before.")
+        self._filled = [index for index, chunk in enumerate(self.ids.chunks) if len(chunk)]
+        self._first_keys = [self._key(chunk, 0) for chunk in self._filled]
+        for before, chunk in zip(self._filled, self._filled[1:]):
+            if not self._key(before, self._length(before) - 1) < self._key(chunk, 0):
+                raise ValueError(f"{path}: the ids of shard {chunk} do not follow those of the shard before.")
         self.path = path
 
-    def _key(self, row: int) -> str:
-        chunk = bisect_right(self._starts, row) - 1
-        return self.ids.chunk(chunk)[row - int(self._starts[chunk])].as_py()
+    def _length(self, chunk: int) -> int:
+        return int(self._starts[chunk + 1] - self._starts[chunk])
+
+    def _key(self, chunk: int, row: int) -> bytes:
+        offsets, data = self._id_buffers[chunk]
+        return data[offsets[row] : offsets[row + 1]].tobytes()
 
     def row(self, feature_id: str) -> int | None:
-        low, high = 0, self.rows
+        try:
+            key = feature_id.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no stored id
+            return None
+        position = bisect_right(self._first_keys, key) - 1
+        if position < 0:
+            return None
+        chunk = self._filled[position]
+        low, high = 0, self._length(chunk)
         while low < high:
             middle = (low + high) // 2
-            if self._key(middle) < feature_id:
+            if self._key(chunk, middle) < key:
                 low = middle + 1
             else:
                 high = middle
-        return low if low < self.rows and self._key(low) == feature_id else None
+        found = low < self._length(chunk) and self._key(chunk, low) == key
+        return int(self._starts[chunk]) + low if found else None
 
     def _chunk_views(self, chunk: int):
         """`(row offsets, frame offsets, float16 values)` of a shard: numpy views of the memory-mapped buffers."""
