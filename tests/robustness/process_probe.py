@@ -4,7 +4,8 @@
 
 Appends to LOG, one line each, `RANK pid PID` when it starts, `RANK feature ID` for every feature file it writes,
 `RANK load ID` for every video whose features an evaluation loads and `RANK ask QUESTION` for every question it
-answers; after each feature and each batch of answers it sleeps DELAY seconds, so that a test can kill it mid-run. Lines are short single `write`s to a file opened for appending: those of several processes do not mix.
+answers; after each feature and each batch of answers it sleeps DELAY seconds, so that a test can kill it mid-run.
+Lines are short single `write`s to a file opened for appending: those of several processes do not mix.
 """
 
 import os

@@ -18,6 +18,10 @@ The pipeline:
   reported on stderr and in `{output_dir}/failures.jsonl` (`{"id", "path", "reason"}` per line) and the run goes on;
   the command exits with status 1 when anything failed. A rerun retries the failures; `failures.jsonl` always
   describes the latest run and is absent when it had none.
+* Several processes (`torchrun`, `accelerate launch`; see [`vtimellm_hf.distributed`]) share the inputs left to do,
+  each on its own GPU and with its own record files, which the main process merges: the same files as one process.
+* `--consolidate OUT` (or `vtimellm-hf consolidate-features DIR OUT`) packs the features into one store, a
+  safetensors file or a sharded `datasets` store (see [`~vtimellm_hf.data.features.consolidate_features`]).
 """
 
 import argparse
@@ -36,6 +40,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..distributed import Processes, command_status, current_processes, process_files
+from ..files import remove_stale_temporaries
 from ..model import (
     DEFAULT_FRAME_ENCODER,
     VTimeFrameEncoder,
@@ -44,8 +50,15 @@ from ..model import (
     load_video_frames,
     preprocess_frames,
 )
-from ..distributed import Processes, command_status, current_processes, process_files
-from ..files import remove_stale_temporaries, write_lines_atomically
+from .extraction_records import (
+    FAILURES_FILE,
+    SETTINGS_FILE,
+    FailureLog,
+    announce,
+    merge_failures,
+    merge_settings,
+    read_settings,
+)
 from .features import (
     FEATURE_DTYPE,
     check_feature,
@@ -72,10 +85,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FAILURES_FILE = "failures.jsonl"
-# One line per written feature: what it was made from, so that a resumed run tells a feature made with other
-# settings (another clip window, frame count or encoder) from a finished one
-SETTINGS_FILE = "extraction.jsonl"
 # Matrix-multiply libraries use other kernels, with other rounding, for matrices of a few rows (MKL: under 12). The
 # last batch of a run, the only one that can be short, is padded to a multiple of this many frames, so that a
 # feature's bytes do not depend on how many frames happened to be left at the end.
@@ -95,7 +104,7 @@ class ExtractionReport:
         skipped: inputs whose features were already complete.
         failures: inputs that gave no feature, also listed in `{output_dir}/failures.jsonl`.
         seconds: time spent decoding, encoding and writing (loading the encoder excluded).
-        consolidated: the safetensors file written, if any.
+        consolidated: the consolidated store written, if any.
     """
 
     output_dir: Path
@@ -240,30 +249,6 @@ class _FrameBatcher:
         return finished
 
 
-class _FailureLog:
-    """A process's failures, on stderr and in its record file, created on its first failure."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file = None
-
-    def add(self, failure: ExtractionFailure) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        # One flushed line per failure: a killed run still leaves the failures it met
-        self._file.write(failure.to_json() + "\n")
-        self._file.flush()
-        _announce(failure)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
-def _announce(failure: ExtractionFailure) -> None:
-    tqdm.write(f"failed: {failure.feature_id} ({failure.path}): {failure.reason}", file=sys.stderr)
-
-
 def _resolve_device_and_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -321,76 +306,14 @@ class _Plan:
     todo: list[MediaItem]
 
 
-def _read_json_lines(path: Path) -> list[dict]:
-    """The JSON objects of a record file, in order; a line that is not one (cut short by a killed run) is skipped."""
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
-
-def _read_settings(output_dir: Path) -> dict[str, dict]:
-    """
-    The settings of each feature of earlier runs, by id, from `extraction.jsonl` and the record files that processes
-    of a killed run left beside it (the last line of an id wins). Unreadable lines (cut short by a killed run) are
-    skipped, so their features are made again if their settings differ.
-    """
-    settings = {}
-    for path in [output_dir / SETTINGS_FILE, *process_files(output_dir / SETTINGS_FILE)]:
-        settings.update((record["id"], record) for record in _read_json_lines(path) if isinstance(record.get("id"), str))
-    return settings
-
-
-def _merge_settings(output_dir: Path) -> None:
-    """`extraction.jsonl` made one line per id, sorted, with the records of every process merged in; the same file
-    whatever the number of processes that wrote them."""
-    merged = [json.dumps(record) for _, record in sorted(_read_settings(output_dir).items())]
-    leftovers = process_files(output_dir / SETTINGS_FILE)
-    path = output_dir / SETTINGS_FILE
-    if leftovers or not path.is_file() or path.read_text(encoding="utf-8", errors="replace").splitlines() != merged:
-        write_lines_atomically(path, merged)
-    for leftover in leftovers:
-        leftover.unlink()
-
-
-def _merge_failures(output_dir: Path, plan: _Plan) -> list[ExtractionFailure]:
-    """
-    `failures.jsonl` of this run, from the processes' record files: the inputs that named no usable file, then the
-    failed items in the order of the inputs; absent when nothing failed.
-    """
-    path = output_dir / FAILURES_FILE
-    sources = [path, *process_files(path)]
-    position = {item.feature_id: index for index, item in enumerate(plan.todo)}
-    failed = [
-        ExtractionFailure(record["id"], record.get("path"), record.get("reason", ""))
-        for source in sources
-        for record in _read_json_lines(source)
-        if record.get("id") in position
-    ]
-    failures = plan.input_failures + sorted(failed, key=lambda failure: position[failure.feature_id])
-    if failures:
-        write_lines_atomically(path, [failure.to_json() for failure in failures])
-    else:
-        path.unlink(missing_ok=True)
-    for source in sources[1:]:
-        source.unlink()
-    return failures
-
-
 def _plan_extraction(inputs, video_root, output_dir: Path, encoding: _Encoding) -> _Plan:
     """The main process's plan: every input, less the features already made with the same settings."""
     items, input_failures = collect_media(inputs, video_root)
     # What earlier runs recorded, merged first: their features count as done; their failures are retried
-    _merge_settings(output_dir)
+    merge_settings(output_dir)
     for path in [output_dir / FAILURES_FILE, *process_files(output_dir / FAILURES_FILE)]:
         path.unlink(missing_ok=True)
-    earlier = _read_settings(output_dir)
+    earlier = read_settings(output_dir)
 
     def is_done(item: MediaItem) -> bool:
         # A feature without a record (copied from elsewhere, or the original's release) is trusted by its shape
@@ -407,7 +330,7 @@ def _plan_extraction(inputs, video_root, output_dir: Path, encoding: _Encoding) 
             file=sys.stderr,
         )
     for failure in input_failures:
-        _announce(failure)
+        announce(failure)
     return _Plan(len(items) + len(input_failures), input_failures, todo)
 
 
@@ -416,7 +339,7 @@ def _extract_share(
 ) -> int:
     """Encodes `items` into their `.npy` files, recording each in this process's record files; returns how many
     were written."""
-    failure_log = _FailureLog(processes.record_file(output_dir / FAILURES_FILE))
+    failure_log = FailureLog(processes.record_file(output_dir / FAILURES_FILE))
     loader = DataLoader(
         _DecodedMedia(items, encoding.num_frames, encoding.frame_size, encoding.mean, encoding.std, encoding.dtype),
         batch_size=None,
@@ -554,13 +477,13 @@ def extract_features(
     seconds = time.perf_counter() - start
 
     def merge() -> ExtractionReport:
-        _merge_settings(output_dir)
+        merge_settings(output_dir)
         report = ExtractionReport(
             output_dir=output_dir,
             total=plan.total,
             extracted=sum(count or 0 for count in shares.values),
             skipped=plan.total - len(plan.input_failures) - len(plan.todo),
-            failures=_merge_failures(output_dir, plan),
+            failures=merge_failures(output_dir, plan.input_failures, plan.todo),
             seconds=seconds,
         )
         if consolidate is not None and not shares.errors:
