@@ -29,6 +29,18 @@ def real_data() -> Path:
     return find_test_data()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: tiny models run faster on one thread than on two contended ones, and
+    processes started by `torchrun` run one each (OMP_NUM_THREADS=1), so their results compare bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny")

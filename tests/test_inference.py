@@ -29,13 +29,8 @@ CHAT_QUERIES = ["a dog", "a light"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models run faster on one thread than on two contended ones, and the answers do not depend on it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run faster on one thread than on two contended ones, and the answers do not depend on it
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +64,7 @@ def random_checkpoint(tmp_path, model, processor):
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(one_thread, tmp_path_factory, tokenizer, frame_encoder_path):
+def trained_checkpoint(one_torch_thread, tmp_path_factory, tokenizer, frame_encoder_path):
     """The tiny model trained to give fixed, parseable answers whatever the video."""
     model = build_tiny_vtime_model(tokenizer)
     # Blind to the video (its projector gives zeros), so that real and generated videos get the trained answers

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.features import check_feature
+from .data.features import load_checked_feature
 from .data.media import VIDEO_EXTENSIONS
 from .distributed import Processes, current_processes, process_files
 from .files import atomic_write, write_lines_atomically
@@ -407,11 +407,7 @@ def feature_store_loader(
 
     def load(video_id: str):
         stored = _stored_id(video_id, feature_store.__contains__)
-        array = feature_store.load(stored)
-        try:
-            check_feature(array, num_frames, mm_hidden_size, stored)
-        except ValueError as error:
-            raise ValueError(f"{feature_store.location(stored)}: {error}") from error
+        array = load_checked_feature(feature_store, stored, num_frames, mm_hidden_size)
         features = torch.from_numpy(np.asarray(array, dtype=np.float32))
         if shuffle_seed is not None:
             generator = torch.Generator().manual_seed(shuffle_seed)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vtimellm_hf import evaluation_runs
 from vtimellm_hf.data.extract import extract_features
@@ -29,7 +28,8 @@ from vtimellm_hf.evaluation_runs import read_jsonl_records
 
 from .conftest import write_features, write_queries
 
-pytestmark = pytest.mark.slow
+# The launched processes run one thread each (torchrun sets OMP_NUM_THREADS=1); so does the one-process run here
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("process_probe.py")
@@ -37,15 +37,6 @@ VIDEOS = [f"clip{index}" for index in range(8)]
 # Sorted after clip0: the second input, in the share of the second process
 BAD_VIDEO = "clip0-bad"
 EXTRACTION = ["--workers", "0", "--num-frames", "20", "--batch-size", "16"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The launched processes run one thread each (torchrun sets OMP_NUM_THREADS=1); so does the one-process run here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

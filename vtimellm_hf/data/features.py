@@ -38,6 +38,7 @@ __all__ = [
     "check_feature",
     "consolidate_features",
     "feature_path",
+    "load_checked_feature",
     "open_feature_store",
     "read_npy_header",
     "remove_stale_temporaries",
@@ -163,6 +164,18 @@ def check_feature(
             f"Feature {feature_id!r}: {len(bad)} non-finite value(s) (NaN or inf), the first at index {first} "
             f"({array[first]})."
         )
+
+
+def load_checked_feature(
+    store: "FeatureStore", feature_id: str, expected_rows: int | None = None, expected_dim: int | None = None
+) -> np.ndarray:
+    """The feature of `feature_id` in `store`, checked with [`check_feature`]; its `ValueError` names the file."""
+    array = store.load(feature_id)
+    try:
+        check_feature(array, expected_rows, expected_dim, feature_id)
+    except ValueError as error:
+        raise ValueError(f"{store.location(feature_id)}: {error}") from error
+    return array
 
 
 class FeatureStore(abc.ABC):
@@ -411,11 +424,7 @@ def consolidate_features(
         file.write(struct.pack("<Q", len(header_bytes)))
         file.write(header_bytes)
         for feature_id in ids:
-            array = store.load(feature_id)
-            try:
-                check_feature(array, None, None, feature_id)
-            except ValueError as error:
-                raise ValueError(f"{store.location(feature_id)}: {error}") from error
+            array = load_checked_feature(store, feature_id)
             if array.shape != tuple(header[feature_id]["shape"]):
                 raise ValueError(f"{store.folder}: feature {feature_id!r} changed while it was consolidated.")
             # safetensors stores little-endian, C-ordered data

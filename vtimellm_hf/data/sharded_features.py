@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from ..files import remove_stale_temporaries, temporary_path
-from .features import FEATURE_DTYPE, FeatureNotFoundError, FeatureStore, NpyFeatureStore, check_feature, read_npy_header
+from .features import (
+    FEATURE_DTYPE,
+    FeatureNotFoundError,
+    FeatureStore,
+    NpyFeatureStore,
+    load_checked_feature,
+    read_npy_header,
+)
 
 __all__ = ["DEFAULT_MAX_SHARD_SIZE", "ShardedFeatureStore", "is_sharded_store", "save_sharded_features"]
 
@@ -223,7 +230,7 @@ def save_sharded_features(
     Packs a folder of `{id}.npy` features into a sharded `datasets` store that [`ShardedFeatureStore`] reads.
 
     Every feature is validated first from its header (float16 as the original layout, complete, one feature size D)
-    and then as it is packed ([`check_feature`]: finite values), so a damaged one fails here, by its file, not
+    and then as it is packed ([`~vtimellm_hf.data.features.check_feature`]: finite values), so a damaged one fails here, by its file, not
     mid-training. The store is built in a hidden folder beside `output_dir` (it needs about twice the features'
     size there while it is built: `datasets` writes them once and then shards them) and renamed into place; an
     earlier store at `output_dir` is replaced. A killed run leaves the earlier store, or none, never part of one,
@@ -256,11 +263,7 @@ def save_sharded_features(
 
     def rows(ids: list[str]):
         for feature_id in ids:
-            array = store.load(feature_id)
-            try:
-                check_feature(array, None, None, feature_id)
-            except ValueError as error:
-                raise ValueError(f"{store.location(feature_id)}: {error}") from error
+            array = load_checked_feature(store, feature_id)
             if array.shape != shapes[feature_id] or array.dtype.newbyteorder("=") != FEATURE_DTYPE:
                 raise ValueError(f"{store.folder}: feature {feature_id!r} changed while it was consolidated.")
             frames = np.asarray(array, dtype=FEATURE_DTYPE).reshape(-1, array.shape[-1])
