@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import remove_stale_temporaries, temporary_path
-from .features import (
+from .npy_features import (
     FEATURE_DTYPE,
     FeatureNotFoundError,
     FeatureStore,
