@@ -46,8 +46,20 @@ NON_LORA_FILE = "non_lora_trainables.bin"
 ADAPTER_SUBFOLDER = "stage3_adapter"
 # The original inference: sampling at temperature 0.05, at most 1024 new tokens
 ORIGINAL_GENERATION_SETTINGS = {"do_sample": True, "temperature": 0.05, "max_new_tokens": 1024}
+# The dtypes a model or an encoder is loaded in, by the names of the command lines and recipes (which add "auto":
+# the checkpoint's own)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 _SHOWN_KEYS = 8
+
+
+def torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype of a name of [`DTYPES`] (a torch dtype is returned as it is); a `ValueError` otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -373,7 +385,7 @@ def load_model(
     config.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
     config.pad_token_id = tokenizer.pad_token_id
     model, loading_info = VTimeLlamaForCausalLM.from_pretrained(
-        name_or_path, config=config, dtype=dtype if dtype == "auto" else getattr(torch, dtype), revision=revision,
+        name_or_path, config=config, dtype=dtype if dtype == "auto" else torch_dtype(dtype), revision=revision,
         attn_implementation=attn_implementation, output_loading_info=True,
     )  # fmt: skip
     if require_projector and any(".mm_projector." in key for key in loading_info["missing_keys"]):
@@ -432,6 +444,7 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
 
 __all__ = [
     "ADAPTER_SUBFOLDER",
+    "DTYPES",
     "NON_LORA_FILE",
     "ORIGINAL_GENERATION_SETTINGS",
     "ORIGINAL_PROJECTOR_FILE",
@@ -450,4 +463,5 @@ __all__ = [
     "read_state_dict",
     "save_model_folder",
     "save_projector",
+    "torch_dtype",
 ]

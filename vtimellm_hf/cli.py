@@ -1,10 +1,37 @@
-"""The `vtimellm-hf` command line: one subcommand per task, each registered by the module that implements it."""
+"""The `vtimellm-hf` command line: one subcommand per task, each registered by the module that implements it.
+
+    vtimellm-hf [-v | -vv | -q] COMMAND ...
+
+The global options go before the command: `-v` shows the package's progress messages (`logging` INFO) and
+transformers' info messages, `-vv` their debug messages too, `-q` errors only. Without them, warnings show, and
+transformers keeps its own setting (`TRANSFORMERS_VERBOSITY`). `ground --verbose` and `caption --verbose`, after the
+command, are another option: they print the model's raw answer on stdout.
+
+What every subcommand shares lives here: the argument types ([`positive_int`], [`non_negative_int`]) and the way a
+command reports an error ([`reports_errors`]). The subcommand modules are found by name, in
+[`SUBCOMMAND_MODULES`], when the parser is built; they import those helpers from here.
+"""
 
 import argparse
+import functools
 import importlib
+import logging
 import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from . import __version__
+
+__all__ = [
+    "SUBCOMMAND_MODULES",
+    "USAGE_ERRORS",
+    "build_parser",
+    "configure_logging",
+    "main",
+    "non_negative_int",
+    "positive_int",
+    "reports_errors",
+]
 
 # Each module exposes `add_subcommand(subparsers)`, which sets `run(args) -> exit status` as the parser's default
 SUBCOMMAND_MODULES = [
@@ -17,11 +44,28 @@ SUBCOMMAND_MODULES = [
     "vtimellm_hf.inference",
     "vtimellm_hf.evaluation",
 ]
+# What a command reports as `COMMAND: error: MESSAGE` with exit status 2, unless it says otherwise: an input it cannot
+# use (a missing or unreadable file, a malformed record, an option it refuses)
+USAGE_ERRORS = (OSError, ValueError)
+# `logging` levels of the package by the count of -v (negative: -q), and the matching transformers verbosity
+_LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+_PACKAGE_LOGGER = "vtimellm_hf"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtimellm-hf", description="VTimeLLM on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    loudness = parser.add_mutually_exclusive_group()
+    # `verbosity`, not `verbose`: `ground --verbose` (print the answer) keeps its own destination
+    loudness.add_argument(
+        "-v", "--verbose", dest="verbosity", action="count", default=0,
+        help="show progress messages (-vv: debug messages too), of this package and of transformers; goes before "
+        "COMMAND",
+    )  # fmt: skip
+    loudness.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+        help="show errors only; goes before COMMAND",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).add_subcommand(subparsers)
@@ -34,7 +78,81 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.run(args)
+    with configure_logging(args.verbosity):
+        return args.run(args)
+
+
+@contextmanager
+def configure_logging(verbosity: int = 0) -> Iterator[None]:
+    """
+    Within the block, the package's log messages go to stderr, as `LEVEL logger: message`, from the level of
+    `verbosity` (0: warnings; 1: info, 2 or more: debug; -1: errors only), and transformers' verbosity follows
+    (`transformers.utils.logging.set_verbosity`) where `verbosity` is not 0. The earlier settings come back at its
+    end, so that a program (or a test) that calls [`main`] keeps its own.
+    """
+    level = _LEVELS[max(-1, min(verbosity, 2))]
+    logger = logging.getLogger(_PACKAGE_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    earlier_level = logger.level
+    logger.setLevel(level)
+    logger.addHandler(handler)
+    transformers_logging = None
+    if verbosity:
+        # Imported only when asked for: `vtimellm-hf --help` need not load transformers
+        from transformers.utils import logging as transformers_logging
+
+        earlier_verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(earlier_level)
+        if transformers_logging is not None:
+            transformers_logging.set_verbosity(earlier_verbosity)
+
+
+def reports_errors(
+    name: str, statuses: Mapping[type[BaseException] | tuple[type[BaseException], ...], int] | None = None
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """
+    Decorates a subcommand's `run(args) -> exit status`: an exception of a type of `statuses` (`{types: status}`,
+    the first that matches; by default [`USAGE_ERRORS`] -> 2) ends the command with `NAME: error: MESSAGE` on stderr
+    and that status, rather than a traceback. Any other exception is a bug, and keeps its traceback.
+    """
+    statuses = {USAGE_ERRORS: 2} if statuses is None else statuses
+    # `except` takes a flat tuple of types
+    caught = tuple(kind for types in statuses for kind in (types if isinstance(types, tuple) else (types,)))
+
+    def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(run)
+        def run_reporting_errors(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except caught as error:
+                print(f"{name}: error: {error}", file=sys.stderr)
+                return next(status for types, status in statuses.items() if isinstance(error, types))
+
+        return run_reporting_errors
+
+    return decorate
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text}")
+    return value
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig
 
 from .checkpoints import (
     ADAPTER_SUBFOLDER,
+    DTYPES,
     NON_LORA_FILE,
     load_model,
     load_projector,
@@ -32,7 +32,9 @@ from .checkpoints import (
     read_projector,
     read_stage_adapter,
     save_model_folder,
+    torch_dtype,
 )
+from .cli import reports_errors
 from .hub import LoadCheck, check_remote_loading
 from .model import VIDEO_TOKEN, VTimeProcessor
 from .model.processing_vtime import DEFAULT_FRAME_ENCODER
@@ -40,7 +42,7 @@ from .model_card import CONVERSION_RECORD_FILE, TRAINING_RECORD_FILE, is_hub_id,
 
 logger = logging.getLogger(__name__)
 
-SAVE_DTYPES = ("float16", "bfloat16", "float32")
+SAVE_DTYPES = tuple(DTYPES)
 # The original samples 100 frames a video
 NUM_FRAMES = 100
 
@@ -129,7 +131,7 @@ def build_hub_folder(
         model = stage3_adapter.merge_into(model)
     else:
         stage3_adapter.apply_full_weights(model)
-    model.to(getattr(torch, dtype))
+    model.to(torch_dtype(dtype))
 
     # Built aside and moved in place at the end, so that a failure leaves no half-written folder behind
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -249,24 +251,21 @@ def add_subcommand(subparsers) -> None:
     convert.set_defaults(run=_run_convert)
 
 
+@reports_errors("convert-original")
 def _run_convert(args: argparse.Namespace) -> int:
-    try:
-        result = build_hub_folder(
-            args.base,
-            args.stage1,
-            args.stage2,
-            args.stage3,
-            args.out,
-            frame_encoder=args.clip,
-            merge=not args.no_merge,
-            dtype=args.dtype,
-            repo_id=args.repo_id,
-            base_model=args.base_model,
-            check=not args.skip_load_check,
-        )
-    except (OSError, ValueError) as error:
-        print(f"convert-original: error: {error}", file=sys.stderr)
-        return 2
+    result = build_hub_folder(
+        args.base,
+        args.stage1,
+        args.stage2,
+        args.stage3,
+        args.out,
+        frame_encoder=args.clip,
+        merge=not args.no_merge,
+        dtype=args.dtype,
+        repo_id=args.repo_id,
+        base_model=args.base_model,
+        check=not args.skip_load_check,
+    )
     for note in result.notes:
         print(f"convert-original: {note}", file=sys.stderr)
     if result.load_check is not None and not result.load_check.ok:

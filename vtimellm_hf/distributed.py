@@ -16,14 +16,13 @@ counts, error messages): it works on CPUs and beside whatever the GPUs run. A jo
 3. once all have finished, the main process merges the records, and only then are the held errors raised.
 
 `torchrun` ends every process as soon as one exits with a failure: so no process exits before the main one has
-merged, and the exit status of the job is the main process's (see [`command_status`]).
+merged, and the exit status of the job is the main process's (see [`job_status`]).
 """
 
 import atexit
 import logging
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,7 +32,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["Gathered", "ProcessFailedError", "Processes", "command_status", "current_processes", "process_files"]
+__all__ = ["Gathered", "ProcessFailedError", "Processes", "current_processes", "job_status", "process_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,27 +254,32 @@ def process_files(path: str | os.PathLike) -> list[Path]:
     return [entry for _, entry in sorted(found)]
 
 
-def command_status(name: str, run: Callable[[Processes], int], errors: tuple = (OSError, ValueError)) -> int:
+def job_status(run: Callable[[Processes], int]) -> int:
     """
     The exit status of a command `run(processes)` in a job ([`current_processes`]): its status on the main process,
     0 on the others.
 
-    An error of the `errors` types ends the command with status 2 and `NAME: error: MESSAGE` on stderr. An error
-    shared by the processes ([`ProcessFailedError`]) is printed once, by the main process. Every process then waits
-    until the main one has printed its report before it exits: a launcher that ends all processes when one fails
-    cuts nothing short. An error of this process alone exits at once (the others may be anywhere; the launcher ends
-    them, and nothing they wrote is lost).
+    An error shared by the processes ([`ProcessFailedError`]) is raised by the main process alone, once every process
+    has got here, so that the command reports it once (see `vtimellm_hf.cli.reports_errors`); the others return 0. A
+    launcher that ends all processes when one fails then cuts nothing short. An error of this process alone is raised
+    at once (the others may be anywhere; the launcher ends them, and nothing they wrote is lost).
     """
+    processes = current_processes()
     try:
-        processes = current_processes()
         status = run(processes)
-    except ProcessFailedError as error:
+    except ProcessFailedError:
+        processes.barrier()
         if processes.is_main:
-            print(f"{name}: error: {error}", file=sys.stderr)
-        status = 2
-    except errors as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
-        return 2
+            raise
+        return 0
     processes.barrier()
     return status if processes.is_main else 0
 
+
+def command_status(name: str, run: Callable[[Processes], int], errors: tuple = (OSError, ValueError)) -> int:
+    """Deprecated: [`job_status`] inside a command decorated with `vtimellm_hf.cli.reports_errors`."""
+    from ._deprecated import warn_moved
+    from .cli import reports_errors
+
+    warn_moved("vtimellm_hf.distributed.command_status", "vtimellm_hf.distributed.job_status")
+    return reports_errors(name, {(*errors, ProcessFailedError): 2})(lambda _: job_status(run))(None)

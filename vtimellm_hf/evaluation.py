@@ -20,7 +20,6 @@ merges their answers into `--out` (see [`vtimellm_hf.evaluation_runs`]).
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,12 +29,14 @@ from .data.raw_annotations import (
     GroundingQuery,
     Video,
     grounding_queries,
+    is_finite_number,
     read_activitynet_captions,
     read_charades_sta,
-    read_text_lines,
 )
 from .checkpoints import load_model_and_processor
-from .distributed import Processes, command_status, process_files
+from .cli import USAGE_ERRORS, positive_int, reports_errors
+from .distributed import Processes, job_status, process_files
+from .files import read_json_records
 from .evaluation_runs import (
     captioning_answers_file,
     evaluate_captioning,
@@ -50,7 +51,6 @@ from .inference import (
     CAPTIONING_QUESTION,
     GROUNDING_MAX_NEW_TOKENS,
     GROUNDING_QUESTION,
-    _positive_int,
     add_generation_arguments,
     generation_kwargs_from_args,
 )
@@ -65,30 +65,24 @@ __all__ = [
 
 Item = TypeVar("Item")
 # What the evaluation commands report as `error: MESSAGE` (exit status 2) rather than as a traceback
-_EVALUATION_ERRORS = (OSError, ValueError, KeyError, RuntimeError)
+_EVALUATION_ERRORS = (*USAGE_ERRORS, KeyError, RuntimeError)
 
 
 def read_grounding_query_lines(path: str | Path) -> list[GroundingQuery]:
     """
     Grounding queries from JSON lines `{"video_id", "query", "start", "end", "duration"}` (seconds; `duration` may
-    be null or absent). Blank lines are skipped.
+    be null or absent), or a JSON list of them. Blank lines are skipped.
 
     Raises:
         ValueError: naming the file and line, on invalid JSON, a missing or mistyped field, or a span that is not
             `0 <= start <= end` or a duration that is not positive.
     """
     queries = []
-    # Decoded line by line by the annotation reader, so that bytes that are not UTF-8 are named with their line
-    for number, line in read_text_lines(path):
-        if not line.strip():
-            continue
+    for where, record in read_json_records(path):
         try:
-            record = json.loads(line)
             queries.append(_grounding_query(record))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: invalid JSON: {error.msg} (column {error.colno})") from None
         except ValueError as error:
-            raise ValueError(f"{path}, line {number}: {error}") from None
+            raise ValueError(f"{where}: {error}") from None
     return queries
 
 
@@ -112,7 +106,7 @@ def _grounding_query(record: Any) -> GroundingQuery:
 
 
 def _seconds(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ValueError(f"{name!r} must be a finite number of seconds, found {value!r}")
     return float(value)
 
@@ -199,7 +193,7 @@ def add_subcommand(subparsers) -> None:
         help="video lengths in seconds, for annotations without them (Charades-STA) with --features: a JSON object "
         "{video_id: seconds} or a CSV with id and length columns (Charades_v1_test.csv)",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="queries per batch (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="queries per batch (default: %(default)s)")
     parser.add_argument(
         "--question", default=GROUNDING_QUESTION, help="question template with {query} (default: %(default)r)"
     )
@@ -215,7 +209,7 @@ def add_subcommand(subparsers) -> None:
         "OUT_STEM.answers.jsonl beside --out, from which a rerun resumes.",
     )
     _add_evaluation_arguments(parser, "predictions.json")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, help="videos per batch (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="videos per batch (default: %(default)s)")
     parser.add_argument("--question", default=CAPTIONING_QUESTION, help="the question asked (default: the original's)")
     add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
     parser.set_defaults(run=_run_evaluate_captioning)
@@ -269,7 +263,7 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser, default_out: str)
 
 def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-ids", nargs="+", metavar="ID", help="only the queries or videos of these videos")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N queries or videos")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N queries or videos")
 
 
 def _set_up(args: argparse.Namespace, processes: Processes):
@@ -309,6 +303,7 @@ def _selected_queries(args: argparse.Namespace) -> list[GroundingQuery]:
     return with_durations(queries, _durations(args.durations))
 
 
+@reports_errors("evaluate grounding", {_EVALUATION_ERRORS: 2})
 def _run_evaluate_grounding(args: argparse.Namespace) -> int:
     def run(processes: Processes) -> int:
         if "{query}" not in args.question:
@@ -341,9 +336,10 @@ def _run_evaluate_grounding(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return command_status("evaluate grounding", run, _EVALUATION_ERRORS)
+    return job_status(run)
 
 
+@reports_errors("evaluate captioning", {_EVALUATION_ERRORS: 2})
 def _run_evaluate_captioning(args: argparse.Namespace) -> int:
     def run(processes: Processes) -> int:
         kwargs = generation_kwargs_from_args(args)
@@ -370,19 +366,16 @@ def _run_evaluate_captioning(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return command_status("evaluate captioning", run, _EVALUATION_ERRORS)
+    return job_status(run)
 
 
+@reports_errors("score grounding")
 def _run_score_grounding(args: argparse.Namespace) -> int:
     from .metrics import read_grounding_predictions, score_grounding
 
-    try:
-        references = _selected_queries(args)
-        predictions = read_grounding_predictions(args.predictions)
-        scores = score_grounding(predictions, references, iou_decimals=None if args.exact_iou else 2)
-    except (OSError, ValueError) as error:
-        print(f"score grounding: error: {error}", file=sys.stderr)
-        return 2
+    references = _selected_queries(args)
+    predictions = read_grounding_predictions(args.predictions)
+    scores = score_grounding(predictions, references, iou_decimals=None if args.exact_iou else 2)
     print(
         f"R1@0.3 {scores['r1@0.3']:.2f}  R1@0.5 {scores['r1@0.5']:.2f}  R1@0.7 {scores['r1@0.7']:.2f}  "
         f"mIoU {scores['miou']:.2f}  ({scores['n']} queries, {scores['unparsed']} unparsed, "
@@ -392,18 +385,15 @@ def _run_score_grounding(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors("score captioning", {(*USAGE_ERRORS, RuntimeError, ImportError): 2})
 def _run_score_captioning(args: argparse.Namespace) -> int:
     from .metrics import read_captioning_predictions, score_captioning
 
-    try:
-        references: list[Video] = select_videos(
-            read_activitynet_captions(args.references), lambda video: video.video_id, args.references,
-            args.video_ids, args.limit,
-        )  # fmt: skip
-        scores = score_captioning(read_captioning_predictions(args.predictions), references)
-    except (OSError, ValueError, RuntimeError, ImportError) as error:
-        print(f"score captioning: error: {error}", file=sys.stderr)
-        return 2
+    references: list[Video] = select_videos(
+        read_activitynet_captions(args.references), lambda video: video.video_id, args.references,
+        args.video_ids, args.limit,
+    )  # fmt: skip
+    scores = score_captioning(read_captioning_predictions(args.predictions), references)
     print(
         f"SODA_c {scores['soda_c']:.2f}  CIDEr {scores['cider']:.2f}  METEOR {scores['meteor']:.2f}  "
         f"({scores['n']} videos, {scores['missing']} missing)"

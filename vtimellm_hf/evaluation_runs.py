@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._deprecated import moved_names
 from .data.features import load_checked_feature
-from .data.media import VIDEO_EXTENSIONS
+from .data.media import VideoFolder, stored_id
 from .distributed import Processes, current_processes, process_files
 from .files import atomic_write, write_lines_atomically
 from .inference import (
@@ -39,7 +40,6 @@ __all__ = [
     "evaluate_captioning",
     "evaluate_grounding",
     "feature_store_loader",
-    "find_video",
     "keyed",
     "read_finished_keys",
     "read_jsonl_records",
@@ -53,6 +53,8 @@ FeatureLoader = Callable[[str], tuple[torch.Tensor, float | None]]
 # What every line of a grounding results file holds; a process's own file adds the query's occurrence (see `keyed`)
 _GROUNDING_FIELDS = ("video_id", "query")
 _CAPTIONING_FIELDS = ("video_id", "events")
+# Finding a video by its id moved to `vtimellm_hf.data.media`, beside extraction's; the old name still works
+__getattr__ = moved_names(__name__, {"find_video": "vtimellm_hf.data.media:find_video"})
 
 
 def keyed(queries: Iterable[Mapping]) -> Iterator[tuple[tuple[str, str, int], Mapping]]:
@@ -376,16 +378,6 @@ def _as_mapping(item) -> Mapping:
     return asdict(item) if is_dataclass(item) else item
 
 
-def _stored_id(video_id: str, is_stored: Callable[[str], bool]) -> str:
-    """
-    The id under which a video is stored: `video_id`, or for an ActivityNet id (`v_` prefix) that is not stored
-    under it, the id without the prefix (ActivityNet videos and features go by both).
-    """
-    if not is_stored(video_id) and video_id.startswith("v_") and is_stored(video_id[2:]):
-        return video_id[2:]
-    return video_id
-
-
 def feature_store_loader(
     feature_store,
     durations: Mapping[str, float] | None = None,
@@ -406,7 +398,7 @@ def feature_store_loader(
     """
 
     def load(video_id: str):
-        stored = _stored_id(video_id, feature_store.__contains__)
+        stored = stored_id(video_id, feature_store.__contains__)
         array = load_checked_feature(feature_store, stored, num_frames, mm_hidden_size)
         features = torch.from_numpy(np.asarray(array, dtype=np.float32))
         if shuffle_seed is not None:
@@ -417,27 +409,15 @@ def feature_store_loader(
     return load
 
 
-def find_video(video_dir: str | Path, video_id: str) -> Path:
-    """The file of `video_id` in `video_dir`: `{video_id}` plus a video extension (see [`_stored_id`] for `v_` ids)."""
-    video_dir = Path(video_dir)
-
-    def path_of(name: str) -> Path | None:
-        paths = (video_dir / f"{name}{extension}" for extension in VIDEO_EXTENSIONS)
-        return next((path for path in paths if path.is_file()), None)
-
-    path = path_of(_stored_id(video_id, lambda name: path_of(name) is not None))
-    if path is None:
-        raise FileNotFoundError(
-            f"No video for {video_id} in {video_dir}: no {video_id}.* file with a video extension "
-            f"({', '.join(VIDEO_EXTENSIONS)})."
-        )
-    return path
-
-
 def video_folder_loader(processor: VTimeProcessor, video_dir: str | Path) -> FeatureLoader:
-    """`load_features` for the evaluations: decodes and encodes `{video_dir}/{video_id}.*`, gives its duration."""
+    """
+    `load_features` for the evaluations: decodes and encodes the video of each id in `video_dir` (see
+    [`~vtimellm_hf.data.media.VideoFolder`]: `{id}.mp4` or another video extension, `v_` ids also without the
+    prefix), and gives its duration.
+    """
+    videos = VideoFolder(video_dir)
 
     def load(video_id: str):
-        return processor.encode_video(find_video(video_dir, video_id))
+        return processor.encode_video(videos.path(video_id))
 
     return load

@@ -1,11 +1,17 @@
-"""Files and folders written atomically, and the leftovers of writers that were killed.
+"""Files read with errors that name their line, files and folders written atomically, and the leftovers of writers
+that were killed.
 
-What a killed run leaves must never be mistaken for finished work: every feature, merged record file and
+Reading: [`read_text_lines`], [`read_json`] and [`read_json_records`] (a JSON list or JSON lines) raise a
+`ValueError` naming the file and the line on bytes that are not UTF-8, invalid JSON, or an object that repeats a key
+(which `json` would resolve silently by keeping the last one).
+
+Writing: what a killed run leaves must never be mistaken for finished work: every feature, merged record file and
 consolidated store is written under a hidden temporary name beside its destination and renamed into place. The
 temporary names say which host and process wrote them (`.{name}.{token}.{host}-{pid}.tmp`), so that a later run
 removes those of dead processes and keeps those that another live process is writing.
 """
 
+import json
 import os
 import re
 import secrets
@@ -14,12 +20,114 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "temporary_path", "write_lines_atomically"]
+__all__ = [
+    "atomic_write",
+    "read_json",
+    "read_json_records",
+    "read_text_lines",
+    "remove_stale_temporaries",
+    "temporary_path",
+    "write_lines_atomically",
+]
 
 _HOST = socket.gethostname()
 _TEMPORARY_PATTERN = re.compile(rf"^\..+\.[A-Za-z0-9_]+\.{re.escape(_HOST)}-(?P<pid>\d+)\.tmp$")
+# Bytes read at a time while looking for the first character of a file
+_SNIFF_SIZE = 4096
+
+
+def read_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """`(line_number, line)` pairs, line endings removed; decoded line by line so that an error names its line."""
+    with open(path, "rb") as file:
+        for line_number, raw_line in enumerate(file, start=1):
+            try:
+                # A byte-order mark would otherwise end up glued to the first video id.
+                line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {line_number}: not valid UTF-8 (byte {raw_line[error.start]:#04x} at column "
+                    f"{error.start + 1})"
+                ) from None
+            yield line_number, line.rstrip("\r\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """
+    The content of a JSON file (a byte-order mark allowed).
+
+    Raises:
+        ValueError: naming the file and line, on bytes that are not UTF-8, invalid JSON or an object that repeats a
+            key (`json` would keep the last one silently).
+    """
+    with open(path, "rb") as file:
+        raw = file.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_number = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path}, line {line_number}: not valid UTF-8 (byte {raw[error.start]:#04x})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}") from None
+    except _DuplicateKeyError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # `json` silently keeps the last of repeated keys, which would drop a video of the original layout.
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(f"key {key!r} appears more than once in the same object")
+        result[key] = value
+    return result
+
+
+def read_json_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """
+    `(where, record)` of a JSON list or a JSON-lines file (blank lines skipped), told apart by the first character;
+    `where` names the file and the record or line, for the caller's own errors about the record.
+
+    Raises:
+        ValueError: naming the file and line, on bytes that are not UTF-8, invalid JSON or an object that repeats
+            a key.
+    """
+    if _first_significant_byte(path) == b"[":
+        for index, record in enumerate(read_json(path)):
+            yield f"{path}, record #{index}", record
+        return
+    for line_number, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_number}"
+        try:
+            record = json.loads(line, object_pairs_hook=_object_without_duplicate_keys)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: invalid JSON: {error.msg} (column {error.colno})") from None
+        except _DuplicateKeyError as error:
+            raise ValueError(f"{where}: {error}") from None
+        yield where, record
+
+
+def _first_significant_byte(path: str | os.PathLike) -> bytes:
+    """The first byte of the file after a byte-order mark and whitespace, or b"" if there is none."""
+    with open(path, "rb") as file:
+        chunk = file.read(_SNIFF_SIZE)
+        if chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
+        while chunk:
+            stripped = chunk.lstrip(b" \t\r\n")
+            if stripped:
+                return stripped[:1]
+            chunk = file.read(_SNIFF_SIZE)
+    return b""
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

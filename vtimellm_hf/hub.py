@@ -24,6 +24,7 @@ import torch
 
 from ._deprecated import moved_names
 from .checkpoints import ADAPTER_SUBFOLDER
+from .cli import USAGE_ERRORS, reports_errors
 from .model_card import render_model_card
 
 # Training leftovers that do not belong in a model repository; `training_args.bin` is a pickle of arbitrary objects
@@ -401,23 +402,17 @@ def add_subcommand(subparsers) -> None:
     push.set_defaults(run=_run_push)
 
 
+@reports_errors("push", {PushError: 1, USAGE_ERRORS: 2})
 def _run_push(args: argparse.Namespace) -> int:
-    try:
-        result = push_folder(
-            args.folder,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            create_pr=args.create_pr,
-            dry_run=args.dry_run,
-            commit_message=args.commit_message,
-        )
-    except PushError as error:
-        print(f"push: error: {error}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as error:
-        print(f"push: error: {error}", file=sys.stderr)
-        return 2
+    result = push_folder(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        dry_run=args.dry_run,
+        commit_message=args.commit_message,
+    )
     for warning in result.warnings:
         print(f"push: warning: {warning}", file=sys.stderr)
     print(f"push: {args.folder} {result.load_check.describe()}")

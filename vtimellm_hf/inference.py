@@ -6,6 +6,9 @@ From the command line (registered by [`add_subcommand`]):
     vtimellm-hf caption VIDEO --model CHECKPOINT [--plot out.png]
     vtimellm-hf chat VIDEO --model CHECKPOINT
 
+`--verbose` after `ground` or `caption` prints the model's raw answer; `-v` before the command
+(`vtimellm-hf -v ground ...`) shows log messages instead (see [`vtimellm_hf.cli`]).
+
 Answers name moments as two-digit indices into the 100 sampled frames. Grounding answers become seconds by the
 original grounding convention (start = s/100, end = e/100 of the duration), dense captions by the captioning one
 (end = (e + 1)/100 of the duration); see [`indices_to_seconds`].
@@ -30,7 +33,8 @@ from typing import Any
 import torch
 
 from ._deprecated import moved_names
-from .checkpoints import load_model_and_processor
+from .checkpoints import DTYPES, load_model_and_processor
+from .cli import positive_int, reports_errors
 from .model import (
     CAPTIONING,
     GROUNDING,
@@ -75,13 +79,12 @@ CAPTIONING_QUESTION = (
 # so the bound also caps what one runaway answer costs its batch.
 GROUNDING_MAX_NEW_TOKENS = 64
 CAPTIONING_MAX_NEW_TOKENS = 512
-_DTYPES = ("auto", "float32", "float16", "bfloat16")
 # The evaluations moved to `vtimellm_hf.evaluation_runs`; their old names here still work, with a warning
 __getattr__ = moved_names(__name__, {
-    name: f"vtimellm_hf.evaluation_runs:{name}"
-    for name in ("FeatureLoader", "captioning_answers_file", "evaluate_captioning", "evaluate_grounding",
-                 "feature_store_loader", "find_video", "keyed", "read_finished_keys", "read_jsonl_records",
-                 "video_folder_loader")
+    **{name: f"vtimellm_hf.evaluation_runs:{name}"
+       for name in ("FeatureLoader", "captioning_answers_file", "evaluate_captioning", "evaluate_grounding",
+                    "feature_store_loader", "keyed", "read_finished_keys", "read_jsonl_records", "video_folder_loader")},
+    "find_video": "vtimellm_hf.data.media:find_video",
 })  # fmt: skip
 
 
@@ -244,7 +247,8 @@ def ground(
 ) -> Moment:
     """
     The moment of `query` in `video` (a path), in seconds of the video by the original grounding convention. With
-    `window` (`(start_s, end_s)`), only that clip is shown to the model and the moment is placed inside it.
+    `window` (`(start_s, end_s)`), only that part of the video is shown to the model and the moment is placed inside
+    it.
     """
     features, duration = processor.encode_video(video, window)
     answer = generate_answers(
@@ -293,6 +297,9 @@ def caption_events(answer: str, duration: float, num_frames: int = 100) -> list[
 
 # Command line
 
+# The subcommand's own --verbose; `vtimellm-hf -v` (before the command) is the log level, see `vtimellm_hf.cli`
+_VERBOSE_HELP = "also print the model's raw answer (the log messages: `vtimellm-hf -v COMMAND`)"
+
 
 def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """The model and generation options shared by every command that generates."""
@@ -300,10 +307,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: in
     group.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="VTimeLLM checkpoint: a folder or Hub id")
     group.add_argument("--device", default=None, help="device of the model (default: cuda if available, else cpu)")
     group.add_argument(
-        "--dtype", choices=_DTYPES, default="auto", help="model dtype (default: %(default)s, the checkpoint's)"
+        "--dtype", choices=("auto", *DTYPES), default="auto", help="model dtype (default: %(default)s, the checkpoint's)"
     )
     group.add_argument(
-        "--max-new-tokens", type=_positive_int, default=max_new_tokens, help="tokens per answer (default: %(default)s)"
+        "--max-new-tokens", type=positive_int, default=max_new_tokens, help="tokens per answer (default: %(default)s)"
     )
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     group.add_argument("--temperature", type=float, default=None, help="with --do-sample (the original: 0.05)")
@@ -335,7 +342,7 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument(
         "--question", default=GROUNDING_QUESTION, help="question template with {query} (default: %(default)r)"
     )
-    parser.add_argument("--verbose", action="store_true", help="also print the model's answer")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     parser.add_argument("--plot", metavar="PNG", help="draw the moment on the video's timeline into this file")
     add_generation_arguments(parser, GROUNDING_MAX_NEW_TOKENS)
     parser.set_defaults(run=_run_ground)
@@ -345,7 +352,7 @@ def add_subcommand(subparsers) -> None:
     )
     parser.add_argument("video", metavar="VIDEO", help="video file")
     parser.add_argument("--question", default=CAPTIONING_QUESTION, help="the question asked (default: the original's)")
-    parser.add_argument("--verbose", action="store_true", help="also print the model's answer")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     parser.add_argument("--plot", metavar="PNG", help="draw the events on the video's timeline into this file")
     add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
     parser.set_defaults(run=_run_caption)
@@ -361,38 +368,28 @@ def add_subcommand(subparsers) -> None:
     parser.set_defaults(run=_run_chat)
 
 
+@reports_errors("ground")
 def _run_ground(args: argparse.Namespace) -> int:
-    try:
-        if "{query}" not in args.question:
-            raise ValueError(f"--question must hold {{query}}, got {args.question!r}.")
-        kwargs = generation_kwargs_from_args(args)
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-        moment = ground(model, processor, args.video, args.query, args.question, args.window, **kwargs)
-    except (OSError, ValueError) as error:
-        print(f"ground: error: {error}", file=sys.stderr)
-        return 2
+    if "{query}" not in args.question:
+        raise ValueError(f"--question must hold {{query}}, got {args.question!r}.")
+    kwargs = generation_kwargs_from_args(args)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    moment = ground(model, processor, args.video, args.query, args.question, args.window, **kwargs)
     if args.verbose or moment.start is None:
         print(f"answer: {moment.answer}")
     if moment.start is None:
         print("ground: the answer names no moment", file=sys.stderr)
         return 1
     print(f"{moment.start:.2f} s - {moment.end:.2f} s")
-    if args.plot:
-        from .plotting import TimelineRow, plot_timeline
-
-        row = TimelineRow(args.query, get_video_duration(args.video), [(moment.start, moment.end)])
-        print(f"timeline: {plot_timeline([row], args.plot, title=Path(args.video).name)}", file=sys.stderr)
+    _plot(args, [(args.query, moment.start, moment.end)])
     return 0
 
 
+@reports_errors("caption")
 def _run_caption(args: argparse.Namespace) -> int:
-    try:
-        kwargs = generation_kwargs_from_args(args)
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-        events, answer = caption(model, processor, args.video, args.question, **kwargs)
-    except (OSError, ValueError) as error:
-        print(f"caption: error: {error}", file=sys.stderr)
-        return 2
+    kwargs = generation_kwargs_from_args(args)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    events, answer = caption(model, processor, args.video, args.question, **kwargs)
     if args.verbose or not events:
         print(f"answer: {answer}")
     if not events:
@@ -400,23 +397,26 @@ def _run_caption(args: argparse.Namespace) -> int:
         return 1
     for start, end, sentence in events:
         print(f"{start:7.2f} s - {end:7.2f} s  {sentence}")
-    if args.plot:
-        from .plotting import TimelineRow, plot_timeline
-
-        duration = get_video_duration(args.video)
-        rows = [TimelineRow(sentence, duration, [(start, end)]) for start, end, sentence in events]
-        print(f"timeline: {plot_timeline(rows, args.plot, title=Path(args.video).name)}", file=sys.stderr)
+    _plot(args, [(sentence, start, end) for start, end, sentence in events])
     return 0
 
 
+def _plot(args: argparse.Namespace, moments: Sequence[tuple[str, float, float]]) -> None:
+    """With `--plot`, draws `(label, start, end)` moments, one row each, on the timeline of `args.video`."""
+    if not args.plot:
+        return
+    from .plotting import TimelineRow, plot_timeline
+
+    duration = get_video_duration(args.video)
+    rows = [TimelineRow(label, duration, [(start, end)]) for label, start, end in moments]
+    print(f"timeline: {plot_timeline(rows, args.plot, title=Path(args.video).name)}", file=sys.stderr)
+
+
+@reports_errors("chat")
 def _run_chat(args: argparse.Namespace) -> int:
-    try:
-        kwargs = generation_kwargs_from_args(args)
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-        features, duration = processor.encode_video(args.video)
-    except (OSError, ValueError) as error:
-        print(f"chat: error: {error}", file=sys.stderr)
-        return 2
+    kwargs = generation_kwargs_from_args(args)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    features, duration = processor.encode_video(args.video)
     interactive = sys.stdin.isatty()
     print(
         f"{Path(args.video).name}: {duration:.1f} s. Ask about it; 'exit' or end of input (Ctrl-D) ends.",
@@ -440,9 +440,3 @@ def _run_chat(args: argparse.Namespace) -> int:
         seconds = f"  [{', '.join(f'{start:.1f}-{end:.1f} s' for start, end in moments)}]" if moments else ""
         print(f"{answer}{seconds}", flush=True)
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

@@ -47,6 +47,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .checkpoints import ADAPTER_SUBFOLDER
+from .cli import reports_errors
 from .model.processing_vtime import DEFAULT_FRAME_ENCODER
 
 # `model_card/template.md` of the repository, reached through a link inside the package so that wheels carry it
@@ -462,20 +463,17 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+@reports_errors("model-card")
 def _run(args: argparse.Namespace) -> int:
-    try:
-        path = write_model_card(
-            args.folder,
-            repo_id=args.repo_id,
-            results=args.results,
-            license=args.license,
-            base_model=args.base_model,
-            datasets=args.datasets,
-            template=args.template,
-        )
-    except (OSError, ValueError) as error:
-        print(f"model-card: error: {error}", file=sys.stderr)
-        return 2
+    path = write_model_card(
+        args.folder,
+        repo_id=args.repo_id,
+        results=args.results,
+        license=args.license,
+        base_model=args.base_model,
+        datasets=args.datasets,
+        template=args.template,
+    )
     print(f"model-card: wrote {path}", file=sys.stderr)
     return 0
 

@@ -11,8 +11,8 @@ The pipeline:
   while the main process encodes: frames of consecutive videos are packed into encoder batches of `batch_size`
   frames, whatever the videos' lengths.
 * Resumable: an id whose `.npy` already holds a complete array of the expected shape is skipped, unless
-  `{output_dir}/extraction.jsonl` (a line per written feature: id, clip window, frames, encoder) says it was made
-  with other settings (a whole-video feature where a stage-2 record now asks for a clip, say); each file is written
+  `{output_dir}/extraction.jsonl` (a line per written feature: id, window, frames, encoder) says it was made
+  with other settings (a whole-video feature where a stage-2 record now asks for a window of it, say); each file is written
   atomically, so a killed run leaves complete files only and a rerun finishes the rest.
 * A video that cannot be used (corrupt, empty, not a video, a window outside it, no file for an annotation id) is
   reported on stderr and in `{output_dir}/failures.jsonl` (`{"id", "path", "reason"}` per line) and the run goes on;
@@ -40,7 +40,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..distributed import Processes, command_status, current_processes, process_files
+from ..checkpoints import DTYPES, torch_dtype
+from ..cli import USAGE_ERRORS, non_negative_int, positive_int, reports_errors
+from ..distributed import ProcessFailedError, Processes, current_processes, job_status, process_files
 from ..files import remove_stale_temporaries
 from ..model import (
     DEFAULT_FRAME_ENCODER,
@@ -89,7 +91,6 @@ logger = logging.getLogger(__name__)
 # last batch of a run, the only one that can be short, is padded to a multiple of this many frames, so that a
 # feature's bytes do not depend on how many frames happened to be left at the end.
 _PAD_MULTIPLE = 16
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -256,11 +257,7 @@ def _resolve_device_and_dtype(device, dtype) -> tuple[torch.device, torch.dtype]
     if dtype is None:
         # float16 on GPUs, as the original encoded; CPUs are slow or inexact in half precision
         return device, torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
-        dtype = _DTYPES[dtype]
-    return device, dtype
+    return device, torch_dtype(dtype)
 
 
 def _is_extracted(path: Path, expected_shape: tuple[int, ...]) -> bool:
@@ -326,7 +323,7 @@ def _plan_extraction(inputs, video_root, output_dir: Path, encoding: _Encoding) 
     if stale:
         tqdm.write(
             f"re-extracting {stale} feature file(s) that are incomplete, of another shape, or made with other "
-            f"settings (clip window, frames, encoder; see {SETTINGS_FILE})",
+            f"settings (window, frames, encoder; see {SETTINGS_FILE})",
             file=sys.stderr,
         )
     for failure in input_failures:
@@ -495,20 +492,6 @@ def extract_features(
     return report
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text}")
-    return value
-
-
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
     """
     Registers `extract-features INPUT OUTPUT_DIR [options]` on an argparse `subparsers` object; the parsed
@@ -534,16 +517,16 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
         metavar="NAME_OR_PATH",
         help="CLIPVisionModelWithProjection checkpoint (default: %(default)s)",
     )
-    parser.add_argument("--num-frames", type=_positive_int, default=100, help="frames per video (default: 100)")
+    parser.add_argument("--num-frames", type=positive_int, default=100, help="frames per video (default: 100)")
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=128, help="frames per encoder pass, across videos (default: 128)"
+        "--batch-size", type=positive_int, default=128, help="frames per encoder pass, across videos (default: 128)"
     )
     parser.add_argument(
-        "--workers", type=_non_negative_int, default=None, help="decoding processes (default: CPU count, up to 8)"
+        "--workers", type=non_negative_int, default=None, help="decoding processes (default: CPU count, up to 8)"
     )
     parser.add_argument("--device", default=None, help="encoder device (default: cuda if available, else cpu)")
     parser.add_argument(
-        "--dtype", choices=sorted(_DTYPES), default=None, help="encoder dtype (default: float16 on cuda, else float32)"
+        "--dtype", choices=tuple(DTYPES), default=None, help="encoder dtype (default: float16 on cuda, else float32)"
     )
     parser.add_argument(
         "--video-root",
@@ -578,6 +561,7 @@ def _add_store_arguments(parser: argparse.ArgumentParser, name: str, help_start:
     )  # fmt: skip
 
 
+@reports_errors("extract-features", {(*USAGE_ERRORS, ProcessFailedError): 2})
 def _run(args: argparse.Namespace) -> int:
     def run(processes: Processes) -> int:
         report = extract_features(
@@ -597,14 +581,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"extract-features: {report.summary()}", file=sys.stderr)
         return 0 if report.ok else 1
 
-    return command_status("extract-features", run)
+    return job_status(run)
 
 
+@reports_errors("consolidate-features")
 def _run_consolidate(args: argparse.Namespace) -> int:
-    try:
-        output = consolidate_features(args.npy_dir, args.output, max_shard_size=args.max_shard_size)
-    except (OSError, ValueError) as error:
-        print(f"consolidate-features: error: {error}", file=sys.stderr)
-        return 2
+    output = consolidate_features(args.npy_dir, args.output, max_shard_size=args.max_shard_size)
     print(f"consolidate-features: {len(open_feature_store(output))} features in {output}", file=sys.stderr)
     return 0

@@ -1,21 +1,33 @@
-"""The videos and images an extraction encodes, from a folder, a list of paths or an annotation file.
+"""The videos and images an extraction encodes, from a folder, a list of paths or an annotation file, and the video
+of an id in a folder.
 
 [`collect_media`] reads what `vtimellm-hf extract-features` is given into [`MediaItem`]s (a feature id, a file, a
-clip window), and the inputs that name no usable file into [`ExtractionFailure`]s.
+window), and the inputs that name no usable file into [`ExtractionFailure`]s. [`VideoFolder`] finds the video of an
+id (`{id}.mp4` or another video extension; an ActivityNet `v_` id also without its prefix, see [`stored_id`]), for
+extraction and for the evaluations over videos.
 """
 
 import json
-import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import read_json
 from .features import feature_path
-from .raw_annotations import read_charades_sta
+from .raw_annotations import is_finite_number, read_charades_sta
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "ExtractionFailure", "MediaItem", "collect_media"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "ExtractionFailure",
+    "MediaItem",
+    "VideoFolder",
+    "collect_media",
+    "find_video",
+    "stored_id",
+]
 
 # In order of preference when `{video_root}/{id}.*` matches several files
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
@@ -30,7 +42,7 @@ class MediaItem:
     Attributes:
         feature_id: the id, and the name of the output file `{feature_id}.npy`.
         path: the video or image file; a file with an image extension (jpg, jpeg, png, webp) is an image.
-        window: `(start_seconds, end_seconds)` of the clip to sample, or `None` for the whole video.
+        window: `(start_seconds, end_seconds)` of the part of the video to sample, or `None` for the whole video.
     """
 
     feature_id: str
@@ -65,7 +77,7 @@ def collect_media(
     * a folder: every video and image file in it and its subfolders (hidden ones excepted); id = file stem.
     * a video or image file; id = its stem.
     * a VTimeLLM annotation file (`.json`), a list of records with an `id`: the video is `{video_root}/{id}.*` and
-      the clip `meta.split` (`[start, end]` seconds) when present; a stage-1 record with an `image` field names the
+      the window `meta.split` (`[start, end]` seconds) when present; a stage-1 record with an `image` field names the
       image `{video_root}/{image}` and keeps `id` as its feature id.
     * an ActivityNet Captions file (`.json`): `{"v_ID": {...}}`, or the coco-style `{"annotations": [{"image_id":
       "v_ID.mp4", ...}]}`; the video is `{video_root}/v_ID.*`, or `{video_root}/ID.*` (downloads often drop the
@@ -95,9 +107,9 @@ def collect_media(
     elif source.suffix.lower() == ".json":
         candidates = _read_annotation_file(source, video_root)
     elif _is_charades_sta(source):
-        videos = _video_index(source, video_root)
+        videos = _video_folder(source, video_root)
         video_ids = dict.fromkeys(query.video_id for query in read_charades_sta(source))
-        candidates = [videos.item(video_id) for video_id in video_ids]
+        candidates = [_video_item(videos, video_id) for video_id in video_ids]
     elif video_root is not None:
         raise ValueError(
             f"{source} is a list of paths (relative to its folder): video_root only applies to annotation files "
@@ -143,11 +155,8 @@ def _read_path_list(path: Path) -> list[MediaItem]:
 
 
 def _read_annotation_file(path: Path, video_root: str | os.PathLike | None) -> list[MediaItem | ExtractionFailure]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON annotation file ({error}).") from error
-    videos = _video_index(path, video_root)
+    data = read_json(path)
+    videos = _video_folder(path, video_root)
     if isinstance(data, list):
         return [_dialogue_item(path, index, record, videos) for index, record in enumerate(data)]
     if isinstance(data, dict):
@@ -155,25 +164,29 @@ def _read_annotation_file(path: Path, video_root: str | os.PathLike | None) -> l
             ids = [_coco_video_id(path, index, record) for index, record in enumerate(data["annotations"])]
         else:
             ids = list(data)
-        return [videos.item(video_id, fallback=video_id.removeprefix("v_")) for video_id in ids]
+        return [_video_item(videos, video_id) for video_id in ids]
     raise ValueError(
         f"{path}: expected a list of VTimeLLM records or an ActivityNet Captions object, found {type(data).__name__}."
     )
 
 
-def _video_index(path: Path, video_root: str | os.PathLike | None) -> "_VideoIndex":
+def _video_folder(path: Path, video_root: str | os.PathLike | None) -> "VideoFolder":
     if video_root is None:
         raise ValueError(
             f"{path} is an annotation file: give the folder of its videos (video_root, --video-root), where the "
             "video of id ID is ID.mp4 (or another video extension)."
         )
-    video_root = Path(video_root)
-    if not video_root.is_dir():
-        raise FileNotFoundError(f"Video folder not found: {video_root}")
-    return _VideoIndex(video_root)
+    return VideoFolder(video_root)
 
 
-def _dialogue_item(path: Path, index: int, record, videos: "_VideoIndex") -> MediaItem | ExtractionFailure:
+def _video_item(videos: "VideoFolder", feature_id: str) -> MediaItem | ExtractionFailure:
+    try:
+        return MediaItem(feature_id, videos.path(feature_id))
+    except FileNotFoundError as error:
+        return ExtractionFailure(feature_id, None, str(error))
+
+
+def _dialogue_item(path: Path, index: int, record, videos: "VideoFolder") -> MediaItem | ExtractionFailure:
     # Raw VideoInstruct-100K pairs `{"video_id", "q", "a"}` name their video by `video_id`, as `load_stage3` reads them
     key = "video_id" if isinstance(record, dict) and "id" not in record and "video_id" in record else "id"
     if not isinstance(record, dict) or not isinstance(record.get(key), (str, int)):
@@ -187,15 +200,10 @@ def _dialogue_item(path: Path, index: int, record, videos: "_VideoIndex") -> Med
             raise ValueError(f"{path}, record #{index}: 'image' must be a relative path, got {record['image']!r}.")
         return MediaItem(feature_id, videos.root / record["image"])
     split = (record.get("meta") or {}).get("split")
-    # ActivityNet ids keep their `v_` prefix in the dialogues, and the videos may be saved without it
-    found = videos.item(feature_id, fallback=feature_id.removeprefix("v_"))
+    found = _video_item(videos, feature_id)
     if split is None or isinstance(found, ExtractionFailure):
         return found
-    if (
-        not isinstance(split, (list, tuple))
-        or len(split) != 2
-        or not all(isinstance(bound, (int, float)) and math.isfinite(bound) for bound in split)
-    ):
+    if not isinstance(split, (list, tuple)) or len(split) != 2 or not all(map(is_finite_number, split)):
         reason = f"{path}, record #{index}: meta.split must be [start, end] in seconds, got {split!r}"
         return ExtractionFailure(feature_id, None, reason)
     return MediaItem(feature_id, found.path, (float(split[0]), float(split[1])))
@@ -207,14 +215,32 @@ def _coco_video_id(path: Path, index: int, record) -> str:
     return Path(record["image_id"]).stem
 
 
-class _VideoIndex:
-    """`{root}/{id}.*` lookups from one listing of the folder, not one glob per id."""
+def stored_id(video_id: str, is_stored: Callable[[str], bool]) -> str:
+    """
+    The id under which a video (or its feature) is stored: `video_id`, or, for an ActivityNet id (`v_` prefix) not
+    stored under it but stored without the prefix, the id without it (ActivityNet videos and features go by both).
+    """
+    if not is_stored(video_id) and video_id.startswith("v_") and is_stored(video_id[2:]):
+        return video_id[2:]
+    return video_id
 
-    def __init__(self, root: Path):
-        self.root = root
+
+class VideoFolder:
+    """
+    The videos of a folder by id: `{root}/{id}.*` with a video extension ([`VIDEO_EXTENSIONS`], in any letter case;
+    the first of them where several match), found from one listing of the folder rather than one look-up per id.
+
+    Raises:
+        FileNotFoundError: when `root` is not a folder.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"Video folder not found: {self.root}")
         rank = {extension: position for position, extension in enumerate(VIDEO_EXTENSIONS)}
-        self._videos = {}
-        with os.scandir(root) as entries:
+        self._videos: dict[str, Path] = {}
+        with os.scandir(self.root) as entries:
             for entry in entries:
                 path = Path(entry.path)
                 if path.suffix.lower() not in rank or not entry.is_file():
@@ -223,12 +249,24 @@ class _VideoIndex:
                 if known is None or rank[path.suffix.lower()] < rank[known.suffix.lower()]:
                     self._videos[path.stem] = path
 
-    def item(self, feature_id: str, fallback: str | None = None) -> MediaItem | ExtractionFailure:
-        path = self._videos.get(feature_id) or (self._videos.get(fallback) if fallback else None)
+    def path(self, video_id: str) -> Path:
+        """
+        The video of `video_id`, or of the id without its `v_` prefix where only that one has a video
+        ([`stored_id`]).
+
+        Raises:
+            FileNotFoundError: `no video named ID.* in ROOT` (`... nor ID-without-v_.*` for a `v_` id).
+        """
+        path = self._videos.get(stored_id(video_id, self._videos.__contains__))
         if path is None:
-            names = f"{feature_id}.*" + (f" nor {fallback}.*" if fallback and fallback != feature_id else "")
-            return ExtractionFailure(feature_id, None, f"no video named {names} in {self.root}")
-        return MediaItem(feature_id, path)
+            also = f" nor {video_id[2:]}.*" if video_id.startswith("v_") else ""
+            raise FileNotFoundError(f"no video named {video_id}.*{also} in {self.root}")
+        return path
+
+
+def find_video(video_dir: str | os.PathLike, video_id: str) -> Path:
+    """The video of `video_id` in `video_dir`: [`VideoFolder.path`], for one look-up."""
+    return VideoFolder(video_dir).path(video_id)
 
 
 def _deduplicate(candidates: list[MediaItem | ExtractionFailure]) -> tuple[list[MediaItem], list[ExtractionFailure]]:

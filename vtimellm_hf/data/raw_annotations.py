@@ -16,7 +16,6 @@ InternVid's clock times, to the microsecond, which removes the binary noise of a
 they are (real ActivityNet and Charades-STA annotations contain them); the metrics decide what to do with them.
 """
 
-import json
 import logging
 import math
 import os
@@ -26,6 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from ..files import read_json, read_json_records, read_text_lines
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "GroundingQuery",
     "Video",
     "grounding_queries",
+    "is_finite_number",
     "read_activitynet_captions",
     "read_charades_sta",
     "read_didemo",
@@ -54,8 +56,6 @@ DIDEMO_DURATION = DIDEMO_SEGMENT_SECONDS * DIDEMO_NUM_SEGMENTS
 
 # InternVid timestamps: hours, minutes (< 60) and seconds (< 60, with an optional fraction), "00:07:33.689".
 _CLOCK_TIME = re.compile(r"(\d+):([0-5]?\d):([0-5]?\d(?:\.\d*)?)")
-# Bytes read at a time while looking for the first character of a file.
-_SNIFF_SIZE = 4096
 
 
 class Event(NamedTuple):
@@ -192,7 +192,7 @@ def read_activitynet_captions(path: PathLike, *, on_unaligned: Literal["skip", "
     """
     if on_unaligned not in ("skip", "raise"):
         raise ValueError(f"on_unaligned must be 'skip' or 'raise', not {on_unaligned!r}")
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
     if isinstance(data.get("annotations"), list):
@@ -296,7 +296,7 @@ def read_didemo(path: PathLike, durations: Mapping[str, float] | None = None) ->
             is not an integer from 0 to 5, a pair whose start comes after its end, or a video without a positive
             duration in `durations`.
     """
-    data = _load_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records at the top level, found {type(data).__name__}")
     events_by_video: dict[str, list[Event]] = {}
@@ -386,7 +386,7 @@ def read_internvid(path: PathLike, durations: Mapping[str, float] | None = None)
             start after its end, or a video without a positive duration in `durations`.
     """
     events_by_video: dict[str, list[Event]] = {}
-    for where, record in _iter_json_records(path):
+    for where, record in read_json_records(path):
         try:
             video_id, event = _parse_internvid_record(record)
         except ValueError as error:
@@ -405,39 +405,6 @@ def read_internvid(path: PathLike, durations: Mapping[str, float] | None = None)
                 )
         videos.append(Video(video_id, duration, tuple(events)))
     return videos
-
-
-def _iter_json_records(path: PathLike) -> Iterator[tuple[str, Any]]:
-    """`(where, record)` of a JSON list or a JSON-lines file; `where` names the file and the record or line."""
-    if _first_significant_byte(path) == b"[":
-        for index, record in enumerate(_load_json(path)):
-            yield f"{path}, record #{index}", record
-        return
-    for line_number, line in read_text_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}, line {line_number}"
-        try:
-            record = json.loads(line, object_pairs_hook=_object_without_duplicate_keys)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: invalid JSON: {error.msg} (column {error.colno})") from None
-        except _DuplicateKeyError as error:
-            raise ValueError(f"{where}: {error}") from None
-        yield where, record
-
-
-def _first_significant_byte(path: PathLike) -> bytes:
-    """The first byte of the file after a byte-order mark and whitespace, or b"" if there is none."""
-    with open(path, "rb") as file:
-        chunk = file.read(_SNIFF_SIZE)
-        if chunk.startswith(b"\xef\xbb\xbf"):
-            chunk = chunk[3:]
-        while chunk:
-            stripped = chunk.lstrip(b" \t\r\n")
-            if stripped:
-                return stripped[:1]
-            chunk = file.read(_SNIFF_SIZE)
-    return b""
 
 
 def _parse_internvid_record(record: Any) -> tuple[str, Event]:
@@ -478,51 +445,6 @@ def split_sentences(caption: str) -> list[str]:
     return [sentence.strip() for sentence in _SENTENCE_BOUNDARY.split(caption) if sentence.strip()]
 
 
-def read_text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """`(line_number, line)` pairs, line endings removed; decoded line by line so that an error names its line."""
-    with open(path, "rb") as file:
-        for line_number, raw_line in enumerate(file, start=1):
-            try:
-                # A byte-order mark would otherwise end up glued to the first video id.
-                line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{path}, line {line_number}: not valid UTF-8 (byte {raw_line[error.start]:#04x} at column "
-                    f"{error.start + 1})"
-                ) from None
-            yield line_number, line.rstrip("\r\n")
-
-
-def _load_json(path: PathLike) -> Any:
-    with open(path, "rb") as file:
-        raw = file.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line_number = raw.count(b"\n", 0, error.start) + 1
-        raise ValueError(f"{path}, line {line_number}: not valid UTF-8 (byte {raw[error.start]:#04x})") from None
-    try:
-        return json.loads(text, object_pairs_hook=_object_without_duplicate_keys)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}") from None
-    except _DuplicateKeyError as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
-class _DuplicateKeyError(ValueError):
-    pass
-
-
-def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # `json` silently keeps the last of repeated keys, which would drop a video of the original layout.
-    result = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKeyError(f"key {key!r} appears more than once in the same object")
-        result[key] = value
-    return result
-
-
 def _require(record: dict[str, Any], field: str) -> Any:
     if field not in record:
         raise ValueError(f"missing field {field!r}")
@@ -539,9 +461,21 @@ def _parse_seconds(text: str, name: str) -> float:
     return value
 
 
+def is_finite_number(value: Any) -> bool:
+    """
+    Whether `value`, read from JSON, is a finite number: an int or a float, not a bool (`true` in a file is a mistake,
+    not 1), NaN, an infinity or an integer too large for a float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _as_seconds(value: Any, name: str) -> float:
-    # bool is an int subclass: `true` in a JSON file is a mistake, not one second.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise ValueError(f"{name} must be a finite number, found {value!r}")
     return float(value)
 
