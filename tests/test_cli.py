@@ -1,4 +1,4 @@
-"""What every `vtimellm-hf` command shares (vtimellm_hf/cli.py): the log level options, error reports, argument types."""
+"""What every `vtimellm-hf` command shares (`vtimellm_hf/cli.py`): log levels, error reports, argument types."""
 
 import argparse
 import logging

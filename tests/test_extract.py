@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -237,6 +238,34 @@ def test_collect_media_formats(media_dir, tmp_path):
             collect_media(needs_root)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         collect_media(tmp_path / "nowhere")
+
+
+def test_video_folder_finds_a_video_by_id_once_for_extraction_and_evaluation(tmp_path):
+    from vtimellm_hf import evaluation_runs, inference
+    from vtimellm_hf.data.media import VideoFolder, find_video, stored_id
+
+    for name in ("a.avi", "a.mp4", "b.MKV", "Xyz.webm", "v_both.mp4", "both.mp4", "c.mp4.txt", ".hidden.mp4"):
+        (tmp_path / name).touch()
+    (tmp_path / "d.mp4").mkdir()
+    videos = VideoFolder(tmp_path)
+    # The first of VIDEO_EXTENSIONS where several match, any letter case; ids are case-sensitive
+    assert videos.path("a") == tmp_path / "a.mp4" and videos.path("b") == tmp_path / "b.MKV"
+    # ActivityNet ids: `v_ID` is also looked for as `ID`, but an id stored with its prefix is preferred
+    assert videos.path("v_a") == tmp_path / "a.mp4" and videos.path("v_both") == tmp_path / "v_both.mp4"
+    assert videos.path("both") == tmp_path / "both.mp4"
+    for missing, names in (("xyz", "xyz.*"), ("c", "c.*"), ("d", "d.*"), ("v_zz", "v_zz.* nor zz.*")):
+        message = f"no video named {names} in {tmp_path}"
+        with pytest.raises(FileNotFoundError, match=f"^{re.escape(message)}$"):
+            videos.path(missing)
+    with pytest.raises(FileNotFoundError, match="Video folder not found"):
+        VideoFolder(tmp_path / "nowhere")
+
+    assert find_video(tmp_path, "v_a") == tmp_path / "a.mp4"
+    assert stored_id("v_a", {"a"}.__contains__) == "a" and stored_id("v_a", {"a", "v_a"}.__contains__) == "v_a"
+    assert stored_id("a", set().__contains__) == "a"
+    for module in (evaluation_runs, inference):
+        with pytest.warns(FutureWarning, match=rf"{module.__name__}\.find_video moved to vtimellm_hf\.data\.media"):
+            assert module.find_video is find_video
 
 
 def test_resume_skips_done_ids(media_dir, baseline, frame_encoder_path, tmp_path, monkeypatch):

@@ -280,8 +280,8 @@ def test_evaluate_grounding_batches_resumes_and_scores(run, random_checkpoint, t
     unparsed = sum(record["timestamp"] is None for record in alone)
     assert f"{unparsed} answer(s) name no moment" in err
 
-    status, _, _ = run("evaluate", "grounding", *common, "--out", tmp_path / "batched.jsonl", "--batch-size", 4)
-    assert status == 0
+    status, _, err = run("evaluate", "grounding", *common, "--out", tmp_path / "batched.jsonl", "--batch-size", 4)
+    assert status == 0 and "INFO" not in err
     assert by_key(read_jsonl_records(tmp_path / "batched.jsonl")) == by_key(alone)
 
     # A killed run: half of the answers, and a last line cut short
@@ -292,8 +292,10 @@ def test_evaluate_grounding_batches_resumes_and_scores(run, random_checkpoint, t
     asked = []
     spy(monkeypatch, "generate_answers", lambda model, processor, conversations, features: asked.append(len(features)),
         owner=evaluation_runs)
-    status, _, err = run("evaluate", "grounding", *common, "--out", resumed, "--batch-size", 4)
+    # -v: the package's progress messages, which a run without it does not show
+    status, _, err = run("-v", "evaluate", "grounding", *common, "--out", resumed, "--batch-size", 4)
     assert status == 0 and f"({half} by an earlier run)" in err
+    assert f"INFO vtimellm_hf.evaluation_runs: {resumed}: {half} queries already answered" in err
     assert sum(asked) == len(queries) - half
     assert resumed.read_text().startswith("".join(lines[:half]))
     assert by_key(read_jsonl_records(resumed)) == by_key(alone)

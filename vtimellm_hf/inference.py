@@ -83,7 +83,8 @@ CAPTIONING_MAX_NEW_TOKENS = 512
 __getattr__ = moved_names(__name__, {
     **{name: f"vtimellm_hf.evaluation_runs:{name}"
        for name in ("FeatureLoader", "captioning_answers_file", "evaluate_captioning", "evaluate_grounding",
-                    "feature_store_loader", "keyed", "read_finished_keys", "read_jsonl_records", "video_folder_loader")},
+                    "feature_store_loader", "keyed", "read_finished_keys", "read_jsonl_records",
+                    "video_folder_loader")},
     "find_video": "vtimellm_hf.data.media:find_video",
 })  # fmt: skip
 
@@ -307,8 +308,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: in
     group.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="VTimeLLM checkpoint: a folder or Hub id")
     group.add_argument("--device", default=None, help="device of the model (default: cuda if available, else cpu)")
     group.add_argument(
-        "--dtype", choices=("auto", *DTYPES), default="auto", help="model dtype (default: %(default)s, the checkpoint's)"
-    )
+        "--dtype", choices=("auto", *DTYPES), default="auto",
+        help="model dtype (default: %(default)s, the checkpoint's)",
+    )  # fmt: skip
     group.add_argument(
         "--max-new-tokens", type=positive_int, default=max_new_tokens, help="tokens per answer (default: %(default)s)"
     )

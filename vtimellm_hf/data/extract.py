@@ -12,8 +12,8 @@ The pipeline:
   frames, whatever the videos' lengths.
 * Resumable: an id whose `.npy` already holds a complete array of the expected shape is skipped, unless
   `{output_dir}/extraction.jsonl` (a line per written feature: id, window, frames, encoder) says it was made
-  with other settings (a whole-video feature where a stage-2 record now asks for a window of it, say); each file is written
-  atomically, so a killed run leaves complete files only and a rerun finishes the rest.
+  with other settings (a whole-video feature where a stage-2 record now asks for a window of it, say); each file is
+  written atomically, so a killed run leaves complete files only and a rerun finishes the rest.
 * A video that cannot be used (corrupt, empty, not a video, a window outside it, no file for an annotation id) is
   reported on stderr and in `{output_dir}/failures.jsonl` (`{"id", "path", "reason"}` per line) and the run goes on;
   the command exits with status 1 when anything failed. A rerun retries the failures; `failures.jsonl` always
