@@ -238,6 +238,16 @@ def test_collect_media_formats(media_dir, tmp_path):
             collect_media(needs_root)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         collect_media(tmp_path / "nowhere")
+    # Annotation files are read as every reader of the package reads JSON (`vtimellm_hf.files.read_json`)
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n{"id": "clock"},\n{"id": }\n]')
+    with pytest.raises(ValueError, match=re.escape(f"{broken}, line 3, column 8: invalid JSON")):
+        collect_media(broken, video_root=media_dir)
+    broken.write_text('{"v_bars": {"duration": 1}, "v_bars": {"duration": 2}}')
+    with pytest.raises(ValueError, match="key 'v_bars' appears more than once"):
+        collect_media(broken, video_root=media_dir)
+    broken.write_text(json.dumps([{"id": "clock", "meta": {"split": [True, 2.0]}}]))
+    assert "meta.split must be [start, end]" in collect_media(broken, video_root=media_dir)[1][0].reason
 
 
 def test_video_folder_finds_a_video_by_id_once_for_extraction_and_evaluation(tmp_path):

@@ -224,6 +224,20 @@ def test_ground_says_when_the_answer_names_no_moment(run, random_checkpoint, vid
     assert status == 2 and "add --do-sample" in err
 
 
+def test_a_grounding_question_without_query_is_refused_by_every_command(capsys):
+    parser = cli.build_parser()
+    commands = (["ground", "video.mp4", "a dog"], ["evaluate", "grounding", "--annotations", "a.jsonl", "--videos", "v",
+                                                    "--out", "o.jsonl"])  # fmt: skip
+    for command in commands:
+        assert parser.parse_args([*command, "--model", "m"]).question == GROUNDING_QUESTION
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--model", "m", "--question", "When does it happen?"])
+        assert "argument --question: must hold {query}, got 'When does it happen?'" in capsys.readouterr().err
+    # The captioning question is a question, not a template
+    args = parser.parse_args(["caption", "video.mp4", "--model", "m", "--question", "What happens?"])
+    assert args.question == "What happens?"
+
+
 def test_chat_keeps_the_conversation(run, trained_checkpoint, video_dir, monkeypatch):
     asked = []
     spy(

@@ -48,12 +48,12 @@ from .evaluation_runs import (
 )
 from .inference import (
     CAPTIONING_MAX_NEW_TOKENS,
-    CAPTIONING_QUESTION,
     GROUNDING_MAX_NEW_TOKENS,
-    GROUNDING_QUESTION,
     add_generation_arguments,
+    add_question_argument,
     generation_kwargs_from_args,
 )
+from .model import CAPTIONING, GROUNDING
 
 __all__ = [
     "add_subcommand",
@@ -194,9 +194,7 @@ def add_subcommand(subparsers) -> None:
         "{video_id: seconds} or a CSV with id and length columns (Charades_v1_test.csv)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="queries per batch (default: %(default)s)")
-    parser.add_argument(
-        "--question", default=GROUNDING_QUESTION, help="question template with {query} (default: %(default)r)"
-    )
+    add_question_argument(parser, GROUNDING)
     add_generation_arguments(parser, GROUNDING_MAX_NEW_TOKENS)
     parser.set_defaults(run=_run_evaluate_grounding)
 
@@ -210,7 +208,7 @@ def add_subcommand(subparsers) -> None:
     )
     _add_evaluation_arguments(parser, "predictions.json")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="videos per batch (default: %(default)s)")
-    parser.add_argument("--question", default=CAPTIONING_QUESTION, help="the question asked (default: the original's)")
+    add_question_argument(parser, CAPTIONING)
     add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
     parser.set_defaults(run=_run_evaluate_captioning)
 
@@ -306,8 +304,6 @@ def _selected_queries(args: argparse.Namespace) -> list[GroundingQuery]:
 @reports_errors("evaluate grounding", {_EVALUATION_ERRORS: 2})
 def _run_evaluate_grounding(args: argparse.Namespace) -> int:
     def run(processes: Processes) -> int:
-        if "{query}" not in args.question:
-            raise ValueError(f"--question must hold {{query}}, got {args.question!r}.")
         kwargs = generation_kwargs_from_args(args)
         queries = _selected_queries(args)
         undated = sorted({query.video_id for query in queries if query.duration is None})

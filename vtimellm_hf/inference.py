@@ -51,6 +51,7 @@ __all__ = [
     "GROUNDING_QUESTION",
     "Moment",
     "add_generation_arguments",
+    "add_question_argument",
     "add_subcommand",
     "caption",
     "caption_events",
@@ -319,6 +320,24 @@ def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: in
     group.add_argument("--top-p", type=float, default=None, help="with --do-sample: nucleus sampling mass")
 
 
+def add_question_argument(parser: argparse.ArgumentParser, task: str) -> None:
+    """`--question`, the original's question by default: for `task` [`GROUNDING`], a template that must hold
+    `{query}`; for [`CAPTIONING`], the question itself."""
+    if task == GROUNDING:
+        parser.add_argument("--question", type=_query_template, default=GROUNDING_QUESTION,
+                            help="question template with {query} (default: %(default)r)")  # fmt: skip
+    else:
+        parser.add_argument(
+            "--question", default=CAPTIONING_QUESTION, help="the question asked (default: the original's)"
+        )
+
+
+def _query_template(text: str) -> str:
+    if "{query}" not in text:
+        raise argparse.ArgumentTypeError(f"must hold {{query}}, got {text!r}")
+    return text
+
+
 def generation_kwargs_from_args(args: argparse.Namespace) -> dict:
     """`generate` keyword arguments from [`add_generation_arguments`] options; unset ones keep generate's defaults."""
     kwargs = {"max_new_tokens": args.max_new_tokens, "do_sample": args.do_sample}
@@ -341,9 +360,7 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument(
         "--window", nargs=2, type=float, metavar=("START", "END"), help="look only at this part of the video (seconds)"
     )
-    parser.add_argument(
-        "--question", default=GROUNDING_QUESTION, help="question template with {query} (default: %(default)r)"
-    )
+    add_question_argument(parser, GROUNDING)
     parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     parser.add_argument("--plot", metavar="PNG", help="draw the moment on the video's timeline into this file")
     add_generation_arguments(parser, GROUNDING_MAX_NEW_TOKENS)
@@ -353,7 +370,7 @@ def add_subcommand(subparsers) -> None:
         "caption", help="describe the events of a video with their times", description="Dense captions of VIDEO."
     )
     parser.add_argument("video", metavar="VIDEO", help="video file")
-    parser.add_argument("--question", default=CAPTIONING_QUESTION, help="the question asked (default: the original's)")
+    add_question_argument(parser, CAPTIONING)
     parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     parser.add_argument("--plot", metavar="PNG", help="draw the events on the video's timeline into this file")
     add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
@@ -372,8 +389,6 @@ def add_subcommand(subparsers) -> None:
 
 @reports_errors("ground")
 def _run_ground(args: argparse.Namespace) -> int:
-    if "{query}" not in args.question:
-        raise ValueError(f"--question must hold {{query}}, got {args.question!r}.")
     kwargs = generation_kwargs_from_args(args)
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     moment = ground(model, processor, args.video, args.query, args.question, args.window, **kwargs)

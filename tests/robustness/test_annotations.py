@@ -122,11 +122,24 @@ def test_charades_moment_beyond_the_duration_is_kept_as_written(tmp_path):
         ('{"video_id": "v1", "query": "a", "start": 0, "end": 1, "duration": 0}', "'duration' must be positive"),
         ('{"video_id": "v1", "query": "a", "start": 0, "end": "1"}', "'end' must be a finite number of seconds"),
         ('["v1", "a", 0, 1]', "expected an object, found list"),
+        ('{"video_id": "v1", "query": "a", "start": 0, "end": 1, "end": 2}', "key 'end' appears more than once"),
+        ('{"video_id": "v1", "query": "a", "start": 0, "end": 1' + "0" * 400 + "}", "'end' must be a finite number"),
+        ('{"video_id": "v1", "query": "a", "start": true, "end": 1}', "'start' must be a finite number"),
     ],
 )
 def test_grounding_query_line_errors_name_the_file_and_line(tmp_path, line, reason):
     path = write_lines(tmp_path / "queries.jsonl", '{"video_id": "v0", "query": "fine", "start": 0, "end": 1}', line)
     with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: ") + reason):
+        read_grounding_query_lines(path)
+
+
+def test_grounding_queries_may_be_a_json_list(tmp_path):
+    queries = [{"video_id": "v0", "query": "fine", "start": 0, "end": 1}, {"video_id": "v1", "query": "b", "start": 2}]
+    path = tmp_path / "queries.jsonl"
+    path.write_text(json.dumps(queries[:1]))
+    assert read_grounding_query_lines(path) == [GroundingQuery("v0", "fine", 0.0, 1.0, None)]
+    path.write_text(json.dumps(queries))
+    with pytest.raises(ValueError, match=re.escape(f"{path}, record #1: missing field(s) 'end'")):
         read_grounding_query_lines(path)
 
 
