@@ -204,7 +204,7 @@ def test_collect_media_formats(media_dir, tmp_path):
         {"id": "missing"},
         {"id": "bars", "meta": {"split": "all"}},
         {"id": "img-1", "image": "photo.jpg"},
-        {"id": "clock", "meta": {"split": [1.0, 2.0]}},  # the same id for another clip: one file cannot hold both
+        {"id": "clock", "meta": {"split": [1.0, 2.0]}},  # the same id, another window: one file holds one
         {"video_id": "portrait", "q": "What is shown?", "a": "A test card."},  # a raw VideoInstruct-100K pair
         {"id": "v_bars", "meta": {"split": [0.0, 1.0]}},  # ActivityNet ids: the video may be saved without `v_`
     ]
@@ -347,7 +347,7 @@ def test_failures_are_reported_and_the_run_goes_on(media_dir, frame_encoder_path
 
 
 def test_window_outside_the_video_is_a_failure(media_dir, frame_encoder_path, tmp_path):
-    annotation = tmp_path / "clips.json"
+    annotation = tmp_path / "windows.json"
     annotation.write_text(json.dumps([{"id": "clock", "meta": {"split": [30.0, 40.0]}}, {"id": "bars"}]))
     report = run_extraction(annotation, tmp_path / "out", frame_encoder_path, video_root=media_dir)
     assert report.extracted == 1 and [failure.feature_id for failure in report.failures] == ["clock"]
@@ -467,7 +467,7 @@ def test_check_feature_accepts_the_original_layouts():
 
 
 def test_write_feature_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "clip.npy"
+    path = tmp_path / "feature.npy"
     write_feature(path, np.ones((100, DIM), np.float16))
     before = path.read_bytes()
 
@@ -498,7 +498,7 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
 
 
 def test_resume_remakes_features_made_with_other_settings(media_dir, frame_encoder_path, tmp_path):
-    # Whole-video features first; then a stage-2 record asks for a clip of one video, and a run asks for other frames
+    # Whole-video features first; then a stage-2 record asks for a window of one video, and a run asks for other frames
     output_dir = tmp_path / "out"
     run_extraction([media_dir / "clock.mp4", media_dir / "bars.mp4"], output_dir, frame_encoder_path)
     whole = np.load(output_dir / "clock.npy")
@@ -506,20 +506,20 @@ def test_resume_remakes_features_made_with_other_settings(media_dir, frame_encod
     annotation.write_text(json.dumps([{"id": "clock", "meta": {"split": [1.0, 2.5]}}, {"id": "bars"}]))
     report = run_extraction(annotation, output_dir, frame_encoder_path, video_root=media_dir)
     assert (report.extracted, report.skipped) == (1, 1)
-    clip = np.load(output_dir / "clock.npy")
-    assert not np.array_equal(clip, whole)
+    windowed = np.load(output_dir / "clock.npy")
+    assert not np.array_equal(windowed, whole)
     fresh = run_extraction(annotation, tmp_path / "fresh", frame_encoder_path, video_root=media_dir)
-    assert fresh.ok and np.array_equal(np.load(tmp_path / "fresh" / "clock.npy"), clip)
+    assert fresh.ok and np.array_equal(np.load(tmp_path / "fresh" / "clock.npy"), windowed)
     # Same settings again: nothing to do; a feature without a record (made elsewhere) is trusted by its shape
     assert run_extraction(annotation, output_dir, frame_encoder_path, video_root=media_dir).extracted == 0
     (output_dir / SETTINGS_FILE).write_text("")
     report = run_extraction(media_dir / "clock.mp4", output_dir, frame_encoder_path)
     assert (report.extracted, report.skipped) == (0, 1)
-    # The whole video again, now recorded as such: a later clip run makes the clip again
+    # The whole video again, now recorded as such: a later windowed run makes the window again
     (output_dir / "clock.npy").unlink()
     run_extraction(media_dir / "clock.mp4", output_dir, frame_encoder_path)
     assert run_extraction(annotation, output_dir, frame_encoder_path, video_root=media_dir).extracted == 1
-    assert np.array_equal(np.load(output_dir / "clock.npy"), clip)
+    assert np.array_equal(np.load(output_dir / "clock.npy"), windowed)
 
 
 def test_npy_store_reads_headers_and_names_bad_files(tmp_path):
@@ -677,14 +677,14 @@ def test_rerun_merges_the_records_of_a_killed_job(media_dir, baseline, frame_enc
     records = [json.loads(line) for line in (output_dir / SETTINGS_FILE).read_text().splitlines()]
     (output_dir / SETTINGS_FILE).unlink()
     by_id = {record["id"]: record for record in records}
-    # Process 1 recorded a clip of `clock` and was killed before it wrote the feature; process 0 recorded the rest
+    # Process 1 recorded a window of `clock` and was killed before it wrote the feature; process 0 recorded the rest
     (output_dir / "extraction.rank1.jsonl").write_text(json.dumps({**by_id["clock"], "window": [0.0, 1.0]}) + "\n")
     others = [json.dumps(record) for feature_id, record in sorted(by_id.items()) if feature_id != "clock"]
     (output_dir / "extraction.rank0.jsonl").write_text("\n".join(others) + '\n{"id": "cut sh')
     (output_dir / "failures.rank0.jsonl").write_text('{"id": "old", "path": null, "reason": "earlier run"}\n')
 
     report = run_extraction(media_dir, output_dir, frame_encoder_path)
-    # Only the feature whose record says another clip is made again; the records are merged, one line an id, sorted
+    # Only the feature whose record says another window is made again; the records are merged, one line an id, sorted
     assert report.ok and (report.extracted, report.skipped) == (1, len(by_id) - 1)
     assert (output_dir / SETTINGS_FILE).read_text().splitlines() == [
         json.dumps(record) for _, record in sorted(by_id.items())

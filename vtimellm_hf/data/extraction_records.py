@@ -1,6 +1,6 @@
 """What an extraction records beside its features, and how the records of several processes become one.
 
-* `extraction.jsonl`: a line per feature written, what it was made from (id, clip window, frames, encoder), so that a
+* `extraction.jsonl`: a line per feature written, what it was made from (id, window, frames, encoder), so that a
   resumed run tells a feature made with other settings from a finished one;
 * `failures.jsonl`: a line per input that gave no feature (`{"id", "path", "reason"}`), for the latest run.
 
