@@ -482,3 +482,18 @@ def test_push_uploads_and_names_network_failures(merged, tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", rejected)
     with pytest.raises(HubRequestError, match="rejected the token"):
         push_folder(folder, REPO_ID)
+
+
+def test_load_check_names_a_folder_it_cannot_load_without_starting_a_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(hub.subprocess, "run", lambda *args, **kwargs: pytest.fail("no process for these folders"))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert hub.check_remote_loading(tmp_path).stage == "layout"
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "vtime_llama",\n "mm_hidden_size": }')
+    check = hub.check_remote_loading(tmp_path)
+    assert (check.ok, check.stage) == (False, "config")
+    assert check.error.startswith(f"{config}, line 2, column 20: invalid JSON")
+    config.write_text('{"model_type": "llama"}')
+    assert "is not a VTimeLLM config (no mm_hidden_size)" in hub.check_remote_loading(tmp_path).error
+    config.write_text("[1, 2]")
+    assert hub.check_remote_loading(tmp_path).stage == "config"

@@ -25,6 +25,7 @@ import torch
 from ._deprecated import moved_names
 from .checkpoints import ADAPTER_SUBFOLDER
 from .cli import USAGE_ERRORS, reports_errors
+from .files import read_json
 from .model_card import render_model_card
 
 # Training leftovers that do not belong in a model repository; `training_args.bin` is a pickle of arbitrary objects
@@ -173,8 +174,11 @@ def check_remote_loading(folder: str | Path, timeout: float = 3600) -> LoadCheck
             return LoadCheck(False, "layout", f"{folder} holds only a LoRA adapter; build a full folder with "
                              "`vtimellm-hf convert-original` (its --stage3 takes this adapter)")  # fmt: skip
         return LoadCheck(False, "layout", f"{folder} holds no config.json")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if "mm_hidden_size" not in config:
+    try:
+        config = read_json(config_file)
+    except ValueError as error:
+        return LoadCheck(False, "config", str(error))
+    if not isinstance(config, dict) or "mm_hidden_size" not in config:
         return LoadCheck(False, "config", f"{config_file} is not a VTimeLLM config (no mm_hidden_size)")
     adapter = ADAPTER_SUBFOLDER if (folder / ADAPTER_SUBFOLDER / "adapter_config.json").is_file() else ""
     features = torch.randn(
