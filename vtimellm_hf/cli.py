@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = [
     "vtimellm_hf.model_card",
     "vtimellm_hf.inference",
     "vtimellm_hf.evaluation",
+    "vtimellm_hf.app",
 ]
 
 
