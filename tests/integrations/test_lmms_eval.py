@@ -25,7 +25,13 @@ import pytest
 
 from vtimellm_hf import cli, parse_grounding_answer
 from vtimellm_hf.data.raw_annotations import GroundingQuery
-from vtimellm_hf.integrations.lmms_eval import GROUNDING_LAYOUTS, grounding_reply, read_request
+from vtimellm_hf.inference import load_model_and_processor
+from vtimellm_hf.integrations.lmms_eval import (
+    GROUNDING_LAYOUTS,
+    answer_requests,
+    grounding_reply,
+    read_request,
+)
 from vtimellm_hf.metrics import score_grounding
 
 from .conftest import ANSWERS, QUERIES, VIDEO_ID
@@ -91,6 +97,27 @@ def test_grounding_replies_give_the_exact_seconds_of_the_grounding_convention():
         assert not any(character.isdigit() for character in grounding_reply(answer, 31.0))
 
 
+def test_answers_come_back_in_request_order_and_a_broken_video_loses_only_its_own(
+    answering_checkpoint, charades_video, tmp_path, caplog
+):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    model, processor = load_model_and_processor(str(answering_checkpoint), device="cpu")
+    docs = [{"caption": query, "timestamp": [24.3, 30.4]} for query in QUERIES]
+    videos = [charades_video, broken, charades_video, charades_video]
+    requests = [
+        read_request("", CHARADES_SETTINGS, [str(video)], doc) for video, doc in zip(videos, docs, strict=True)
+    ]
+    batches = []
+    replies = answer_requests(model, processor, requests, batch_size=2, progress=batches.append)
+    expected = [grounding_reply(answer, 31.0) for answer in ANSWERS]
+    assert replies == [expected[0], "", expected[2], expected[3]]
+    assert batches == [2, 2] and "broken.mp4" in caplog.text
+    missing = read_request("", CHARADES_SETTINGS, [str(tmp_path / "missing.mp4")], docs[0])
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        answer_requests(model, processor, [missing])
+
+
 def test_lmms_evals_charades_metric_and_score_grounding_agree_where_their_conventions_do():
     charades = pytest.importorskip("lmms_eval.tasks.charades_sta.utils", reason="lmms-eval is not installed")
     # (answer, reference start, end, video duration): IoU 0.977, 0.414, 0 and 0.5045 at 31 s, no moment, a
@@ -121,6 +148,10 @@ def test_lmms_evals_charades_metric_and_score_grounding_agree_where_their_conven
     # lmms-eval reads a reversed pair in order, and a raw frame-index answer as seconds
     assert charades.extract_time("The event happens in 30.4 - 24.3 seconds.") == [[24.3, 30.4]]
     assert charades.extract_time("From 05 to 23.") == [[5.0, 23.0]]
+    # The TimeLens tasks read the same replies
+    timelens = importlib.import_module("lmms_eval.tasks.timelens.utils")
+    assert timelens.extract_time(grounding_reply("From 70 to 90.", 31.0)) == [(0.7 * 31.0, 0.9 * 31.0)]
+    assert timelens.extract_time(grounding_reply("From 40 to 10.", 31.0)) == []
 
 
 @pytest.mark.slow
