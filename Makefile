@@ -26,7 +26,7 @@ demo: $(STAMP)
 $(TEST_STAMP): $(STAMP) Makefile
 	$(PYTHON) -m pip install --quiet -e ".[dev,app]"
 	$(PYTHON) -m pip install --quiet --no-deps $(LMMS_EVAL)
-	$(PYTHON) -m pip install --quiet $(LMMS_EVAL_CORE)
+	$(PYTHON) -m pip install --quiet --no-warn-conflicts $(LMMS_EVAL_CORE)
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)

@@ -75,7 +75,7 @@ def build_app(model, processor, examples=()):
 
     features_of_video: OrderedDict[str, tuple] = OrderedDict()
 
-    def encoded(video: str | None) -> tuple:
+    def features_and_duration(video: str | None) -> tuple:
         """`(features, duration)` of an uploaded video, kept for the questions that follow."""
         if not video:
             raise gr.Error("Upload or pick a video first.")
@@ -92,12 +92,12 @@ def build_app(model, processor, examples=()):
         return features_of_video[video]
 
     def show_video(video):
-        return timeline_html(encoded(video)[1] if video else None), ""
+        return timeline_html(features_and_duration(video)[1] if video else None), ""
 
     def find_moment(video, query):
         if not query.strip():
             raise gr.Error("Describe the event to find, for instance: a person turns a light on.")
-        features, duration = encoded(video)
+        features, duration = features_and_duration(video)
         answer = generate_answers(model, processor, [[user_turn(grounding_question(query))]], [features])[0]
         moment = parse_grounding_answer(answer, duration, processor.num_frames)
         if moment is None:
@@ -107,13 +107,15 @@ def build_app(model, processor, examples=()):
         return text, timeline_html(duration, [(start, end, query)]), gr.update(playback_position=start)
 
     def describe(video):
-        features, duration = encoded(video)
-        conversation = [[user_turn(CAPTIONING_QUESTION)]]
-        answer = generate_answers(model, processor, conversation, [features], max_new_tokens=CAPTIONING_MAX_NEW_TOKENS)
-        events = caption_events(answer[0], duration, processor.num_frames)
+        features, duration = features_and_duration(video)
+        conversation = [user_turn(CAPTIONING_QUESTION)]
+        answer = generate_answers(
+            model, processor, [conversation], [features], max_new_tokens=CAPTIONING_MAX_NEW_TOKENS
+        )[0]
+        events = caption_events(answer, duration, processor.num_frames)
         if not events:
-            return f"{answer[0]}\n(no event in this answer)", timeline_html(duration), gr.update()
-        return answer[0], timeline_html(duration, events), gr.update(playback_position=events[0][0])
+            return f"{answer}\n(no event in this answer)", timeline_html(duration), gr.update()
+        return answer, timeline_html(duration, events), gr.update(playback_position=events[0][0])
 
     with gr.Blocks(title="VTimeLLM", analytics_enabled=False) as app:
         gr.Markdown("# VTimeLLM\nUpload a video, then describe an event to find, or ask for its events.")
@@ -128,9 +130,11 @@ def build_app(model, processor, examples=()):
                 answer = gr.Textbox(label="Answer", lines=4, interactive=False, elem_id="answer")
         if examples:
             gr.Examples([[str(path)] for path in examples], inputs=[video], label="Or pick a video")
-        video.change(show_video, inputs=[video], outputs=[timeline, answer])
-        gr.on([find.click, query.submit], find_moment, inputs=[video, query], outputs=[answer, timeline, video])
-        caption.click(describe, inputs=[video], outputs=[answer, timeline, video])
+        # One queue for every use of the model: whatever users ask, one request runs at a time
+        video.change(show_video, [video], [timeline, answer], concurrency_id="model")
+        asked = [answer, timeline, video]
+        gr.on([find.click, query.submit], find_moment, [video, query], asked, concurrency_id="model")
+        caption.click(describe, [video], asked, concurrency_id="model")
     return app.queue(default_concurrency_limit=1)
 
 
