@@ -20,6 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from . import parse_grounding_answer
+from .checkpoints import load_model_and_processor
 from .inference import (
     CAPTIONING_MAX_NEW_TOKENS,
     CAPTIONING_QUESTION,
@@ -27,7 +28,6 @@ from .inference import (
     caption_events,
     generate_answers,
     grounding_question,
-    load_model_and_processor,
     user_turn,
 )
 

@@ -17,7 +17,7 @@ import pytest
 
 from vtimellm_hf import cli
 from vtimellm_hf.app import timeline_html
-from vtimellm_hf.inference import load_model_and_processor
+from vtimellm_hf.checkpoints import load_model_and_processor
 
 from .conftest import ANSWERS, CAPTIONING_ANSWER, QUERIES
 

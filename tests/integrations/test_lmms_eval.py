@@ -25,7 +25,7 @@ import pytest
 
 from vtimellm_hf import cli, parse_grounding_answer
 from vtimellm_hf.data.raw_annotations import GroundingQuery
-from vtimellm_hf.inference import load_model_and_processor
+from vtimellm_hf.checkpoints import load_model_and_processor
 from vtimellm_hf.integrations.lmms_eval import (
     GROUNDING_LAYOUTS,
     answer_requests,

@@ -6,7 +6,7 @@ from accelerate import PartialState
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from ..inference import load_model_and_processor
+from ..checkpoints import load_model_and_processor
 from .lmms_eval import answer_requests, read_request
 
 logger = logging.getLogger(__name__)
