@@ -118,8 +118,21 @@ def test_answers_come_back_in_request_order_and_a_broken_video_loses_only_its_ow
         answer_requests(model, processor, [missing])
 
 
-def test_lmms_evals_charades_metric_and_score_grounding_agree_where_their_conventions_do():
+@pytest.fixture
+def lmms_eval_scoring():
+    """lmms-eval's Charades-STA and TimeLens scoring modules. Importing lmms-eval sets Pillow's
+    `LOAD_TRUNCATED_IMAGES` for the whole process (`lmms_eval/api/task.py`); the flag is put back afterwards, or
+    this package's tests of truncated images would decode them."""
+    from PIL import ImageFile
+
+    flag = ImageFile.LOAD_TRUNCATED_IMAGES
     charades = pytest.importorskip("lmms_eval.tasks.charades_sta.utils", reason="lmms-eval is not installed")
+    yield charades, importlib.import_module("lmms_eval.tasks.timelens.utils")
+    ImageFile.LOAD_TRUNCATED_IMAGES = flag
+
+
+def test_lmms_evals_charades_metric_and_score_grounding_agree_where_their_conventions_do(lmms_eval_scoring):
+    charades, timelens = lmms_eval_scoring
     # (answer, reference start, end, video duration): IoU 0.977, 0.414, 0 and 0.5045 at 31 s, no moment, a
     # reversed first pair, and 7 / 10.05 = 0.6965 (0.70 once rounded) at 100 s
     cases = [
@@ -149,7 +162,6 @@ def test_lmms_evals_charades_metric_and_score_grounding_agree_where_their_conven
     assert charades.extract_time("The event happens in 30.4 - 24.3 seconds.") == [[24.3, 30.4]]
     assert charades.extract_time("From 05 to 23.") == [[5.0, 23.0]]
     # The TimeLens tasks read the same replies
-    timelens = importlib.import_module("lmms_eval.tasks.timelens.utils")
     assert timelens.extract_time(grounding_reply("From 70 to 90.", 31.0)) == [(0.7 * 31.0, 0.9 * 31.0)]
     assert timelens.extract_time(grounding_reply("From 40 to 10.", 31.0)) == []
 

@@ -96,7 +96,11 @@ def grounding_reply(answer: str, duration: float, num_frames: int = 100) -> str:
 
 
 def answer_requests(
-    model, processor, requests: Sequence[LmmsRequest], batch_size: int = 8, progress: Callable[[int], Any] = None
+    model,
+    processor,
+    requests: Sequence[LmmsRequest],
+    batch_size: int = 8,
+    progress: Callable[[int], Any] | None = None,
 ) -> list[str]:
     """
     The replies to `requests`, in their order (see the module docstring); `progress(n)` is called as each batch of
