@@ -21,10 +21,10 @@ from pathlib import Path
 
 from . import parse_grounding_answer
 from .checkpoints import load_model_and_processor
+from .data.media import VIDEO_EXTENSIONS
 from .inference import (
     CAPTIONING_MAX_NEW_TOKENS,
     CAPTIONING_QUESTION,
-    VIDEO_EXTENSIONS,
     caption_events,
     generate_answers,
     grounding_question,
