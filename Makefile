@@ -3,6 +3,12 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+# lmms-eval for the plugin's end-to-end test, without its ~50 requirements (its wheel requires torchvision, which
+# does not import beside the CPU torch wheel; its core does not need it): only what its command line imports. Its
+# evaluator imports filelock._api, which filelock 4.3 removed.
+LMMS_EVAL := lmms-eval==0.7.3
+LMMS_EVAL_CORE := loguru sacrebleu evaluate tenacity pytz pytablewriter "filelock<4.3"
 
 .PHONY: demo test test-fast bench bench-gpu clean
 
@@ -16,10 +22,17 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PYTHON) -m vtimellm_hf.demo --output runs/demo
 
-test: $(STAMP)
+# The tests also cover the web demo (the [app] extra, and selenium of [dev]) and the lmms-eval plugin
+$(TEST_STAMP): $(STAMP) Makefile
+	$(PYTHON) -m pip install --quiet -e ".[dev,app]"
+	$(PYTHON) -m pip install --quiet --no-deps $(LMMS_EVAL)
+	$(PYTHON) -m pip install --quiet --no-warn-conflicts $(LMMS_EVAL_CORE)
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PYTHON) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PYTHON) -m pytest -q -m "not slow"
 
 bench: $(STAMP)

@@ -1,11 +1,13 @@
 """Grounding and dense captioning metrics on hand-computed cases.
 
 The captioning cases use an exact-match caption scorer, so that SODA_c and the tIoU averaging are checked without
-Java; one test runs the real COCO scorers (METEOR, CIDEr, PTB tokenizer) and skips where Java is not installed.
+Java; the tests at the end run the real COCO scorers (METEOR, CIDEr, PTB tokenizer), skip where Java is not
+installed, and compare with the numbers of VTimeLLM's own evaluator on real ActivityNet videos.
 """
 
 import json
 import math
+import random
 import shutil
 
 import numpy as np
@@ -249,6 +251,16 @@ def test_tiou_averaged_score_hand_computed():
     assert tiou_averaged_score(PREDICTED_EVENTS, references, exact_match, (0.3, 0.5)) == pytest.approx(7 / 24)
 
 
+def test_captioning_pairs_fail_on_an_exact_threshold_as_in_densevid_eval():
+    # tIoU of [0, 10] and [0, 20] is exactly 0.5; densevid_eval and SODA divide by union + 1e-8, so 0.5 - 5e-10.
+    references = {"v": events((0, 20, "a"))}
+    predictions = {"v": events((0, 10, "a"))}
+    assert tiou_averaged_score(predictions, references, exact_match, (0.5,)) == 0.0
+    assert tiou_averaged_score(predictions, references, exact_match, (0.5 - 1e-9,)) == 1.0
+    # SODA_c weighs the pair by that tIoU: F = 2 T / 2.
+    assert soda_c(predictions, references, exact_match) == pytest.approx(10 / (20 + 1e-8), rel=1e-12)
+
+
 def test_tiou_averaged_score_runs_the_scorer_once_per_video_and_threshold():
     calls = []
 
@@ -264,6 +276,25 @@ def test_soda_c_hand_computed():
     # Weights tIoU x match: (A, p1) = 1, (B, p2) = 1/3, the others 0; both pairs keep the order: T = 4/3,
     # precision = recall = T / 2, F = 2/3.
     assert soda_c(PREDICTED_EVENTS, REFERENCE_EVENTS, exact_match) == pytest.approx(2 / 3)
+
+
+def test_soda_c_asks_the_scorer_with_the_roles_reversed_as_the_reference_evaluator():
+    # The reference evaluator calls Meteor.compute_score(gts=predictions, res=reference): the reference sentence
+    # is the hypothesis. A recall-like scorer (share of the reference words found in the hypothesis) tells the
+    # two orders apart: the prediction "a b c d" holds all of the reference "a b" (1), the reference "a b" holds
+    # half of the prediction (1/2).
+    def recall(references, hypotheses):
+        scores = {
+            key: len(set(references[key][0].split()) & set(hypotheses[key].split())) / len(references[key][0].split())
+            for key in references
+        }
+        return sum(scores.values()) / len(scores), scores
+
+    references = {"v": events((0, 10, "a b"))}
+    predictions = {"v": events((0, 10, "a b c d"))}
+    # One pair, tIoU 1 / (1 + 1e-8), precision = recall = T: SODA_c = T = the reversed score, 1/2.
+    assert soda_c(predictions, references, recall) == pytest.approx(0.5)
+    assert soda_c(references, predictions, recall) == pytest.approx(1.0)
 
 
 def test_soda_c_keeps_the_temporal_order():
@@ -313,8 +344,9 @@ def test_score_captioning_with_pluggable_scorers():
         }
     )
     scores = score_captioning(predictions, VIDEOS, meteor=exact_match, cider=exact_match, tokenizer=lowercase)
-    # v1 is perfect on every metric, v2 has no predictions: half of everything.
-    assert scores == {"soda_c": 50.0, "cider": 50.0, "meteor": 50.0, "n": 2, "missing": 1}
+    # v1 is perfect on every metric, v2 has no predictions: half of everything (SODA_c's perfect tIoU is
+    # 1 / (1 + 1e-8), as in the reference evaluator).
+    assert scores == pytest.approx({"soda_c": 50.0, "cider": 50.0, "meteor": 50.0, "n": 2, "missing": 1}, abs=1e-6)
     nothing = score_captioning(submission({}), VIDEOS, meteor=exact_match, cider=exact_match, tokenizer=lowercase)
     assert nothing == {"soda_c": 0.0, "cider": 0.0, "meteor": 0.0, "n": 2, "missing": 2}
 
@@ -396,9 +428,16 @@ def test_real_activitynet_references_score_themselves_perfectly_on_soda(real_dat
 # The real COCO scorers
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and the PTB tokenizer need Java, not on PATH")
-def test_real_coco_scorers_on_a_tiny_case():
+@pytest.fixture(scope="module")
+def coco_meteor():
+    """One METEOR process for the module: loading its paraphrase table is most of these tests' time."""
+    if shutil.which("java") is None:
+        pytest.skip("METEOR and the PTB tokenizer need Java, not on PATH")
     pytest.importorskip("pycocoevalcap", reason="the default caption scorers need pycocoevalcap")
+    return CocoMeteor()
+
+
+def test_real_coco_scorers_on_a_tiny_case(coco_meteor):
     references = [
         Video(
             "v1", 30.0, tuple(events((0, 10, "A man is riding a horse."), (10, 30, "The man falls off the horse.")))
@@ -419,10 +458,8 @@ def test_real_coco_scorers_on_a_tiny_case():
             "v2": [{"sentence": "A dog barks at a car.", "timestamp": [0, 12]}],
         }
     )
-    # METEOR loads its paraphrase table (most of this test's time) once for both calls.
-    meteor = CocoMeteor()
-    perfect_scores = score_captioning(perfect, references, meteor=meteor)
-    wrong_scores = score_captioning(wrong, references, meteor=meteor)
+    perfect_scores = score_captioning(perfect, references, meteor=coco_meteor)
+    wrong_scores = score_captioning(wrong, references, meteor=coco_meteor)
     assert perfect_scores["n"] == wrong_scores["n"] == 2
     # METEOR 1.5 gives an exact copy 1; CIDEr-D gives it 10 (its scale), once a video has two pairs to draw
     # document frequencies from.
@@ -431,3 +468,57 @@ def test_real_coco_scorers_on_a_tiny_case():
     assert perfect_scores["cider"] == pytest.approx(1000.0)
     assert wrong_scores["cider"] == 0.0
     assert 0 < wrong_scores["soda_c"] < 2 and 0 < wrong_scores["meteor"] < 2
+
+
+def test_soda_c_equals_meteor_with_the_reference_sentence_as_hypothesis(coco_meteor):
+    prediction_sentence = "a man in a red shirt is riding a brown horse along the beach"
+    reference_sentence = "a man rides a horse"
+    # CocoMeteor(references, hypotheses) hands them to pycocoevalcap's compute_score(gts, res) as documented:
+    # asked both ways, METEOR differs (it is asymmetric).
+    as_documented = coco_meteor({0: [reference_sentence]}, {0: prediction_sentence})[1][0]
+    as_the_reference_evaluator = coco_meteor({0: [prediction_sentence]}, {0: reference_sentence})[1][0]
+    assert abs(as_documented - as_the_reference_evaluator) > 0.1
+    # One video, one pair with tIoU 8 / 10: SODA_c = T = 0.8 x METEOR of the pair, asked the reference's way.
+    predictions = {"v": events((0, 8, prediction_sentence))}
+    score = soda_c(predictions, {"v": events((0, 10, reference_sentence))}, coco_meteor)
+    assert score == pytest.approx(0.8 * as_the_reference_evaluator, rel=1e-6)
+
+
+def perturbed_model_like_predictions(videos, seed):
+    """Predictions as `evaluate captioning` writes them, from the references: events dropped, words dropped,
+    replaced and shuffled, times shifted and snapped to the model's grid (s * d / 100, (e + 1) * d / 100, which
+    puts some pairs exactly on a tIoU threshold); in about a third of the videos, an event with a reference's
+    times and a longer caption."""
+    rng = random.Random(seed)
+    filler = ["man", "woman", "the", "a", "is", "ball", "playing", "dog", "then", "water", "shown", "camera"]
+    results = {}
+    for video in videos:
+        duration, predicted = video.duration, []
+        for event in video.events:
+            if rng.random() < 0.15:
+                continue
+            kept = [word for word in event.sentence.split() if rng.random() > 0.15]
+            words = [rng.choice(filler) if rng.random() < 0.3 else word for word in kept]
+            if rng.random() < 0.3:
+                rng.shuffle(words)
+            shift = rng.uniform(-0.2, 0.2) * duration
+            start = min(max(round((event.start + shift) / duration * 100), 0), 99)
+            end = min(max(round((event.end + shift) / duration * 100) - 1, start), 99)
+            timestamp = [start * duration / 100, (end + 1) * duration / 100]
+            predicted.append({"sentence": " ".join(words) or "something", "timestamp": timestamp})
+        if rng.random() < 0.33:
+            copied = rng.choice(video.events)
+            predicted.append({"sentence": "a man " + copied.sentence.lower(), "timestamp": [copied.start, copied.end]})
+        results[video.video_id] = sorted(predicted, key=lambda event: event["timestamp"][0])
+    return submission(results)
+
+
+@pytest.mark.slow
+def test_scores_equal_vtimellms_evaluator_on_real_activitynet_videos(real_data, coco_meteor):
+    videos = read_activitynet_captions(real_data / "activitynet_captions_val_coco_format.json")[:150]
+    # Seed 5 puts 2 of the 8,488 (prediction, reference, threshold) triples exactly on a threshold.
+    scores = score_captioning(perturbed_model_like_predictions(videos, seed=5), videos, meteor=coco_meteor)
+    # VTimeLLM's evaluator (vtimellm/eval/metric.py: its vendored SODA and densevid_eval, random seed 0) on the
+    # same references and predictions, run once outside this project (its SODA licence forbids copying it here).
+    reference = {"soda_c": 17.928973978543645, "cider": 147.3907207907309, "meteor": 20.897658798919334}
+    assert scores == pytest.approx(reference | {"n": 150, "missing": 0}, rel=1e-9)

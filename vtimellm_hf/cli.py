@@ -43,6 +43,7 @@ SUBCOMMAND_MODULES = [
     "vtimellm_hf.model_card",
     "vtimellm_hf.inference",
     "vtimellm_hf.evaluation",
+    "vtimellm_hf.app",
 ]
 # What a command reports as `COMMAND: error: MESSAGE` with exit status 2, unless it says otherwise: an input it cannot
 # use (a missing or unreadable file, a malformed record, an option it refuses)

@@ -10,8 +10,9 @@ Every convention that changes the numbers:
   IoU 0 with every span, itself included (densevid_eval also gives 0; VTimeLLM's grounding script would
   divide by zero on two identical points). Grounding rounds each IoU to 2 decimals before R1@t and mIoU, as
   VTimeLLM's script does (`score_grounding(iou_decimals=None)`, `score grounding --exact-iou`: exact).
-* Thresholds use >=: R1@t counts IoU >= t, and densevid_eval pairs captions with tIoU >= t. densevid_eval
-  divides by `union + 1e-8`, so a pair sitting exactly on a threshold fails there and passes here.
+* Thresholds use >=: R1@t counts IoU >= t, and densevid_eval pairs captions with tIoU >= t. Captioning uses
+  densevid_eval's and SODA's tIoU, intersection / (union + 1e-8), as they do: a caption pair sitting exactly on
+  a threshold is not paired (a grounding IoU is exact, then rounded as above).
 * Clipping: grounding predictions are clipped to [0, duration] when the reference knows its duration (to
   [0, inf) when it does not); references are never clipped. Captioning times are not clipped (densevid_eval
   does not clip).
@@ -25,9 +26,13 @@ Every convention that changes the numbers:
   among the references (captioning) raises a `ValueError` instead of being dropped.
 * Captioning text: non-ASCII characters become spaces, then the PTB tokenizer (lower case, no punctuation);
   CIDEr and METEOR are computed per video on that video's pairs and averaged over videos, then thresholds; a
-  prediction that reaches no reference event is paired with a reference no caption can match.
-* SODA_c (written from the ECCV 2020 paper): per video, the order-keeping matching of largest total
-  tIoU x METEOR; F-measure 2T / (#predictions + #references); averaged over videos.
+  prediction that reaches no reference event is paired with a fixed reference no caption can match
+  (densevid_eval's random string gives the same numbers).
+* SODA_c (written from the ECCV 2020 paper, equal to the SODA code behind the published numbers): per video,
+  the order-keeping matching of largest total tIoU x METEOR; F-measure 2T / (#predictions + #references);
+  averaged over videos. METEOR is asked with the roles reversed, as that code does (the reference sentence as
+  the hypothesis, the prediction as its reference); METEOR is asymmetric, and the documented order gives
+  other numbers (17.60 instead of 17.93 on 150 real videos; see `captioning.py`).
 """
 
 from .captioning import (

@@ -10,17 +10,35 @@ caption scorer is then run once per video on that video's pairs (so CIDEr's docu
 video's own pairs, and METEOR is its corpus-level score over them, not a mean of pair scores), videos are
 averaged, and thresholds are averaged.
 
-**SODA_c** is written from its paper (Fujita et al., "SODA: Story Oriented Dense Video Captioning Evaluation
-Framework", ECCV 2020). Per video, predictions and reference events are each sorted by start time (ties keep
-their order) and every (reference, prediction) pair is weighted by tIoU x METEOR of the two sentences. Dynamic
-programming finds the matching of largest total weight among those that keep both orders (no two matched pairs
-cross, each caption used at most once). With that total T, precision is T / #predictions, recall is
-T / #references and SODA_c is their F-measure, 2T / (#predictions + #references); videos are averaged.
+**SODA_c** follows its paper (Fujita et al., "SODA: Story Oriented Dense Video Captioning Evaluation Framework",
+ECCV 2020) and the reference evaluator behind the published numbers (the SODA code VTimeLLM and its peers vendor;
+its licence forbids copying, so this is written from the paper and checked against its output). Per video,
+predictions and reference events are each sorted by start time (ties keep their order) and every (reference,
+prediction) pair is weighted by tIoU x METEOR of the two sentences. Dynamic programming finds the matching of
+largest total weight among those that keep both orders (no two matched pairs cross, each caption used at most
+once). With that total T, precision is T / #predictions, recall is T / #references and SODA_c is their
+F-measure, 2T / (#predictions + #references); videos are averaged.
 
 Conventions (each one changes numbers):
 
-* tIoU is [`temporal_iou`]: a zero-length or reversed span matches nothing; thresholds use >=. densevid_eval
-  divides by `union + 1e-8`, so a pair whose tIoU is exactly a threshold fails there and passes here.
+* METEOR in SODA_c scores each pair with the roles reversed, as the reference evaluator does: it calls the COCO
+  tools' `Meteor.compute_score(gts, res)` with the predictions as `gts` and the reference sentence as `res`, so
+  the reference sentence is METEOR's hypothesis and the predicted sentence its only reference. METEOR is
+  asymmetric (recall weighs 9 times precision), so the order changes the numbers: on 150 ActivityNet val videos
+  with model-like predictions (`tests/test_metrics.py`), SODA_c is 17.93 in this order, as VTimeLLM's evaluator
+  gives, and 17.60 in the documented order. No documented-order variant is offered, for want of a user: the
+  SODA code (fujiso/SODA) and every vendored copy found (VTimeLLM's among them) make the same call. The
+  tIoU-averaged METEOR uses the documented order, as densevid_eval does.
+* tIoU is densevid_eval's (and SODA's): intersection / (union + 1e-8), so a pair whose exact tIoU is a threshold
+  (a prediction [0, 10] against a reference [0, 20] at 0.5) is not paired, and a perfect match weighs
+  1 - 1e-8 in SODA_c; a zero-length or reversed span matches nothing. Such ties come with the model's answers,
+  whose times are multiples of duration / 100 and often start at 0 or end at the duration as references do:
+  on the same 150 videos, 2 of 8,488 (prediction, reference, threshold) triples sit on a threshold, and exact
+  ties would give CIDEr 147.26 and METEOR 20.87 instead of densevid_eval's 147.39 and 20.90.
+* A prediction that reaches no event is paired with a fixed token no caption contains; densevid_eval draws a
+  random string of 10 to 20 letters instead. That changes nothing (it is not the source of CIDEr gaps): the
+  string's n-grams are in no hypothesis, so no CIDEr-D document frequency or other pair moves; densevid_eval
+  gives CIDEr 147.3907207907309 on those videos with random seeds 0, 1 and 2 and with this fixed token alike.
 * Times are seconds as given. Turning the model's frame indices into seconds (start = s * duration / 100,
   end = (e + 1) * duration / 100 for captioning in the original) happens before, not here; neither predictions
   nor references are clipped to the duration (densevid_eval does not clip).
@@ -31,8 +49,12 @@ Conventions (each one changes numbers):
   tokenizer is the PTB tokenizer of the COCO caption tools (lower case, punctuation removed).
 * densevid_eval keeps the first 1,000 predictions of a video; nothing is cut here.
 * The average is over all reference videos: one absent from the predictions scores 0 on every metric and is
-  counted in `missing`; one present with an empty list scores 0 too. A prediction for a video that is not among
-  the references raises a `ValueError` rather than being dropped (densevid_eval ignores it).
+  counted in `missing`; one present with an empty list scores 0 too. VTimeLLM's script averages over the videos
+  it has predictions for; `evaluate captioning` writes every video (an empty list where the answer names no
+  event), so the two agree on its output while `missing` is 0. A prediction for a video that is not among the
+  references raises a `ValueError` rather than being dropped (densevid_eval ignores it).
+* The reference SODA evaluator scores 0 for a video whose matching its recursive dynamic programming cannot
+  finish (about 1,000 predictions and references together, Python's recursion limit); nothing is cut here.
 
 The caption scorers are pluggable: a [`CaptionScorer`] takes `references` (`{key: [reference, ...]}`) and
 `hypotheses` (`{key: hypothesis}`) of tokenized sentences and returns `(corpus_score, {key: score})`, like
@@ -49,7 +71,6 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..data.raw_annotations import Event, Video
-from .grounding import temporal_iou
 
 __all__ = [
     "DENSEVID_TIOUS",
@@ -75,8 +96,9 @@ CaptionScorer = Callable[
 Tokenizer = Callable[[Sequence[str]], Sequence[str]]
 """`tokenizer(sentences) -> tokenized sentences`, one for one, called once on every sentence to score."""
 
-# Paired with a prediction that overlaps no reference event enough (densevid_eval uses a random or nonsense
-# string): no caption shares a word with it, so the pair scores 0 yet still counts in the video's score.
+# Paired with a prediction that overlaps no reference event enough (densevid_eval uses a random string of 10 to 20
+# letters; the module docstring shows that this changes nothing): no caption shares a word with it, so the pair
+# scores 0 yet still counts in the video's score.
 _UNMATCHED_REFERENCE = "abc123"
 
 
@@ -152,7 +174,9 @@ def soda_c(
         predictions: predicted events by video id, sentences already tokenized.
         references: reference events by video id, sentences already tokenized; every video here is averaged.
         scorer: the caption scorer of each (reference, prediction) pair (METEOR in the paper); only its per-pair
-            scores are used, in a single call over all pairs that overlap in time.
+            scores are used, in a single call over all pairs that overlap in time. As in the reference
+            evaluator, it is called with the roles reversed: the reference sentence is the hypothesis and the
+            predicted sentence its only reference.
 
     Raises:
         ValueError: when there are no reference videos.
@@ -168,16 +192,16 @@ def soda_c(
         for i, reference in enumerate(video_references):
             for j, prediction in enumerate(video_predictions):
                 # A pair without overlap weighs 0 whatever its caption score: do not ask the scorer about it.
-                if temporal_iou(prediction[:2], reference[:2]) > 0:
-                    pair_references[video_id, i, j] = [reference.sentence]
-                    pair_hypotheses[video_id, i, j] = prediction.sentence
+                if _tiou(prediction, reference) > 0:
+                    pair_references[video_id, i, j] = [prediction.sentence]
+                    pair_hypotheses[video_id, i, j] = reference.sentence
     pair_scores = scorer(pair_references, pair_hypotheses)[1] if pair_hypotheses else {}
 
     f_measures = []
     for video_id, (video_predictions, video_references) in ordered.items():
         weights = [
             [
-                temporal_iou(prediction[:2], reference[:2]) * pair_scores.get((video_id, i, j), 0.0)
+                _tiou(prediction, reference) * pair_scores.get((video_id, i, j), 0.0)
                 for j, prediction in enumerate(video_predictions)
             ]
             for i, reference in enumerate(video_references)
@@ -219,7 +243,7 @@ def tiou_averaged_score(
                 matches = [
                     reference.sentence
                     for reference in video_references
-                    if temporal_iou(prediction[:2], reference[:2]) >= tiou
+                    if _tiou(prediction, reference) >= tiou
                 ]
                 for sentence in matches or [_UNMATCHED_REFERENCE]:
                     pair_references[len(pair_hypotheses)] = [sentence]
@@ -355,6 +379,15 @@ def _tokenize_events(
 
 def _ascii_only(text: str) -> str:
     return "".join(character if ord(character) < 128 else " " for character in text)
+
+
+def _tiou(event: Event, other: Event) -> float:
+    """densevid_eval's and SODA's tIoU: intersection / (union + 1e-8), so an exact tie falls below its threshold."""
+    intersection = min(event.end, other.end) - max(event.start, other.start)
+    if intersection <= 0:  # also every zero-length or reversed span
+        return 0.0
+    union = max(event.end, other.end) - min(event.start, other.start)  # the spans overlap
+    return intersection / (union + 1e-8)
 
 
 def _by_start(events: Iterable[Event]) -> list[Event]:
