@@ -6,9 +6,12 @@ read one of three ways (`reader`):
 - `"moviepy"`: LongVALE's (`VideoFileClip(path).audio.to_soundarray(fps=rate)` of moviepy 1.0.3, then the mean of
   the channels). ffmpeg converts the track to 44.1 kHz stereo int16 (`-ar 44100 -ac 2`), and moviepy takes, for each
   output sample `k`, the decoded sample `round(44100 * k / rate)`: no low-pass filter, so what lies above the new
-  Nyquist frequency folds into the band. Its read buffer slips by one sample each time it is refilled (moviepy keeps
-  one sample too many of the previous buffer), and the clip lasts the container's duration rounded to 10 ms; both are
-  reproduced ([`_moviepy_stream_indices`]), so the samples equal moviepy's.
+  Nyquist frequency folds into the band. moviepy reads in chunks of ~3.1 s through a buffer of ~4.5 s that it
+  re-centres on the last sample of a chunk reaching past it: the first ~27% of every chunk after the first lie
+  before the new buffer and are read at negative positions, which wrap to the buffer's end, so they hold the audio
+  of ~4.5 s later; the rest slip by one more sample at each refill (the buffer keeps one sample too many). The clip
+  lasts the container's duration rounded to 10 ms. All of this is reproduced ([`_moviepy_stream_indices`]): the
+  samples equal moviepy's, and so LongVALE's audio and speech features.
 - `"librosa"`: AVicuna's (`ffmpeg -i video -acodec pcm_s16le -ar 44100 audio.wav`, then
   `librosa.load(audio.wav, sr=rate)`): 44.1 kHz int16 with the track's own channels, their mean, then soxr's
   high-quality resampler (as librosa's default `res_type="soxr_hq"`), `ceil(n * rate / 44100)` samples long.
@@ -188,10 +191,12 @@ def _moviepy_stream_indices(
 
     moviepy asks for the samples in chunks of `chunk_size` times (`iter_chunks`), each the decoded sample
     `round(stream_rate * t)` read from a buffer of `buffer_size` decoded samples (`FFMPEG_AudioReader`, whose buffer
-    a `VideoFileClip` makes 200000 long). When a chunk reaches past the buffer, the buffer is re-centred on it: it keeps
-    the end of the old buffer, one sample more than it should, so that from then on each sample read is the one before
-    (the slip grows by one at each refill); a buffer cut short by the end of the stream shifts its reads back again.
-    This mirrors that bookkeeping on sample indices instead of samples.
+    a `VideoFileClip` makes 200000 long). When a chunk reaches past the buffer, the buffer is re-centred on the
+    chunk's last sample: it keeps the end of the old buffer, one sample more than it should, so that from then on
+    each sample read is the one before (the slip grows by one at each refill), and the chunk's samples before the new
+    buffer's start are read at negative positions, which numpy wraps to the buffer's end (`buffer_size - 1` samples
+    later). A buffer cut short by the end of the stream shifts its reads back. This mirrors that bookkeeping on sample
+    indices instead of samples.
     """
     total = int(stream_rate * duration)
     buffer_size = min(total + 1, buffer_size)
