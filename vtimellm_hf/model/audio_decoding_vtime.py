@@ -118,7 +118,7 @@ def _decode_track(
         chunks = []
         try:
             for frame in container.decode(stream):
-                frame = _trimmed(frame, end, stream.time_base)
+                frame = _trimmed(av, frame, end, stream.time_base)
                 if frame is None:
                     continue
                 if resampler is None:
@@ -140,8 +140,9 @@ def _decode_track(
     return samples, duration
 
 
-def _trimmed(frame, end: int | None, time_base):
-    """`frame` without its samples at or past `end` (in `time_base` units); `None` where none is left."""
+def _trimmed(av, frame, end: int | None, time_base):
+    """`frame` without its samples at or past `end` (in `time_base` units); `None` where none is left. `av` is the
+    PyAV module (imported where decoding starts, so that transformers does not require it of a checkpoint's code)."""
     if end is None or frame.pts is None:
         return frame
     kept = int(round((end - frame.pts) * time_base * frame.sample_rate))
@@ -149,8 +150,6 @@ def _trimmed(frame, end: int | None, time_base):
         return frame
     if kept <= 0:
         return None
-    import av
-
     planes = frame.to_ndarray()
     # Planar formats hold one row per channel, packed ones one row of interleaved channels
     columns = kept if frame.format.is_planar else kept * len(frame.layout.channels)
@@ -267,7 +266,9 @@ def _read_as_librosa(samples: np.ndarray, rate: int) -> np.ndarray:
     try:
         import soxr
     except ImportError as error:
-        raise ImportError("AVicuna's audio reading resamples with soxr: `pip install soxr`.") from error
+        raise ImportError(
+            "AVicuna's audio reading resamples with soxr: `pip install soxr` (or `pip install vtimellm-hf[audio]`)."
+        ) from error
     resampled = soxr.resample(waveform, ORIGINAL_DECODING_RATE, rate, quality="HQ")
     length = int(np.ceil(len(waveform) * rate / ORIGINAL_DECODING_RATE))
     if len(resampled) < length:
