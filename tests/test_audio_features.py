@@ -6,20 +6,12 @@ here (no weights are downloaded)."""
 
 import functools
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import (
-    ClapConfig,
-    ClapFeatureExtractor,
-    ClapModel,
-    WhisperConfig,
-    WhisperFeatureExtractor,
-    WhisperModel,
-)
+from transformers import ClapFeatureExtractor, ClapModel, WhisperFeatureExtractor, WhisperModel
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
@@ -34,33 +26,10 @@ from vtimellm_hf.model.audio_processing_vtime import (
     fit_video_rows,
 )
 from vtimellm_hf.model.beats_vtime import FBANK_MEAN, FBANK_STD, BeatsModel, kaldi_fbank
-
-av = pytest.importorskip("av")
-
-TINY_BEATS_CONFIG = {
-    "input_patch_size": 16, "embed_dim": 8, "conv_bias": False, "encoder_layers": 2, "encoder_embed_dim": 16,
-    "encoder_ffn_embed_dim": 32, "encoder_attention_heads": 2, "activation_fn": "gelu", "layer_norm_first": False,
-    "deep_norm": True, "conv_pos": 8, "conv_pos_groups": 2, "relative_position_embedding": True, "num_buckets": 320,
-    "max_distance": 800, "gru_rel_pos": True,
-    # Training-time fields an official cfg also holds
-    "dropout": 0.1, "attention_dropout": 0.1, "encoder_layerdrop": 0.05, "finetuned_model": False,
-}  # fmt: skip
-
+from vtimellm_hf.tiny_models import TINY_BEATS_CONFIG, build_tiny_beats_checkpoint
 
 def noise(seconds: float, rate: int, seed: int = 0, scale: float = 0.1) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * rate)) * scale).astype(np.float32)
-
-
-def write_audio_file(path, seconds: float, rate: int = 48000):
-    """A wav file of `seconds` of noise (PyAV's pcm_s16le)."""
-    samples = (noise(seconds, rate, scale=0.2) * 32767).astype(np.int16)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 # Kaldi fbank
@@ -134,22 +103,6 @@ def test_kaldi_fbank_at_128_bins_equals_the_kaldi_definition(waveforms):
 # BEATs
 
 
-def official_beats_checkpoint(path, config: dict = TINY_BEATS_CONFIG, seed: int = 0, predictor: bool = False):
-    """A BEATs checkpoint in the official layout: `{"cfg", "model"}`, the position-bias table saved under every
-    layer (the original shares one module), `weight_g` / `weight_v` of the weight-normed convolution, random values
-    away from the initialisation."""
-    torch.manual_seed(seed)
-    state = {key: value + 0.3 * torch.randn_like(value) for key, value in BeatsModel(config).state_dict().items()}
-    table = state["encoder.layers.0.self_attn.relative_attention_bias.weight"]
-    for index in range(1, config["encoder_layers"]):
-        state[f"encoder.layers.{index}.self_attn.relative_attention_bias.weight"] = table.clone()
-    if predictor:
-        state["predictor.weight"] = torch.randn(527, config["encoder_embed_dim"])
-        state["predictor.bias"] = torch.randn(527)
-    torch.save({"cfg": dict(config), "model": state}, path)
-    return path
-
-
 def t5_bucket(offset: int, num_buckets: int = 320, max_distance: int = 800) -> int:
     half = num_buckets // 2
     exact = half // 2
@@ -212,11 +165,6 @@ def beats_reference(state: dict, config: dict, fbank: torch.Tensor) -> torch.Ten
     return hidden.float()
 
 
-@pytest.fixture(scope="module")
-def beats_checkpoint(tmp_path_factory):
-    return official_beats_checkpoint(tmp_path_factory.mktemp("beats") / "BEATs_iter3_plus_AS20K.pt")
-
-
 def test_beats_forward_equals_the_reference_computation(beats_checkpoint):
     model = BeatsModel.from_checkpoint(beats_checkpoint)
     state = torch.load(beats_checkpoint, weights_only=True)["model"]
@@ -229,7 +177,7 @@ def test_beats_forward_equals_the_reference_computation(beats_checkpoint):
 
 def test_beats_checkpoints_load_strictly_or_fail_naming_the_file(tmp_path, beats_checkpoint):
     # A fine-tuned checkpoint's classifier is left out
-    fine_tuned = BeatsModel.from_checkpoint(official_beats_checkpoint(tmp_path / "ft.pt", predictor=True))
+    fine_tuned = BeatsModel.from_checkpoint(build_tiny_beats_checkpoint(tmp_path / "ft.pt", predictor=True))
     assert not any(name.startswith("predictor") for name in fine_tuned.state_dict())
     checkpoint = torch.load(beats_checkpoint, weights_only=True)
     checkpoint["model"]["encoder.layers.1.self_attn.relative_attention_bias.weight"] += 1.0
@@ -305,19 +253,6 @@ def test_beats_encoder_finds_its_checkpoint_in_a_folder(beats_checkpoint):
 # Whisper
 
 
-@pytest.fixture(scope="module")
-def whisper_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("whisper")
-    torch.manual_seed(0)
-    config = WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64,
-                           max_target_positions=16, num_mel_bins=80, pad_token_id=0, bos_token_id=1,
-                           eos_token_id=2, decoder_start_token_id=1)  # fmt: skip
-    WhisperModel(config).save_pretrained(path)
-    WhisperFeatureExtractor().save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("seconds", [1.0, 30.0, 30.5, 65.0])
 def test_whisper_speech_rows_are_the_encoder_frames_of_30_s_chunks_pooled_by_256(whisper_path, seconds):
     encoder = WhisperSpeechEncoder(str(whisper_path), batch_size=2)
@@ -347,24 +282,6 @@ def test_whisper_encoder_takes_a_loaded_model(whisper_path):
 
 
 # CLAP
-
-
-@pytest.fixture(scope="module")
-def clap_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clap")
-    torch.manual_seed(0)
-    config = ClapConfig(
-        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-                     "vocab_size": 64, "max_position_embeddings": 40},
-        audio_config={"hidden_size": 16, "patch_embeds_hidden_size": 8, "depths": [1, 1],
-                      "num_attention_heads": [2, 2], "window_size": 8, "enable_fusion": True,
-                      "projection_hidden_size": 16},
-        projection_dim=12,
-    )  # fmt: skip
-    ClapModel(config).save_pretrained(path)
-    # laion/clap-htsat-fused's preprocessing: 48 kHz, 64 mel bins from 50 Hz to 14 kHz, hop 480, fusion
-    ClapFeatureExtractor(frequency_min=50, frequency_max=14000).save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -413,21 +330,22 @@ def test_clap_audio_embeddings_equal_get_audio_features_of_each_window(clap_path
     torch.testing.assert_close(ClapAudioEncoder(str(clap_path), batch_size=1).encode_waveform(waveform), features)
 
 
-def test_clap_encoder_of_too_short_audio_gives_none_and_a_log_line(clap_path, tmp_path):
+def test_clap_encoder_of_too_short_audio_gives_none_and_a_log_line(clap_path, tmp_path, write_media):
     encoder = ClapAudioEncoder(str(clap_path))
     assert encoder.encode_waveform(noise(0.9, 48000)).shape == (0, 12)
-    short = write_audio_file(tmp_path / "short.wav", 0.8)
+    short = write_media(tmp_path / "short.wav", 0.8, layout="mono", video=False, codec="pcm_s16le")
     with CaptureLogger(logging.get_logger(audio_processing_vtime.__name__)) as captured:
         assert encoder.encode_file(short) is None
     assert f"{short}: its 0.80 s of audio give no audio row (ClapAudioEncoder): treated as no audio" in captured.out
-    assert encoder.encode_file(write_audio_file(tmp_path / "long.wav", 12.5)).shape == (3, 12)
+    long = write_media(tmp_path / "long.wav", 12.5, layout="mono", video=False, codec="pcm_s16le")
+    assert encoder.encode_file(long).shape == (3, 12)
 
 
 # Files, settings, row fitting
 
 
 def test_encoders_read_files_as_their_originals_and_give_none_without_an_audio_track(
-    real_data, whisper_path, beats_checkpoint, tmp_path
+    real_data, whisper_path, beats_checkpoint, tmp_path, write_media
 ):
     video = real_data / "videos" / "3MSZA.mp4"
     # 31.07 s read by moviepy: 497120 samples, 3105 fbank frames -> (3105 + 33) // 512 = 6 BEATs windows;
@@ -435,13 +353,7 @@ def test_encoders_read_files_as_their_originals_and_give_none_without_an_audio_t
     assert build_stream_encoder("beats", str(beats_checkpoint)).encode_file(video).shape == (6, 16)
     assert build_stream_encoder("whisper", str(whisper_path)).encode_file(video).shape == (11, 16)
     assert build_stream_encoder("whisper", str(whisper_path)).encode_file(video, window=(0.0, 10.0)).shape == (5, 16)
-    silent = tmp_path / "silent.mp4"
-    with av.open(str(silent), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for _ in range(10):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")))
-        container.mux(stream.encode(None))
+    silent = write_media(tmp_path / "silent.mp4", 1.0, audio=False)
     assert build_stream_encoder("beats", str(beats_checkpoint)).encode_file(silent) is None
 
 
