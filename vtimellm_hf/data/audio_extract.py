@@ -191,15 +191,16 @@ def extract_streams(
     unknown = sorted(set(names) - set(AUDIO_STREAMS))
     if unknown:
         raise ValueError(f"audio_encoders names {unknown}; the audio streams are {', '.join(AUDIO_STREAMS)}.")
-    reports = {}
-    if "video" in streams:
-        reports["video"] = extract_video(inputs, stream_folder(output_dir, "video"), **video)
     processes = current_processes()
 
     def set_up() -> dict:
         return audio_stream_encoders(streams, names, reader, processes.device(video["device"]), video["dtype"])
 
+    # Built (not loaded) first: unusable encoder settings are refused before any stream is made
     encoders = processes.set_up_each(set_up)
+    reports = {}
+    if "video" in streams:
+        reports["video"] = extract_video(inputs, stream_folder(output_dir, "video"), **video)
 
     def plan():
         items, input_failures = collect_media(inputs, video["video_root"])
