@@ -55,10 +55,12 @@ def test_longvale_streams_in_three_folders(videos, frame_encoder_path, beats_che
         for name in ("music", "talk"):
             stored = np.load(folder / f"{name}.npy")
             assert stored.dtype == np.float16
-            np.testing.assert_array_equal(stored, encoder.encode_file(videos / f"{name}.mp4").numpy().astype(np.float16))
+            expected = encoder.encode_file(videos / f"{name}.mp4").numpy().astype(np.float16)
+            np.testing.assert_array_equal(stored, expected)
         saved = records(folder)
         assert saved["silent"]["rows"] == 0 and saved["talk"]["rows"] == len(np.load(folder / "talk.npy"))
-        assert saved["talk"]["encoder"] == {key: value for key, value in encoder.to_dict().items() if key != "batch_size"}
+        settings = {key: value for key, value in encoder.to_dict().items() if key != "batch_size"}
+        assert saved["talk"]["encoder"] == settings
     # LongVALE's rows: 6.2 s -> 619 fbank frames -> (619 + 107) // 512 = 1 BEATs window; 1 Whisper chunk -> 5 rows
     assert np.load(output / "audio_features" / "talk.npy").shape == (1, 16)
     assert np.load(output / "speech_features" / "talk.npy").shape == (5, 16)

@@ -134,7 +134,8 @@ def beats_reference(state: dict, config: dict, fbank: torch.Tensor) -> torch.Ten
     convolved = F.conv1d(hidden.transpose(1, 2), weight, state["encoder.pos_conv.0.bias"],
                          padding=config["conv_pos"] // 2, groups=config["conv_pos_groups"])  # fmt: skip
     hidden = hidden + F.gelu(convolved[..., : hidden.shape[1]]).transpose(1, 2)
-    hidden = F.layer_norm(hidden, hidden.shape[-1:], state["encoder.layer_norm.weight"], state["encoder.layer_norm.bias"])
+    normalized = hidden.shape[-1:]
+    hidden = F.layer_norm(hidden, normalized, state["encoder.layer_norm.weight"], state["encoder.layer_norm.bias"])
     count, heads = hidden.shape[1], config["encoder_attention_heads"]
     table = state["encoder.layers.0.self_attn.relative_attention_bias.weight"]
     bias = table[t5_buckets(count)]
@@ -148,19 +149,19 @@ def beats_reference(state: dict, config: dict, fbank: torch.Tensor) -> torch.Ten
         query, key, value = (linear(f"self_attn.{name}_proj", hidden) for name in "qkv")
         head_outputs = []
         for head in range(heads):
-            width = query.shape[-1] // heads
-            q, k, v = (tensor[..., head * width : (head + 1) * width] for tensor in (query, key, value))
+            head_width = query.shape[-1] // heads
+            q, k, v = (tensor[..., head * head_width : (head + 1) * head_width] for tensor in (query, key, value))
             gate_inputs = linear("self_attn.grep_linear", q)
             gate_a = torch.sigmoid(gate_inputs[..., :4].sum(-1))
             gate_b = torch.sigmoid(gate_inputs[..., 4:].sum(-1))
             gate = gate_a * (gate_b * state[prefix + "self_attn.grep_a"][0, head, 0, 0] - 1.0) + 2.0
-            scores = q @ k.transpose(1, 2) / math.sqrt(width) + gate[..., None] * bias[..., head]
+            scores = q @ k.transpose(1, 2) / math.sqrt(head_width) + gate[..., None] * bias[..., head]
             head_outputs.append(torch.softmax(scores, dim=-1) @ v)
         attended = linear("self_attn.out_proj", torch.cat(head_outputs, dim=-1))
-        hidden = F.layer_norm(hidden * alpha + attended, hidden.shape[-1:], state[prefix + "self_attn_layer_norm.weight"],
+        hidden = F.layer_norm(hidden * alpha + attended, normalized, state[prefix + "self_attn_layer_norm.weight"],
                               state[prefix + "self_attn_layer_norm.bias"])  # fmt: skip
         feed_forward = linear("fc2", F.gelu(linear("fc1", hidden)))
-        hidden = F.layer_norm(hidden * alpha + feed_forward, hidden.shape[-1:], state[prefix + "final_layer_norm.weight"],
+        hidden = F.layer_norm(hidden * alpha + feed_forward, normalized, state[prefix + "final_layer_norm.weight"],
                               state[prefix + "final_layer_norm.bias"])  # fmt: skip
     return hidden.float()
 
@@ -187,10 +188,12 @@ def test_beats_checkpoints_load_strictly_or_fail_naming_the_file(tmp_path, beats
     checkpoint = torch.load(beats_checkpoint, weights_only=True)
     del checkpoint["model"]["encoder.layers.1.fc1.weight"]
     torch.save(checkpoint, tmp_path / "short.pt")
-    with pytest.raises(ValueError, match=r"short.pt does not match the BEATs backbone: missing \['encoder.layers.1.fc1"):
+    expected = r"short.pt does not match the BEATs backbone: missing \['encoder.layers.1.fc1"
+    with pytest.raises(ValueError, match=expected):
         BeatsModel.from_checkpoint(tmp_path / "short.pt")
     torch.save({"cfg": {**TINY_BEATS_CONFIG, "deep_norm": False}, "model": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"other.pt: This BEATs builds the iter3 architecture .* got \{'deep_norm': False\}"):
+    expected = r"other.pt: This BEATs builds the iter3 architecture .* got \{'deep_norm': False\}"
+    with pytest.raises(ValueError, match=expected):
         BeatsModel.from_checkpoint(tmp_path / "other.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pt is not a BEATs checkpoint"):
@@ -211,7 +214,8 @@ class CreatesFile:
 
 def test_beats_checkpoints_are_read_without_unpickling_code(tmp_path):
     marker = tmp_path / "ran"
-    torch.save({"cfg": TINY_BEATS_CONFIG, "model": {"patch_embedding.weight": CreatesFile(marker)}}, tmp_path / "evil.pt")
+    payload = {"cfg": TINY_BEATS_CONFIG, "model": {"patch_embedding.weight": CreatesFile(marker)}}
+    torch.save(payload, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="evil.pt is not a BEATs checkpoint"):
         BeatsModel.from_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
@@ -389,7 +393,8 @@ def avicuna_audio_rows(features: torch.Tensor, rows: int) -> torch.Tensor:
     if count == rows:
         return features
     factor, remainder = rows // count, rows % count
-    return torch.cat([features[index][None].repeat(factor + (1 if index < remainder else 0), 1) for index in range(count)])
+    return torch.cat([features[index][None].repeat(factor + (1 if index < remainder else 0), 1)
+                      for index in range(count)])  # fmt: skip
 
 
 @pytest.mark.parametrize("count", [1, 3, 7, 10, 25, 26, 40])

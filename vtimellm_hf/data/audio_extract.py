@@ -180,7 +180,13 @@ def parse_streams(streams: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def extract_streams(
-    inputs, output_dir: Path, streams: tuple[str, ...], extract_video, video: dict, names: dict | None, reader: str | None
+    inputs,
+    output_dir: Path,
+    streams: tuple[str, ...],
+    extract_video,
+    video: dict,
+    names: dict | None,
+    reader: str | None,
 ) -> ExtractionReport:
     """
     Every stream of `streams`, each into its folder of `output_dir`: the video stream by `extract_video`

@@ -411,8 +411,9 @@ def extract_features(
             audio), as a list or a comma-separated string. `("video",)` writes `output_dir/{id}.npy` as above; with
             audio streams every stream gets its folder in `output_dir` (`video_features`, `audio_features`,
             `speech_features`), the originals' layout, and `consolidate` packs the video stream.
-        audio_encoders: the name or path of each audio stream's encoder, by stream (`{"audio": "BEATs_iter3_plus_AS20K.pt"}`);
-            Whisper and CLAP default to `openai/whisper-large-v2` and `laion/clap-htsat-fused`, BEATs has no default.
+        audio_encoders: the name or path of each audio stream's encoder, by stream
+            (`{"audio": "BEATs_iter3_plus_AS20K.pt"}`); Whisper and CLAP default to `openai/whisper-large-v2` and
+            `laion/clap-htsat-fused`, BEATs has no default.
         audio_reader: how every audio stream reads the track (`"moviepy"`, `"librosa"`, `"ffmpeg"`; see
             [`~vtimellm_hf.model.audio_decoding_vtime.load_audio`]); default: as each stream's original.
 

@@ -1,12 +1,12 @@
-"""The audio streams of the VTimeLLM family: a video's audio track -> LongVALE's and AVicuna's audio and speech features.
+"""The audio streams of the VTimeLLM family: a video's audio track -> LongVALE's and AVicuna's audio and speech rows.
 
 Each stream encoder reads the audio track of a file as its original's extraction read it ([`load_audio`]) and gives
 one feature row per stretch of audio:
 
 | encoder | stream | model | rows |
 |---|---|---|---|
-| [`WhisperSpeechEncoder`] | speech (LongVALE) | `openai/whisper-large-v2`'s encoder | `floor(1500 * chunks / 256)` x 1280 |
-| [`BeatsAudioEncoder`] | audio (LongVALE) | BEATs `BEATs_iter3_plus_AS20K.pt` | one per 512 fbank frames (5.12 s) x 768 |
+| [`WhisperSpeechEncoder`] | speech (LongVALE) | `openai/whisper-large-v2`'s encoder | `1500 * chunks // 256` x 1280 |
+| [`BeatsAudioEncoder`] | audio (LongVALE) | BEATs `BEATs_iter3_plus_AS20K.pt` | one per 512 fbank frames x 768 |
 | [`ClapAudioEncoder`] | audio (AVicuna) | CLAP `laion/clap-htsat-fused` | one per 10 s window, every 4 s x 512 |
 
 Each loads its model the first time it encodes ([`build_stream_encoder`] builds one from the settings
@@ -108,7 +108,8 @@ class _StreamEncoder:
 
     def to_dict(self) -> dict:
         """The settings, as [`build_stream_encoder`] takes them (`processor_config.json`)."""
-        return {"kind": self.kind, "name_or_path": self.name_or_path, "batch_size": self.batch_size, "reader": self.reader}
+        return {"kind": self.kind, "name_or_path": self.name_or_path, "batch_size": self.batch_size,
+                "reader": self.reader}  # fmt: skip
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_dict()})"
@@ -121,7 +122,34 @@ def _as_waveform(waveform: np.ndarray | torch.Tensor) -> np.ndarray:
     return waveform.astype(np.float32, copy=False)
 
 
-class WhisperSpeechEncoder(_StreamEncoder):
+class _PretrainedStreamEncoder(_StreamEncoder):
+    """A stream encoder whose model (`model_class`) and feature extractor transformers loads from `name_or_path`."""
+
+    model_class: str
+    feature_extractor_class: str
+
+    def __init__(self, name_or_path, batch_size, device, dtype, reader, model=None, feature_extractor=None):
+        super().__init__(name_or_path, batch_size, device, dtype, reader, model)
+        self._feature_extractor = feature_extractor
+
+    def _load(self):
+        import transformers
+
+        dtype = {} if self.dtype is None else {"dtype": self.dtype}
+        return getattr(transformers, self.model_class).from_pretrained(self.name_or_path, **dtype)
+
+    @property
+    def feature_extractor(self):
+        """The checkpoint's feature extractor (`feature_extractor_class`), loaded on first use."""
+        if self._feature_extractor is None:
+            import transformers
+
+            extractor_class = getattr(transformers, self.feature_extractor_class)
+            self._feature_extractor = extractor_class.from_pretrained(self.name_or_path)
+        return self._feature_extractor
+
+
+class WhisperSpeechEncoder(_PretrainedStreamEncoder):
     r"""
     LongVALE's speech features: Whisper's encoder on 30 s chunks, mean-pooled by 256 frames.
 
@@ -139,6 +167,7 @@ class WhisperSpeechEncoder(_StreamEncoder):
     """
 
     stream, kind, sampling_rate = "speech", "whisper", 16000
+    model_class, feature_extractor_class = "WhisperModel", "WhisperFeatureExtractor"
 
     def __init__(
         self,
@@ -150,23 +179,12 @@ class WhisperSpeechEncoder(_StreamEncoder):
         model=None,
         feature_extractor=None,
     ):
-        super().__init__(name_or_path, batch_size, device, dtype, reader, model)
-        self._feature_extractor = feature_extractor
+        # Only the encoder of a whole `WhisperModel` is kept
+        model = model.get_encoder() if hasattr(model, "get_encoder") else model
+        super().__init__(name_or_path, batch_size, device, dtype, reader, model, feature_extractor)
 
     def _load(self):
-        from transformers import WhisperModel
-
-        dtype = {} if self.dtype is None else {"dtype": self.dtype}
-        return WhisperModel.from_pretrained(self.name_or_path, **dtype).get_encoder()
-
-    @property
-    def feature_extractor(self):
-        """The checkpoint's `WhisperFeatureExtractor`, loaded on first use."""
-        if self._feature_extractor is None:
-            from transformers import WhisperFeatureExtractor
-
-            self._feature_extractor = WhisperFeatureExtractor.from_pretrained(self.name_or_path)
-        return self._feature_extractor
+        return super()._load().get_encoder()
 
     @property
     def feature_size(self) -> int:
@@ -293,15 +311,15 @@ def clap_windows(waveform: np.ndarray | torch.Tensor, sampling_rate: int = 48000
     return (quantised / 32767.0).astype(np.float32)
 
 
-class ClapAudioEncoder(_StreamEncoder):
+class ClapAudioEncoder(_PretrainedStreamEncoder):
     r"""
     AVicuna's audio features: CLAP's audio embedding of 10 s windows every 4 s ([`clap_windows`]), 48 kHz.
 
     Each window's log-mel is the checkpoint's `ClapFeatureExtractor`'s (fusion: the 10 s mel stacked four times);
-    `ClapModel.get_audio_features` embeds it (projected, L2-normalised as laion_clap's): `(N, 512)`. Every window lasts exactly 10 s, so none is "longer" than CLAP's
-    input: laion_clap's inference embeds them without its fusion branch, and so does this encoder (transformers'
-    feature extractor marks one window of a batch as longer at random, laion_clap's training-time rule; that mark is
-    not used, and the random state it draws from is restored).
+    `ClapModel.get_audio_features` embeds it (projected, L2-normalised as laion_clap's): `(N, 512)`. Every window
+    lasts exactly 10 s, so none is "longer" than CLAP's input: laion_clap's inference embeds them without its fusion
+    branch, and so does this encoder (transformers' feature extractor marks one window of a batch as longer at
+    random, laion_clap's training-time rule; that mark is not used, and the random state it draws from is restored).
 
     Args:
         name_or_path: a CLAP checkpoint with fusion (`laion/clap-htsat-fused`).
@@ -312,6 +330,7 @@ class ClapAudioEncoder(_StreamEncoder):
     """
 
     stream, kind, sampling_rate = "audio", "clap", 48000
+    model_class, feature_extractor_class = "ClapModel", "ClapFeatureExtractor"
 
     def __init__(
         self,
@@ -323,26 +342,13 @@ class ClapAudioEncoder(_StreamEncoder):
         model=None,
         feature_extractor=None,
     ):
-        super().__init__(name_or_path, batch_size, device, dtype, reader, model)
-        self._feature_extractor = feature_extractor
+        super().__init__(name_or_path, batch_size, device, dtype, reader, model, feature_extractor)
 
     def _load(self):
-        from transformers import ClapModel
-
-        dtype = {} if self.dtype is None else {"dtype": self.dtype}
-        model = ClapModel.from_pretrained(self.name_or_path, **dtype)
+        model = super()._load()
         if not model.config.audio_config.enable_fusion:
             raise ValueError(f"{self.name_or_path} is a CLAP without fusion; AVicuna's is the fused one.")
         return model
-
-    @property
-    def feature_extractor(self):
-        """The checkpoint's `ClapFeatureExtractor`, loaded on first use."""
-        if self._feature_extractor is None:
-            from transformers import ClapFeatureExtractor
-
-            self._feature_extractor = ClapFeatureExtractor.from_pretrained(self.name_or_path)
-        return self._feature_extractor
 
     @property
     def feature_size(self) -> int:

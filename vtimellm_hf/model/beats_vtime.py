@@ -213,7 +213,8 @@ class BeatsModel(nn.Module):
         missing = [field for field in ARCHITECTURE_FIELDS if field not in config]
         if missing:
             raise ValueError(f"The BEATs configuration lacks {missing}.")
-        unsupported = {field: config[field] for field, value in SUPPORTED_ARCHITECTURE.items() if config[field] != value}
+        unsupported = {field: config[field] for field, value in SUPPORTED_ARCHITECTURE.items()
+                       if config[field] != value}  # fmt: skip
         if unsupported:
             raise ValueError(f"This BEATs builds the iter3 architecture {SUPPORTED_ARCHITECTURE}, got {unsupported}.")
         self.config = {field: config[field] for field in ARCHITECTURE_FIELDS}
@@ -224,7 +225,8 @@ class BeatsModel(nn.Module):
         self.encoder = _BeatsEncoder(config)
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        """`fbank (batch, frames, mel_bins)`, frames and bins multiples of the patch size -> `(batch, patches, width)`."""
+        """`fbank (batch, frames, mel_bins)`, frames and bins multiples of the patch size -> `(batch, patches,
+        width)`."""
         patch = self.config["input_patch_size"]
         if fbank.ndim != 3 or fbank.shape[1] % patch or fbank.shape[2] % patch:
             raise ValueError(
