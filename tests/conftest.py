@@ -2,8 +2,10 @@
 test data of `../shared/data` when it is there."""
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -74,3 +76,68 @@ def model(tokenizer):
     from vtimellm_hf.tiny_models import build_tiny_vtime_model
 
     return build_tiny_vtime_model(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def whisper_path(tiny_dir) -> Path:
+    from vtimellm_hf.tiny_models import build_tiny_whisper
+
+    build_tiny_whisper(tiny_dir / "whisper")
+    return tiny_dir / "whisper"
+
+
+@pytest.fixture(scope="session")
+def clap_path(tiny_dir) -> Path:
+    from vtimellm_hf.tiny_models import build_tiny_clap
+
+    build_tiny_clap(tiny_dir / "clap")
+    return tiny_dir / "clap"
+
+
+@pytest.fixture(scope="session")
+def beats_checkpoint(tiny_dir) -> Path:
+    from vtimellm_hf.tiny_models import build_tiny_beats_checkpoint
+
+    return build_tiny_beats_checkpoint(tiny_dir / "beats" / "BEATs_iter3_plus_AS20K.pt")
+
+
+def write_media(path: Path, seconds: float, rate: int = 48000, layout: str = "stereo", video: bool = True,
+                audio: bool = True, codec: str = "aac") -> Path:  # fmt: skip
+    """A file of `seconds` of tones and noise (each channel its own) at `rate`, with a small mpeg4 video if `video`,
+    written with PyAV."""
+    import av
+
+    rng = np.random.default_rng(len(path.name))
+    with av.open(str(path), "w") as container:
+        if video:
+            video_stream = container.add_stream("mpeg4", rate=10)
+            video_stream.width, video_stream.height, video_stream.pix_fmt = 32, 32, "yuv420p"
+        if audio:
+            audio_stream = container.add_stream(codec, rate=rate, layout=layout)
+            channels = len(audio_stream.codec_context.layout.channels)
+            times = np.arange(int(seconds * rate)) / rate
+            # Tones up to 15 kHz (above 8 kHz they fold into the band when a reader drops samples) and noise
+            signal = np.stack([0.3 * np.sin(2 * np.pi * (440 + 3000 * index) * times)
+                               + 0.2 * np.sin(2 * np.pi * 15000 * times) + 0.05 * rng.standard_normal(len(times))
+                               for index in range(channels)]).astype(np.float32)  # fmt: skip
+            sample_format = "fltp" if codec == "aac" else "s16"
+            frame_size = audio_stream.codec_context.frame_size or 1024
+            for start in range(0, signal.shape[1], frame_size):
+                block = signal[:, start : start + frame_size]
+                data = block if sample_format == "fltp" else (block.T.reshape(1, -1) * 32767).astype(np.int16)
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=sample_format, layout=layout)
+                frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+                container.mux(audio_stream.encode(frame))
+            container.mux(audio_stream.encode(None))
+        if video:
+            for index in range(int(seconds * 10)):
+                image = np.full((32, 32, 3), index * 7 % 256, dtype=np.uint8)
+                container.mux(video_stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(video_stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="session", name="write_media")
+def write_media_fixture():
+    """[`write_media`]: a video or audio file written with PyAV."""
+    return write_media

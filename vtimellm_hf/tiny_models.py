@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised stand-ins for Vicuna, its tokenizer and CLIP, built locally without network.
+"""Tiny, randomly initialised stand-ins for Vicuna, its tokenizer, CLIP and the audio encoders (Whisper, CLAP, BEATs),
+built locally without network.
 
 They exercise the real loading code (`from_pretrained` on a folder) in the tests and in `make demo`: the tokenizer
 is a real SentencePiece LLaMA tokenizer trained on a small corpus, the encoder a real
@@ -13,9 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+from transformers import (
+    ClapConfig,
+    ClapFeatureExtractor,
+    ClapModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
 
 from .model import VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaConfig, VTimeLlamaForCausalLM
+from .model.beats_vtime import BeatsModel
 from .model.video_processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
 
 _BASE_CORPUS = [
@@ -174,6 +188,70 @@ TINY_LLAMA = dict(
     num_key_value_heads=2,
     max_position_embeddings=512,
 )
+
+
+def build_tiny_whisper(output_dir: str | Path, seed: int = 0) -> WhisperModel:
+    """A random `WhisperModel` (width 16, one layer each side) with whisper-large-v2's feature extractor settings (80
+    mel bins, 30 s at 16 kHz -> 1500 encoder frames)."""
+    torch.manual_seed(seed)
+    config = WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64,
+                           max_target_positions=16, num_mel_bins=80, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                           decoder_start_token_id=1)  # fmt: skip
+    model = WhisperModel(config).eval()
+    model.save_pretrained(output_dir)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(output_dir)
+    return model
+
+
+def build_tiny_clap(output_dir: str | Path, seed: int = 0) -> ClapModel:
+    """A random fused `ClapModel` (HTSAT of two stages, projection to 12) with laion/clap-htsat-fused's feature
+    extractor settings (48 kHz, 10 s, 64 mel bins from 50 Hz to 14 kHz, fusion)."""
+    torch.manual_seed(seed)
+    config = ClapConfig(
+        text_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                     "vocab_size": 64, "max_position_embeddings": 40},
+        audio_config={"hidden_size": 16, "patch_embeds_hidden_size": 8, "depths": [1, 1],
+                      "num_attention_heads": [2, 2], "window_size": 8, "enable_fusion": True,
+                      "projection_hidden_size": 16},
+        projection_dim=12,
+    )  # fmt: skip
+    model = ClapModel(config).eval()
+    model.save_pretrained(output_dir)
+    ClapFeatureExtractor(frequency_min=50, frequency_max=14000).save_pretrained(output_dir)
+    return model
+
+
+TINY_BEATS_CONFIG = {
+    "input_patch_size": 16, "embed_dim": 8, "conv_bias": False, "encoder_layers": 2, "encoder_embed_dim": 16,
+    "encoder_ffn_embed_dim": 32, "encoder_attention_heads": 2, "activation_fn": "gelu", "layer_norm_first": False,
+    "deep_norm": True, "conv_pos": 8, "conv_pos_groups": 2, "relative_position_embedding": True, "num_buckets": 320,
+    "max_distance": 800, "gru_rel_pos": True,
+    # Training-time fields an official cfg also holds
+    "dropout": 0.1, "attention_dropout": 0.1, "encoder_layerdrop": 0.05, "finetuned_model": False,
+}  # fmt: skip
+
+
+def build_tiny_beats_checkpoint(path: str | Path, seed: int = 0, predictor: bool = False) -> Path:
+    """
+    A random BEATs checkpoint in the official layout (`torch.save({"cfg", "model"})`, as `BEATs_iter3_plus_AS20K.pt`):
+    the position-bias table saved under every layer (the original shares one module), the weight-normed
+    convolution as `weight_g` / `weight_v`, values away from the initialisation; with `predictor`, a fine-tuned
+    checkpoint's classifier too.
+    """
+    torch.manual_seed(seed)
+    config = TINY_BEATS_CONFIG
+    state = {key: value + 0.3 * torch.randn_like(value) for key, value in BeatsModel(config).state_dict().items()}
+    table = state["encoder.layers.0.self_attn.relative_attention_bias.weight"]
+    for index in range(1, config["encoder_layers"]):
+        state[f"encoder.layers.{index}.self_attn.relative_attention_bias.weight"] = table.clone()
+    if predictor:
+        state["predictor.weight"] = torch.randn(527, config["encoder_embed_dim"])
+        state["predictor.bias"] = torch.randn(527)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"cfg": dict(config), "model": state}, path)
+    return path
 
 
 def build_tiny_llama(output_dir: str | Path, tokenizer, seed: int = 0, **llama_overrides) -> LlamaForCausalLM:

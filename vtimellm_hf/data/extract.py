@@ -22,6 +22,9 @@ The pipeline:
   each on its own GPU and with its own record files, which the main process merges: the same files as one process.
 * `--consolidate OUT` (or `vtimellm-hf consolidate-features DIR OUT`) packs the features into one store, a
   safetensors file or a sharded `datasets` store (see [`~vtimellm_hf.data.features.consolidate_features`]).
+* `--streams video,audio,speech` (LongVALE) or `--streams video,clap` (AVicuna) also encodes the audio track of each
+  video, each stream into its folder (`video_features/`, `audio_features/`, `speech_features/`) with its own records;
+  see [`vtimellm_hf.data.audio_extract`].
 """
 
 import argparse
@@ -32,7 +35,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +55,11 @@ from ..model import (
     load_video_frames,
     preprocess_frames,
 )
+from .audio_extract import STREAMS, extract_streams, parse_streams
 from .extraction_records import (
     FAILURES_FILE,
     SETTINGS_FILE,
+    ExtractionReport,
     FailureLog,
     announce,
     merge_failures,
@@ -75,6 +80,7 @@ from .media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ExtractionFailure, MediaI
 __all__ = [
     "FAILURES_FILE",
     "SETTINGS_FILE",
+    "STREAMS",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "ExtractionFailure",
@@ -91,49 +97,6 @@ logger = logging.getLogger(__name__)
 # last batch of a run, the only one that can be short, is padded to a multiple of this many frames, so that a
 # feature's bytes do not depend on how many frames happened to be left at the end.
 _PAD_MULTIPLE = 16
-
-
-@dataclass
-class ExtractionReport:
-    """
-    What [`extract_features`] did.
-
-    Attributes:
-        output_dir: the folder of `{id}.npy` files.
-        total: distinct inputs (videos and images).
-        extracted: features written by this run.
-        skipped: inputs whose features were already complete.
-        failures: inputs that gave no feature, also listed in `{output_dir}/failures.jsonl`.
-        seconds: time spent decoding, encoding and writing (loading the encoder excluded).
-        consolidated: the consolidated store written, if any.
-    """
-
-    output_dir: Path
-    total: int
-    extracted: int
-    skipped: int
-    failures: list[ExtractionFailure] = field(default_factory=list)
-    seconds: float = 0.0
-    consolidated: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    @property
-    def videos_per_second(self) -> float:
-        return self.extracted / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> str:
-        text = (
-            f"{self.extracted} extracted, {self.skipped} already done, {len(self.failures)} failed of {self.total} "
-            f"in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s) into {self.output_dir}"
-        )
-        if self.failures:
-            text += f"; failures are listed in {self.output_dir / FAILURES_FILE}"
-        if self.consolidated is not None:
-            text += f"; consolidated into {self.consolidated}"
-        return text
 
 
 class _DecodedMedia(Dataset):
@@ -401,6 +364,9 @@ def extract_features(
     consolidate: str | os.PathLike | None = None,
     progress: bool | None = None,
     max_shard_size: str | int | None = None,
+    streams: str | Sequence[str] = ("video",),
+    audio_encoders: Mapping[str, str | None] | None = None,
+    audio_reader: str | None = None,
 ) -> ExtractionReport:
     """
     Encodes videos and images into `{output_dir}/{id}.npy`: float16 `(num_frames, D)` per video, `(D,)` per image.
@@ -438,6 +404,15 @@ def extract_features(
             [`~vtimellm_hf.data.features.consolidate_features`]); skipped when a process failed.
         progress: show a progress bar (videos/s); default: when stderr is a terminal.
         max_shard_size: the largest shard of a sharded `consolidate` store (default 500MB).
+        streams: the streams to make, of `video`, `audio` (BEATs), `speech` (Whisper) and `clap` (AVicuna's CLAP
+            audio), as a list or a comma-separated string. `("video",)` writes `output_dir/{id}.npy` as above; with
+            audio streams every stream gets its folder in `output_dir` (`video_features`, `audio_features`,
+            `speech_features`), the originals' layout, and `consolidate` packs the video stream.
+        audio_encoders: the name or path of each audio stream's encoder, by stream
+            (`{"audio": "BEATs_iter3_plus_AS20K.pt"}`); Whisper and CLAP default to `openai/whisper-large-v2` and
+            `laion/clap-htsat-fused`, BEATs has no default.
+        audio_reader: how every audio stream reads the track (`"moviepy"`, `"librosa"`, `"ffmpeg"`; see
+            [`~vtimellm_hf.model.audio_decoding_vtime.load_audio`]); default: as each stream's original.
 
     Returns:
         An [`ExtractionReport`] (the same on every process); failed inputs are in its `failures` and in
@@ -449,6 +424,12 @@ def extract_features(
     """
     if num_frames < 1 or batch_size < 1:
         raise ValueError(f"num_frames and batch_size must be positive, got {num_frames} and {batch_size}.")
+    streams = parse_streams(streams)
+    if streams != ("video",):
+        video = dict(clip=clip, num_frames=num_frames, batch_size=batch_size, workers=workers, device=device,
+                     dtype=_DTYPES.get(dtype, dtype), video_root=video_root, consolidate=consolidate,
+                     progress=progress, max_shard_size=max_shard_size)  # fmt: skip
+        return extract_streams(inputs, Path(output_dir), streams, extract_features, video, audio_encoders, audio_reader)
     processes = current_processes()
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 1) // processes.local_world_size))
@@ -535,6 +516,22 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
         help="for an annotation INPUT (JSON, Charades-STA): the folder holding the videos {id}.*",
     )
     _add_store_arguments(parser, "--consolidate", "also pack all features into this store once they are written: ")
+    parser.add_argument(
+        "--streams", default="video", metavar="LIST",
+        help="streams to make, comma-separated: video, audio (BEATs), speech (Whisper), clap (AVicuna's CLAP audio); "
+        "with audio streams each goes to OUTPUT_DIR/{video,audio,speech}_features (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--beats", default=None, metavar="PATH",
+                        help="BEATs checkpoint of the audio stream: BEATs_iter3_plus_AS20K.pt, or a folder holding it")
+    parser.add_argument("--whisper", default=None, metavar="NAME_OR_PATH",
+                        help="Whisper checkpoint of the speech stream (default: openai/whisper-large-v2)")
+    parser.add_argument("--clap-audio", default=None, metavar="NAME_OR_PATH",
+                        help="CLAP checkpoint of the clap stream (default: laion/clap-htsat-fused)")
+    parser.add_argument(
+        "--audio-reader", choices=("moviepy", "librosa", "ffmpeg"), default=None,
+        help="how audio tracks are read: moviepy (LongVALE's), librosa (AVicuna's), ffmpeg (resampled once, clean); "
+        "default: as each stream's original",
+    )  # fmt: skip
     parser.set_defaults(run=_run)
 
     consolidate = subparsers.add_parser(
@@ -576,6 +573,9 @@ def _run(args: argparse.Namespace) -> int:
             video_root=args.video_root,
             consolidate=args.consolidate,
             max_shard_size=args.max_shard_size,
+            streams=args.streams,
+            audio_encoders={"audio": args.beats, "speech": args.whisper, "clap": args.clap_audio},
+            audio_reader=args.audio_reader,
         )
         if processes.is_main:
             print(f"extract-features: {report.summary()}", file=sys.stderr)

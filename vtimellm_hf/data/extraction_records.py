@@ -11,6 +11,7 @@ whatever the number of processes.
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -19,11 +20,62 @@ from ..distributed import process_files
 from ..files import write_lines_atomically
 from .media import ExtractionFailure, MediaItem
 
-__all__ = ["FAILURES_FILE", "SETTINGS_FILE", "FailureLog", "announce", "merge_failures", "merge_settings",
-           "read_settings"]  # fmt: skip
+__all__ = ["FAILURES_FILE", "SETTINGS_FILE", "ExtractionReport", "FailureLog", "announce", "merge_failures",
+           "merge_settings", "read_settings"]  # fmt: skip
 
 FAILURES_FILE = "failures.jsonl"
 SETTINGS_FILE = "extraction.jsonl"
+
+
+@dataclass
+class ExtractionReport:
+    """
+    What [`extract_features`] did.
+
+    Attributes:
+        output_dir: the folder of `{id}.npy` files.
+        total: distinct inputs (videos and images).
+        extracted: features written by this run.
+        skipped: inputs whose features were already complete.
+        failures: inputs that gave no feature, also listed in `{output_dir}/failures.jsonl`.
+        seconds: time spent decoding, encoding and writing (loading the encoder excluded).
+        consolidated: the consolidated store written, if any.
+        without_audio: for an audio stream, the videos recorded without an audio track (no file, no failure).
+        streams: with `--streams`, the report of each stream, by name (this report adds them up).
+    """
+
+    output_dir: Path
+    total: int
+    extracted: int
+    skipped: int
+    failures: list[ExtractionFailure] = field(default_factory=list)
+    seconds: float = 0.0
+    consolidated: Path | None = None
+    without_audio: int = 0
+    streams: dict[str, "ExtractionReport"] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(report.ok for report in self.streams.values())
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        if self.streams:
+            return "; ".join(f"{name}: {report.summary()}" for name, report in self.streams.items())
+        text = (
+            f"{self.extracted} extracted, {self.skipped} already done, {len(self.failures)} failed of {self.total} "
+            f"in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s) into {self.output_dir}"
+        )
+        if self.failures:
+            text += f"; failures are listed in {self.output_dir / FAILURES_FILE}"
+        if self.without_audio:
+            text += f"; {self.without_audio} video(s) without an audio track (no file, see {SETTINGS_FILE})"
+        if self.consolidated is not None:
+            text += f"; consolidated into {self.consolidated}"
+        return text
 
 
 class FailureLog:

@@ -1,7 +1,9 @@
 """The VTimeLLM model: configuration, modeling and processing, the files that travel to the Hub.
 
 `processing_vtime.py` (text, chat templates, the `<video>` expansion) uses `video_processing_vtime.py` (pixels and the
-frame encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers.
+frame encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers. The audio
+streams of LongVALE and AVicuna (`audio_processing_vtime.py`: the Whisper, BEATs and CLAP encoders) read audio tracks
+through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
