@@ -427,7 +427,7 @@ def extract_features(
     streams = parse_streams(streams)
     if streams != ("video",):
         video = dict(clip=clip, num_frames=num_frames, batch_size=batch_size, workers=workers, device=device,
-                     dtype=_DTYPES.get(dtype, dtype), video_root=video_root, consolidate=consolidate,
+                     dtype=None if dtype is None else torch_dtype(dtype), video_root=video_root, consolidate=consolidate,
                      progress=progress, max_shard_size=max_shard_size)  # fmt: skip
         return extract_streams(inputs, Path(output_dir), streams, extract_features, video, audio_encoders, audio_reader)
     processes = current_processes()
