@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vtimellm_hf.data import loaders
+from vtimellm_hf.data import json_array, loaders
 from vtimellm_hf.data.extract import collect_media
 from vtimellm_hf.data.features import NpyFeatureStore
 from vtimellm_hf.data.loaders import RECORD_FEATURES, load_stage1, load_stage2, load_stage3
@@ -482,7 +482,7 @@ def test_invalid_json_names_file_and_position(tmp_path, text, message):
     with pytest.raises(ValueError, match=re.escape(f"{path}, {message}")):
         load_stage2(path, on_error="skip")
     # The same place is named whatever the chunk boundaries.
-    with mock.patch.object(loaders, "_CHUNK_SIZE", 3), pytest.raises(ValueError, match=re.escape(f"{path}, {message}")):
+    with mock.patch.object(json_array, "CHUNK_SIZE", 3), pytest.raises(ValueError, match=re.escape(f"{path}, {message}")):
         load_stage2(path, on_error="skip")
 
 
@@ -574,7 +574,7 @@ def test_streaming_gives_the_same_records(tmp_path, load, files):
     assert streamed.features == RECORD_FEATURES
     assert list(streamed) == expected
     # Chunk boundaries anywhere, even inside a multi-byte character, change nothing.
-    with mock.patch.object(loaders, "_CHUNK_SIZE", 5):
+    with mock.patch.object(json_array, "CHUNK_SIZE", 5):
         assert list(load(files, streaming=True)) == expected
 
 
@@ -583,7 +583,7 @@ def test_streaming_is_lazy(tmp_path):
     path = tmp_path / "stage2.json"
     text = json.dumps([INTERNVID_RECORD, MULTI_TURN_RECORD])
     path.write_text(text[: text.index('"multiTurn01"')] + "@@@ broken", encoding="utf-8")
-    with mock.patch.object(loaders, "_CHUNK_SIZE", 64):
+    with mock.patch.object(json_array, "CHUNK_SIZE", 64):
         streamed = load_stage2(path, streaming=True)
         assert next(iter(streamed))["id"] == "3n3oCNerzV0"
         with pytest.raises(ValueError, match=re.escape(f"{path}, line 1, column ") + r"\d+: invalid JSON"):
@@ -768,7 +768,7 @@ def test_incremental_parser_matches_json_loads(values, indent, chunk_size):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "values.json"
         path.write_text(text, encoding="utf-8")
-        with mock.patch.object(loaders, "_CHUNK_SIZE", chunk_size):
-            parsed = [value for _, value in loaders._iter_json_array(str(path))]
+        with mock.patch.object(json_array, "CHUNK_SIZE", chunk_size):
+            parsed = [value for _, value in json_array.iter_json_array(str(path))]
     # Compared as JSON text, so that NaN equals NaN.
     assert json.dumps(parsed) == json.dumps(json.loads(text))
