@@ -319,7 +319,7 @@ def test_model_card_metadata_results_and_recipe(merged, tmp_path):
     card = ModelCard((folder / "README.md").read_text(), ignore_metadata_errors=False)
     data = card.data
     assert (data.license, data.base_model, data.pipeline_tag, data.library_name) == (
-        "llama2", "lmsys/vicuna-7b-v1.5", "video-text-to-text", "transformers")
+        "llama2", "lmsys/vicuna-7b-v1.5", "image-text-to-text", "transformers")
     assert "vtimellm" in data.tags and data.datasets == model_card.ORIGINAL_DATASETS
     scores = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
     assert scores[("Charades-STA", "r1@0.3")] == 51.0 and scores[("ActivityNet Captions", "soda_c")] == 5.8
