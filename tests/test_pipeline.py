@@ -99,9 +99,10 @@ def test_every_generating_auto_class_builds_the_model_that_generates(checkpoint)
         assert type(loaded) is VTimeLlamaForCausalLM, name
 
 
-@pytest.mark.parametrize("source", ["synthetic", "real"])
+@pytest.mark.parametrize(("task", "source"), [("image-text-to-text", "synthetic"), ("image-text-to-text", "real"),
+                                              ("any-to-any", "synthetic")])  # fmt: skip
 def test_pipeline_answers_a_question_about_a_video_as_the_model_does(
-    source, checkpoint, model, processor, synthetic_video, request
+    task, source, checkpoint, model, processor, synthetic_video, request
 ):
     video = synthetic_video if source == "synthetic" else request.getfixturevalue("real_data") / "videos" / "3MSZA.mp4"
     if not video.is_file():
@@ -110,7 +111,7 @@ def test_pipeline_answers_a_question_about_a_video_as_the_model_does(
     expected = direct_answer(model.eval(), processor, messages)
     assert expected.strip()
 
-    pipe = pipeline("image-text-to-text", model=str(checkpoint), trust_remote_code=True, device="cpu")
+    pipe = pipeline(task, model=str(checkpoint), trust_remote_code=True, device="cpu")
     assert type(pipe.model) is VTimeLlamaForCausalLM and type(pipe.processor) is VTimeProcessor
     generate_kwargs = {"min_new_tokens": NEW_TOKENS, "do_sample": False}
     answer = pipe(text=messages, max_new_tokens=NEW_TOKENS, return_full_text=False, generate_kwargs=generate_kwargs)
