@@ -64,17 +64,20 @@ def checkpoint(tmp_path, model, processor):
     return folder
 
 
-@pytest.fixture(scope="module")
-def synthetic_video(tmp_path_factory):
-    """A generated video of 4 s (40 frames of random colours at 10 fps)."""
-    frames = np.random.default_rng(0).integers(0, 256, (40, 1, 1, 3), dtype=np.uint8).repeat(48, 1).repeat(64, 2)
-    path = tmp_path_factory.mktemp("videos") / "colours.mp4"
+def write_video(path, seed: int):
+    """A generated video of 4 s: 40 frames of random colours at 10 fps."""
+    frames = np.random.default_rng(seed).integers(0, 256, (40, 1, 1, 3), dtype=np.uint8).repeat(48, 1).repeat(64, 2)
     encode_mp4(path, frames, fps=10)
     return path
 
 
-def video_question(video) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": QUESTION}]}]
+@pytest.fixture(scope="module")
+def synthetic_video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("videos") / "colours.mp4", seed=0)
+
+
+def video_question(video, question: str = QUESTION) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": question}]}]
 
 
 def direct_answer(model, processor, messages) -> str:
@@ -119,6 +122,17 @@ def test_pipeline_answers_a_question_about_a_video_as_the_model_does(
     # By default the chat comes back with the answer as the assistant's turn
     chat = pipe(messages, max_new_tokens=NEW_TOKENS, generate_kwargs=generate_kwargs)[0]["generated_text"]
     assert chat == [*messages, {"role": "assistant", "content": expected}]
+
+
+def test_pipeline_batches_prompts_of_two_lengths_as_it_answers_them_alone(checkpoint, synthetic_video, tmp_path):
+    other_video = write_video(tmp_path / "other.mp4", seed=1)
+    chats = [video_question(synthetic_video), video_question(other_video, "Describe the events and when they happen.")]
+    pipe = pipeline("image-text-to-text", model=str(checkpoint), trust_remote_code=True, device="cpu")
+    options = {"max_new_tokens": NEW_TOKENS, "return_full_text": False,
+               "generate_kwargs": {"min_new_tokens": NEW_TOKENS, "do_sample": False}}  # fmt: skip
+    alone = [pipe(text=chat, **options)[0]["generated_text"] for chat in chats]
+    batched = [result[0]["generated_text"] for result in pipe(text=chats, batch_size=2, **options)]
+    assert batched == alone
 
 
 def test_pipeline_runs_from_the_saved_code_without_the_package(tmp_path, checkpoint, model, processor, synthetic_video):
