@@ -179,7 +179,8 @@ def test_merged_conversion_matches_the_reference(release, merged):
     assert load_calls and all(weights_only is True for weights_only in load_calls), load_calls
 
     config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_vtime_llama.VTimeLlamaForCausalLM"
+    for auto_class in ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForMultimodalLM"):
+        assert config["auto_map"][auto_class] == "modeling_vtime_llama.VTimeLlamaForCausalLM", auto_class
     for name in ("model.safetensors", "configuration_vtime_llama.py", "modeling_vtime_llama.py", "processing_vtime.py",
                  "processor_config.json", "chat_template.jinja", "README.md", "vtimellm_conversion.json"):  # fmt: skip
         assert (folder / name).is_file(), name
