@@ -196,7 +196,7 @@ def test_post_process_video_grounding_gives_seconds(tokenizer, processor):
     moments = processor.post_process_video_grounding(answers, [30.0, 10.0, 10.0, 8.0])
     assert moments[0] == pytest.approx((3.6, 14.1)) and moments[1:3] == [None, None]
     assert moments[3] == pytest.approx((0.0, 7.92))
-    assert processor.post_process_video_grounding(answers[:1], 10) == [pytest.approx((1.2, 4.7))]
+    assert processor.post_process_video_grounding(answers[:1], np.float32(10)) == [pytest.approx((1.2, 4.7))]
     # Indices are read as positions among the processor's frames
     fifty = VTimeProcessor(tokenizer=tokenizer, num_frames=50)
     assert fifty.post_process_video_grounding("From 12 to 47.", 30.0) == pytest.approx((7.2, 28.2))

@@ -525,9 +525,7 @@ class VTimeProcessor(ProcessorMixin):
         if isinstance(answers, str):
             return parse_grounding_answer(answers, float(video_durations), self.num_frames)
         answers = list(answers)
-        durations = (
-            [video_durations] * len(answers) if isinstance(video_durations, (int, float)) else list(video_durations)
-        )
+        durations = [video_durations] * len(answers) if np.ndim(video_durations) == 0 else list(video_durations)
         if len(durations) != len(answers):
             raise ValueError(f"Got {len(answers)} answers but {len(durations)} video_durations; pass one per answer.")
         return [parse_grounding_answer(answer, float(duration), self.num_frames)
