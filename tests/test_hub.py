@@ -179,7 +179,8 @@ def test_merged_conversion_matches_the_reference(release, merged):
     assert load_calls and all(weights_only is True for weights_only in load_calls), load_calls
 
     config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_vtime_llama.VTimeLlamaForCausalLM"
+    for auto_class in ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForMultimodalLM"):
+        assert config["auto_map"][auto_class] == "modeling_vtime_llama.VTimeLlamaForCausalLM", auto_class
     for name in ("model.safetensors", "configuration_vtime_llama.py", "modeling_vtime_llama.py", "processing_vtime.py",
                  "processor_config.json", "chat_template.jinja", "README.md", "vtimellm_conversion.json"):  # fmt: skip
         assert (folder / name).is_file(), name
@@ -319,7 +320,7 @@ def test_model_card_metadata_results_and_recipe(merged, tmp_path):
     card = ModelCard((folder / "README.md").read_text(), ignore_metadata_errors=False)
     data = card.data
     assert (data.license, data.base_model, data.pipeline_tag, data.library_name) == (
-        "llama2", "lmsys/vicuna-7b-v1.5", "video-text-to-text", "transformers")
+        "llama2", "lmsys/vicuna-7b-v1.5", "image-text-to-text", "transformers")
     assert "vtimellm" in data.tags and data.datasets == model_card.ORIGINAL_DATASETS
     scores = {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results}
     assert scores[("Charades-STA", "r1@0.3")] == 51.0 and scores[("ActivityNet Captions", "soda_c")] == 5.8

@@ -61,6 +61,8 @@ def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path, tokeniz
         "AutoConfig": "configuration_vtime_llama.VTimeLlamaConfig",
         "AutoModel": "modeling_vtime_llama.VTimeLlamaForCausalLM",
         "AutoModelForCausalLM": "modeling_vtime_llama.VTimeLlamaForCausalLM",
+        "AutoModelForImageTextToText": "modeling_vtime_llama.VTimeLlamaForCausalLM",
+        "AutoModelForMultimodalLM": "modeling_vtime_llama.VTimeLlamaForCausalLM",
     }
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_vtime.VTimeProcessor"}

@@ -59,7 +59,8 @@ STAGES_RECORD_FILE = "vtimellm_stages.json"
 
 # The weights derive from Vicuna v1.5, itself under the Llama 2 Community License
 DEFAULT_LICENSE = "llama2"
-PIPELINE_TAG = "video-text-to-text"
+# The transformers pipeline that runs the model: it has no "video-text-to-text" task; "image-text-to-text" takes videos
+PIPELINE_TAG = "image-text-to-text"
 TAGS = ["vtimellm", "video-llm", "temporal-grounding", "dense-video-captioning", "llama", "custom_code"]
 # The Hub datasets of the original training data (stage 1, stage 2, and stage 3's VideoInstruct part); ActivityNet
 # Captions and DiDeMo, the rest of stage 3, have no canonical Hub dataset and are named in the card's text instead.

@@ -6,10 +6,11 @@ streams of LongVALE and AVicuna (`audio_processing_vtime.py`: the Whisper, BEATs
 through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
+import transformers
+from transformers import AutoConfig, AutoProcessor
 
 from .configuration_vtime_llama import VTimeLlamaConfig
-from .modeling_vtime_llama import VTimeLlamaForCausalLM, VTimeLlamaModel
+from .modeling_vtime_llama import GENERATING_AUTO_CLASSES, VTimeLlamaForCausalLM, VTimeLlamaModel
 from .processing_vtime import PLAIN_CHAT_TEMPLATE, VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeProcessor
 from .timestamps_vtime import (
     CAPTIONING,
@@ -38,8 +39,8 @@ from .video_processing_vtime import (
 # In this process the Auto classes resolve "vtime_llama" to these classes; a saved folder also carries the files
 # and an `auto_map`, so that `trust_remote_code=True` loads it where this package is not installed.
 AutoConfig.register(VTimeLlamaConfig.model_type, VTimeLlamaConfig, exist_ok=True)
-AutoModel.register(VTimeLlamaConfig, VTimeLlamaForCausalLM, exist_ok=True)
-AutoModelForCausalLM.register(VTimeLlamaConfig, VTimeLlamaForCausalLM, exist_ok=True)
+for _auto_class in GENERATING_AUTO_CLASSES:
+    getattr(transformers, _auto_class).register(VTimeLlamaConfig, VTimeLlamaForCausalLM, exist_ok=True)
 AutoProcessor.register(VTimeLlamaConfig, VTimeProcessor, exist_ok=True)
 VTimeLlamaConfig.register_for_auto_class("AutoConfig")
 VTimeLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")

@@ -13,6 +13,12 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_vtime_llama import VTimeLlamaConfig
 
+# The Auto classes that build the generating model, in a saved folder's `auto_map`: `AutoModel` too, because users
+# load VTimeLLM with it and call `generate`; `AutoModelForImageTextToText` is the class `pipeline("image-text-to-text")`
+# loads, `AutoModelForMultimodalLM` that of `pipeline("any-to-any")`.
+GENERATING_AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText",
+                           "AutoModelForMultimodalLM")  # fmt: skip
+
 
 class VTimeLlamaModel(LlamaModel):
     """
@@ -146,7 +152,8 @@ class VTimeLlamaForCausalLM(LlamaForCausalLM):
     """
     VTimeLLM for generation and training: [`VTimeLlamaModel`] plus the LM head.
 
-    Both `AutoModel` and `AutoModelForCausalLM` build this class, so that the model a user loads can generate.
+    Every Auto class of `GENERATING_AUTO_CLASSES` builds this class (`AutoModel` among them), so that the model a user
+    loads, or a pipeline loads, can generate.
     """
 
     config_class = VTimeLlamaConfig
@@ -221,10 +228,11 @@ class VTimeLlamaForCausalLM(LlamaForCausalLM):
         return model_inputs
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # `register_for_auto_class` records one Auto class per model class; AutoModel must build this one too.
+        # `register_for_auto_class` records one Auto class per model class; the others must build this one too
         auto_map = dict(self.config.auto_map or {}) if hasattr(self.config, "auto_map") else {}
         if self._auto_class is not None:
-            auto_map["AutoModel"] = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            class_reference = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            auto_map.update(dict.fromkeys(GENERATING_AUTO_CLASSES, class_reference))
             self.config.auto_map = auto_map
         super().save_pretrained(save_directory, *args, **kwargs)
 

@@ -381,8 +381,23 @@ class VTimeProcessor(ProcessorMixin):
             inputs were given: float32 `(batch, rows, mm_hidden_size)` with `return_tensors="pt"`, else a list of
             float32 `(rows, mm_hidden_size)` features, each a numpy array where it was given as one, else a tensor.
         """
-        if audio is not None:
-            raise ValueError("VTimeLLM takes no audio input.")
+        # Inputs as other processors are called: empty lists for absent inputs, `audios` the older name of `audio`
+        videos, images = _none_if_empty(videos), _none_if_empty(images)
+        for name, value in (("audio", audio), ("audios", kwargs.pop("audios", None))):
+            if _none_if_empty(value) is not None:
+                raise ValueError(
+                    f"VTimeProcessor takes no `{name}`: pass the video in `videos` (a path or decoded frames), or its "
+                    "features in `video_features`."
+                )
+        if videos is not None and num_frames is not None and num_frames != self.num_frames:
+            warnings.warn(
+                f"num_frames={num_frames}, but this checkpoint was trained on {self.num_frames} frames a video (the "
+                "processor's num_frames): the model gets a frame count it never saw, and its answers may be less "
+                "accurate. parse_moments and post_process_video_grounding still read the answers' indices as "
+                f"positions among {self.num_frames} frames.",
+                UserWarning,
+                stacklevel=2,
+            )
         unexpected = {key for key, value in kwargs.items() if value is not None} - _CHAT_TEMPLATE_CALL_KWARGS
         if unexpected:
             raise TypeError(f"VTimeProcessor got unexpected arguments: {', '.join(sorted(unexpected))}.")
@@ -490,6 +505,32 @@ class VTimeProcessor(ProcessorMixin):
         [`parse_events`]."""
         return parse_events(text, duration, convention, self.num_frames)
 
+    def post_process_video_grounding(
+        self, answers: str | Sequence[str], video_durations: float | Sequence[float]
+    ) -> tuple[float, float] | None | list[tuple[float, float] | None]:
+        """
+        The moment each grounding answer names, `(start_seconds, end_seconds)`, as the original evaluation reads it:
+        its first pair of indices into this processor's `num_frames`, in the grounding convention; `None` where the
+        answer names no moment or a reversed one (see [`parse_grounding_answer`]). The counterpart, for generated
+        text, of the `post_process_video_grounding` of transformers' video grounding processors (TVP).
+
+        Args:
+            answers: a generated answer (the text after the prompt, as `pipeline(..., return_full_text=False)` gives
+                it or as decoded from the new tokens), or a list of them.
+            video_durations: the duration of the video in seconds, or one per answer.
+
+        Returns:
+            One moment (or `None`) for one answer, else a list with one per answer.
+        """
+        if isinstance(answers, str):
+            return parse_grounding_answer(answers, float(video_durations), self.num_frames)
+        answers = list(answers)
+        durations = [video_durations] * len(answers) if np.ndim(video_durations) == 0 else list(video_durations)
+        if len(durations) != len(answers):
+            raise ValueError(f"Got {len(answers)} answers but {len(durations)} video_durations; pass one per answer.")
+        return [parse_grounding_answer(answer, float(duration), self.num_frames)
+                for answer, duration in zip(answers, durations)]  # fmt: skip
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "video_features"]
@@ -506,6 +547,13 @@ def _flatten(items) -> list:
         else:
             flat.append(item)
     return flat
+
+
+def _none_if_empty(items):
+    """`None` for an absent input: `None`, or an empty list (or list of empty lists, one per sample)."""
+    if isinstance(items, (list, tuple)) and not _flatten(items):
+        return None
+    return items
 
 
 def _control_token_markers() -> tuple[str, str]:
