@@ -375,7 +375,7 @@ def small_dataset(folder, overwrite=False, num_videos=3):
     )  # fmt: skip
 
 
-def test_overwrite_deletes_only_what_synth_wrote(tmp_path):
+def test_overwrite_deletes_only_what_synth_wrote(tmp_path, capsys):
     first = small_dataset(tmp_path, num_videos=5)
     manifest = read_json(first.manifest_file)
     assert manifest["complete"] and len(manifest["files"]) == 8 + 5 + 2
@@ -385,6 +385,11 @@ def test_overwrite_deletes_only_what_synth_wrote(tmp_path):
     (first.image_dir / "my_image.png").write_bytes(b"mine")
     with pytest.raises(FileExistsError, match="already holds a synthetic dataset"):
         small_dataset(tmp_path)
+    assert cli_main(["synth", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"synth: error: {tmp_path} already holds a synthetic dataset (synthetic_manifest.json): pass --overwrite "
+        "(overwrite=True) to replace it\n"
+    )
     result = small_dataset(tmp_path, overwrite=True)
     assert sorted(path.name for path in result.video_dir.iterdir()) == ["my_video.mp4"] + [
         f"{video_id}.mp4" for video_id in result.train_video_ids + result.val_video_ids

@@ -30,6 +30,10 @@ last one (or of the video, where an annotation runs past it); `meta.split` gives
 source videos, so InternVid videos are always cut (an uncut record would have to place its events in a video of
 unknown length); other sources are cut only where `max_clip_seconds` is given and a video is longer.
 
+**Other dialogues.** [`DialogueTurns`] asks the turns above with these templates from one seeded generator, and
+[`dialogue_record`] lays turns out as a record: dialogues of other kinds (the synthetic data's stage-3 dialogues)
+use them, so that a grounding turn is asked the same way everywhere.
+
 **Evaluation sets.** Grounding queries are JSON lines `{"video_id", "query", "start", "end", "duration"}` in
 seconds, the file `vtimellm_hf.evaluation_runs.evaluate_grounding` and the synthetic dataset use; dense-captioning
 references are the original ActivityNet Captions layout `{"v_ID": {"duration", "timestamps", "sentences"}}`, which
