@@ -8,9 +8,10 @@ import gc
 
 import torch
 
+from vtimellm_hf.checkpoints import DTYPES
 from vtimellm_hf.tiny_models import build_tiny_vtime_model
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["DTYPES", "build_vtime_model", "created_on", "peak_gpu_mib", "release_memory", "synchronize"]
 
 
 @contextlib.contextmanager

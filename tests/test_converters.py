@@ -14,9 +14,11 @@ from vtimellm_hf.data.converters import (
     EVENT_CAPTIONING_QUESTIONS,
     GROUNDING_ANSWERS,
     GROUNDING_QUESTIONS,
+    DialogueTurns,
     add_subcommand,
     captioning_references,
     convert,
+    dialogue_record,
     read_durations,
     read_source,
     source_queries,
@@ -183,6 +185,34 @@ def test_same_seed_same_records_other_seed_other_records(tmp_path):
     write_dialogues(second, tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert json.loads((tmp_path / "a.json").read_text()) == first
+
+
+def test_turns_of_other_dialogues_are_asked_as_the_converted_ones(tmp_path):
+    """What other dialogue writers (the synthetic stage 3) use: the same templates, clauses and record layout, and
+    records that the stage-2 loader reads with the placeholders' times."""
+    turns = DialogueTurns(["A man cracks an egg.", "The man stirs."], seed=5)
+    question, answer = turns.grounding(1, "A man cracks an egg.")
+    assert any(question == template.format(event="a man cracks an egg") for template in GROUNDING_QUESTIONS)
+    assert answer in {template.format(start="<s1>", end="<e1>") for template in GROUNDING_ANSWERS}
+    question, answer = turns.event_captioning(0, "the man stirs")
+    assert question in {template.format(start="<s0>", end="<e0>") for template in EVENT_CAPTIONING_QUESTIONS}
+    assert answer == "The man stirs."
+    assert sorted(turns.shuffled(range(7))) == list(range(7))
+    assert DialogueTurns([], seed=5).random() == DialogueTurns([], seed=5).random()
+
+    video = Video("v", 40.0, (Event(2.0, 10.0, "A man cracks an egg."), Event(12.5, 30.0, "The man stirs.")))
+    record = dialogue_record(video, "mine", [("Q1", "From <s0> to <e0>."), ("Q2", "From <s1> to <e1>.")], (5.0, 45.0))
+    assert record == {
+        "source": "mine", "id": "v",
+        "conversations": [{"from": "human", "value": "<video>\nQ1"}, {"from": "gpt", "value": "From <s0> to <e0>."},
+                          {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "From <s1> to <e1>."}],
+        "meta": {"split": [5.0, 45.0], "duration": 40.0,
+                 "token": {"<s0>": 2.0, "<e0>": 10.0, "<s1>": 12.5, "<e1>": 30.0}},
+    }  # fmt: skip
+    write_dialogues([record], tmp_path / "d.json")
+    (loaded,) = load_stage2(tmp_path / "d.json")
+    start, end = seconds_to_index(2.0, 40.0), seconds_to_index(10.0, 40.0)
+    assert loaded["messages"][1]["content"] == f"From {start:02d} to {end:02d}."
 
 
 def test_long_videos_are_cut_to_the_clip_with_the_most_events():

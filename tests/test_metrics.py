@@ -197,8 +197,9 @@ def test_read_grounding_predictions(tmp_path):
         (b'{"video_id": "v1", "query": "a", "timestamp": null}\n{"video_id": "v1",\n', r"line 2: invalid JSON"),
         (b'{"video_id": "v1", "query": "a"}\n', r"line 1: missing field 'timestamp'"),
         (b'\n\n{"video_id": "v1", "query": "a", "timestamp": [0]}\n', r"line 3: 'timestamp' must be"),
-        (b'{"video_id": "v1", "query": "caf\xe9", "timestamp": null}\n', r"line 1: not valid UTF-8 \(byte 0xe9\)"),
-        (b"[1, 2]\n", r"line 1: expected an object, found list"),
+        (b'{"video_id": "v1", "query": "caf\xe9", "timestamp": null}\n', r"line 1: not valid UTF-8 \(byte 0xe9 at"),
+        (b'{"video_id": "v1", "video_id": "v2", "query": "a", "timestamp": null}\n', r"line 1: key 'video_id' appears"),
+        (b"[1, 2]\n", r"record #0: expected an object, found int"),
     ],
 )
 def test_read_grounding_predictions_names_the_bad_line(tmp_path, content, message):
@@ -408,7 +409,7 @@ def test_read_captioning_predictions(tmp_path):
     with pytest.raises(ValueError, match=r"dvc.json, line 2, column 8: invalid JSON"):
         read_captioning_predictions(path)
     path.write_bytes(b'{"results": {"v1": [{"sentence": "caf\xe9", "timestamp": [0, 1]}]}}')
-    with pytest.raises(ValueError, match=r"dvc.json: not valid UTF-8 \(byte 0xe9\)"):
+    with pytest.raises(ValueError, match=r"dvc.json, line 1: not valid UTF-8 \(byte 0xe9\)"):
         read_captioning_predictions(path)
 
 

@@ -10,17 +10,23 @@ from decord import VideoReader, cpu
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from vtimellm_hf.cli import main as cli_main
+from vtimellm_hf.data.converters import (
+    DENSE_CAPTIONING_QUESTIONS,
+    GROUNDING_ANSWERS,
+    GROUNDING_QUESTIONS,
+    convert,
+    videos_to_dialogues,
+)
+from vtimellm_hf.data.raw_annotations import read_activitynet_captions
 from vtimellm_hf.data.synthetic import (
     COLOURS,
-    DENSE_CAPTIONING_TEMPLATES,
-    DIALOGUE_CAPTIONING_TEMPLATES,
-    DIALOGUE_GROUNDING_TEMPLATES,
     EMPTY_STILL_CAPTION,
-    GROUNDING_TEMPLATES,
     SHAPES,
     SyntheticMomentsConfig,
     generate_synthetic_moments,
 )
+from vtimellm_hf.data.synthetic.records import DIALOGUE_CAPTIONING_TEMPLATES, DIALOGUE_GROUNDING_TEMPLATES
 
 PLACEHOLDER = re.compile(r"<[se]\d+>")
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -67,6 +73,17 @@ def mean_difference(first: np.ndarray, second: np.ndarray, mask: np.ndarray) -> 
     return float(np.abs(first[mask].astype(np.float32) - second[mask].astype(np.float32)).mean())
 
 
+def patterns(templates):
+    """A regular expression per template, each slot filled as the synthetic data fills it: an event's sentence as
+    a clause ("a red circle appears"), a shape ("the red circle"), a placeholder."""
+    slots = {"event": r"an? \w+ \w+ appears", "thing": r"the \w+ \w+", "Thing": r"The \w+ \w+", "start": r"<s\d+>",
+             "end": r"<e\d+>"}  # fmt: skip
+    return [
+        re.compile(re.sub(r"\\\{(\w+)\\\}", lambda slot: slots[slot.group(1)], re.escape(template)))
+        for template in templates
+    ]
+
+
 def test_same_seed_gives_identical_files_and_frames(tmp_path):
     first = generate_synthetic_moments(tmp_path / "first", seed=3, **SMALL)
     second = generate_synthetic_moments(tmp_path / "second", seed=3, **SMALL)
@@ -81,6 +98,7 @@ def test_same_seed_gives_identical_files_and_frames(tmp_path):
         "grounding_val.jsonl",
         "dense_captioning_val.json",
         "synthetic_config.json",
+        "synthetic_manifest.json",
     ):
         assert (first.root / name).read_bytes() == (second.root / name).read_bytes(), name
     for image in sorted(first.image_dir.iterdir()):
@@ -144,7 +162,7 @@ def test_held_out_videos_appear_in_no_training_record(dataset):
         annotation = annotations[query["video_id"]]
         assert query["video_id"] in val
         assert query["duration"] == annotation["duration"]
-        index = annotation["sentences"].index(query["query"][0].upper() + query["query"][1:] + ".")
+        index = annotation["sentences"].index(query["query"])
         assert [query["start"], query["end"]] == annotation["timestamps"][index]
     for video_id in train | val:
         assert dataset.video_path(video_id).is_file()
@@ -204,10 +222,11 @@ def test_stage_records_use_placeholders_they_define(dataset):
     dense = [
         record
         for record in stage2
-        if record["conversations"][0]["value"].removeprefix("<video>\n") in DENSE_CAPTIONING_TEMPLATES
+        if record["conversations"][0]["value"].removeprefix("<video>\n") in DENSE_CAPTIONING_QUESTIONS
     ]
     assert all(len(record["conversations"]) == 2 for record in dense)
-    assert len(dense) == round(0.2 * len(stage2))
+    # Each of the 4 rounds over the 48 training videos has its exact share of dense captioning
+    assert len(dense) == 4 * round(0.2 * 48)
     for record in dense:
         annotation = annotations[record["id"]]
         expected = " ".join(
@@ -217,6 +236,7 @@ def test_stage_records_use_placeholders_they_define(dataset):
         assert record["conversations"][1]["value"] == expected
 
     # Grounding answers, once the placeholders are filled in, are what the evaluation parses.
+    grounding_answers = patterns(GROUNDING_ANSWERS)
     for record in stage2:
         token, duration = record["meta"]["token"], record["meta"]["duration"]
 
@@ -224,25 +244,16 @@ def test_stage_records_use_placeholders_they_define(dataset):
             return f"{time_index(token[match.group()], duration):02d}"
 
         for answer in record["conversations"][1::2]:
-            if re.fullmatch(r"From <s\d+> to <e\d+>\.", answer["value"]):
+            if any(pattern.fullmatch(answer["value"]) for pattern in grounding_answers):
                 filled = PLACEHOLDER.sub(fill, answer["value"])
-                assert re.fullmatch(r"From \d\d to \d\d\.", filled), filled
+                assert re.search(r"\d\d (to|and) \d\d\.$", filled), filled
     questions = {record["conversations"][0]["value"] for record in stage2 + read_json(dataset.stage3_file)}
     assert len(questions) >= 30, "the question templates should vary"
 
 
 def test_stage3_event_turns_come_in_the_configured_shares(dataset):
-    # What fills each slot: an event's sentence ("a red circle appears"), a shape ("the red circle"), a placeholder
-    slots = {"event": r"an? \w+ \w+ appears", "thing": r"the \w+ \w+", "start": r"<s\d+>", "end": r"<e\d+>"}
-
-    def patterns(templates):
-        return [
-            re.compile(re.sub(r"\\\{(\w+)\\\}", lambda slot: slots[slot.group(1)], re.escape(template)))
-            for template in templates
-        ]
-
     kinds = {
-        "sentence grounding": patterns(GROUNDING_TEMPLATES),
+        "sentence grounding": patterns(GROUNDING_QUESTIONS),
         "dialogue grounding": patterns(DIALOGUE_GROUNDING_TEMPLATES),
         "captioning": patterns(DIALOGUE_CAPTIONING_TEMPLATES),
     }
@@ -256,7 +267,7 @@ def test_stage3_event_turns_come_in_the_configured_shares(dataset):
                     counts[kind] += 1
                     if kind == "sentence grounding":
                         # Asked as stage 2 asks it, answered as stage 2 answers it
-                        assert re.fullmatch(r"From <s\d+> to <e\d+>\.", answer["value"]), answer["value"]
+                        assert any(pattern.fullmatch(answer["value"]) for pattern in patterns(GROUNDING_ANSWERS))
     total = sum(counts.values())
     sentence_share, dialogue_share = dataset.config.stage3_grounding_shares
     expected = {"sentence grounding": sentence_share, "dialogue grounding": dialogue_share,
@@ -333,15 +344,147 @@ def test_random_clip_embedding_sees_the_events(dataset):
             assert to_event > 10 * between_quiet, f"{video.video_id}: {event.caption} {to_event} vs {between_quiet}"
 
 
-def test_refuses_to_overwrite_unless_asked(tmp_path):
-    small = {"num_videos": 3, "num_val_videos": 1, "config": SyntheticMomentsConfig(num_images=2)}
-    generate_synthetic_moments(tmp_path, num_videos=5, num_val_videos=1, config=small["config"])
+def test_stage2_dialogues_are_what_the_converter_builds_from_the_annotations(dataset):
+    """Through the converters' public API, from the raw annotation file and the seeds the dataset records."""
+    splits = read_json(dataset.splits_file)
+    seeds = read_json(dataset.config_file)["record_seeds"]["stage2"]
+    assert len(seeds) == len(set(seeds)) == dataset.config.stage2_dialogues_per_video
+    videos = read_activitynet_captions(dataset.annotations_file)
+    train = [video for video in videos if video.video_id in splits["train"]]
+    share = dataset.config.dense_captioning_share
+    rounds = [videos_to_dialogues(train, "synthetic", dense_share=share, seed=seed) for seed in seeds]
+    expected = [record for records in rounds for record in records]
+    assert read_json(dataset.stage2_file) == expected
+
+
+def test_held_out_sets_are_what_convert_writes_from_the_held_out_annotations(dataset, tmp_path):
+    annotations = read_json(dataset.annotations_file)
+    held_out = tmp_path / "val_annotations.json"
+    val = read_json(dataset.splits_file)["val"]
+    held_out.write_text(json.dumps({video_id: annotations[video_id] for video_id in val}))
+    convert("activitynet", held_out, tmp_path / "grounding.jsonl", task="grounding")
+    convert("activitynet", held_out, tmp_path / "captioning.json", task="captioning")
+    assert dataset.grounding_val_file.read_bytes() == (tmp_path / "grounding.jsonl").read_bytes()
+    assert dataset.dense_captioning_val_file.read_bytes() == (tmp_path / "captioning.json").read_bytes()
+
+
+def small_dataset(folder, overwrite=False, num_videos=3):
+    return generate_synthetic_moments(
+        folder, num_videos=num_videos, num_val_videos=1, config=SyntheticMomentsConfig(num_images=2),
+        overwrite=overwrite,
+    )  # fmt: skip
+
+
+def test_overwrite_deletes_only_what_synth_wrote(tmp_path, capsys):
+    first = small_dataset(tmp_path, num_videos=5)
+    manifest = read_json(first.manifest_file)
+    assert manifest["complete"] and len(manifest["files"]) == 8 + 5 + 2
+    # The user's own files, beside the dataset and inside its folders
     (tmp_path / "notes.txt").write_text("kept")
-    with pytest.raises(FileExistsError, match="annotations.json"):
-        generate_synthetic_moments(tmp_path, **small)
-    result = generate_synthetic_moments(tmp_path, overwrite=True, **small)
-    assert sorted(path.stem for path in result.video_dir.iterdir()) == result.train_video_ids + result.val_video_ids
+    (first.video_dir / "my_video.mp4").write_bytes(b"mine")
+    (first.image_dir / "my_image.png").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="already holds a synthetic dataset"):
+        small_dataset(tmp_path)
+    assert cli_main(["synth", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"synth: error: {tmp_path} already holds a synthetic dataset (synthetic_manifest.json): pass --overwrite "
+        "(overwrite=True) to replace it\n"
+    )
+    result = small_dataset(tmp_path, overwrite=True)
+    assert sorted(path.name for path in result.video_dir.iterdir()) == ["my_video.mp4"] + [
+        f"{video_id}.mp4" for video_id in result.train_video_ids + result.val_video_ids
+    ]
+    assert (first.image_dir / "my_image.png").read_bytes() == b"mine"
     assert (tmp_path / "notes.txt").read_text() == "kept"
+    assert set(read_json(result.manifest_file)["files"]) == {
+        str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")
+        if path.is_file() and path.name not in ("notes.txt", "my_video.mp4", "my_image.png", "synthetic_manifest.json")
+    }  # fmt: skip
+
+
+def snapshot(folder):
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        # Not a synth output: a file of the user's where synth would write
+        (lambda root: (root / "annotations.json").write_text("{}"),
+         "annotations.json already exists and synth did not write it"),
+        # A file synth wrote, changed since
+        (lambda root: small_dataset(root) and (root / "stage2.json").write_text("[]"),
+         "stage2.json changed since synth wrote it"),
+        # A manifest that lists what synth never writes
+        (lambda root: (root / "synthetic_manifest.json").write_text('{"files": {"../outside.txt": null}}'),
+         "lists '../outside.txt', a file synth never writes"),
+        (lambda root: (root / "synthetic_manifest.json").write_text('{"files": ["stage1.json"]}'),
+         "not a synth manifest"),
+        # A folder synth writes into that is a link elsewhere
+        (lambda root: (root / "videos").symlink_to(root.parent), "videos is a link or a file"),
+    ],
+)
+def test_overwrite_refuses_what_synth_did_not_write_and_deletes_nothing(tmp_path, spoil, message, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (tmp_path / "outside.txt").write_text("kept")
+    spoil(root)
+    before = snapshot(tmp_path)
+    assert cli_main(["synth", str(root), "--num-videos", "2", "--num-val-videos", "1", "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"synth: error: {root}") and message in error and error.count("\n") == 1, error
+    assert snapshot(tmp_path) == before
+
+
+def test_a_killed_run_leaves_a_folder_that_overwrite_cleans(tmp_path, monkeypatch):
+    import vtimellm_hf.data.synthetic.dataset as dataset_module
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dataset_module, "write_still", fail)
+    with pytest.raises(OSError, match="disk full"):
+        small_dataset(tmp_path)
+    manifest = read_json(tmp_path / "synthetic_manifest.json")
+    assert not manifest["complete"] and set(manifest["files"].values()) == {None}
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match="already holds a synthetic dataset"):
+        small_dataset(tmp_path)
+    result = small_dataset(tmp_path, overwrite=True)
+    assert read_json(result.manifest_file)["complete"]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--num-videos", "0"], "argument --num-videos: expected a positive integer, got 0"),
+        (["--num-videos", "two"], "argument --num-videos: invalid positive_int value: 'two'"),
+        (["--num-val-videos", "-1"], "argument --num-val-videos: expected 0 or a positive integer, got -1"),
+        (["--seed", "-3"], "argument --seed: expected 0 or a positive integer, got -3"),
+        (["--num-videos", "2", "--num-val-videos", "2"],
+         "synth: error: num_val_videos must leave at least one training video"),
+        (["--frames", "3"], "unrecognized arguments: --frames 3"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_status_2(tmp_path, arguments, message, capsys):
+    status = None
+    try:
+        status = cli_main(["synth", str(tmp_path / "out"), *arguments])
+    except SystemExit as exit:  # argparse's own usage errors
+        status = exit.code
+    error = capsys.readouterr().err
+    assert status == 2
+    # argparse's errors come after its usage lines; the error itself is one line
+    (line,) = [line for line in error.splitlines() if not line.startswith(("usage:", " "))]
+    assert message in line, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "out").write_text("mine")
+    assert cli_main(["synth", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"synth: error: {tmp_path / 'out'} is a file, not a folder\n"
+    assert (tmp_path / "out").read_text() == "mine"
 
 
 def test_needs_a_training_video(tmp_path):

@@ -12,10 +12,8 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from .checkpoints import (
     torch_dtype,
 )
 from .cli import reports_errors
+from .files import temporary_path
 from .hub import LoadCheck, check_remote_loading
 from .model import VIDEO_TOKEN, VTimeProcessor
 from .model.processing_vtime import DEFAULT_FRAME_ENCODER
@@ -135,11 +134,8 @@ def build_hub_folder(
 
     # Built aside and moved in place at the end, so that a failure leaves no half-written folder behind
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    # mkdtemp makes a private (0700) folder; the result gets the permissions of any folder the user creates
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging = temporary_path(output_dir)
+    staging.mkdir()
     try:
         processor = VTimeProcessor.for_frame_encoder(tokenizer, frame_encoder, num_frames=NUM_FRAMES)
         save_model_folder(model, processor, staging)

@@ -9,6 +9,7 @@ control in which each video's frames are shuffled (a model that reads the video 
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -16,17 +17,21 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import configure_logging
+from .data.converters import GROUNDING_QUESTIONS
+from .files import read_json, read_json_records
+
+logger = logging.getLogger(__name__)
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-# The question the synthetic training dialogues ask for grounding (their first grounding template)
-DEMO_QUESTION = "During which frames does this happen: {query}?"
+# A question the training dialogues ask for grounding (the converters' first grounding template)
+DEMO_QUESTION = GROUNDING_QUESTIONS[0].replace("{event}", "{query}")
 # Stills written (and the CLIP pre-trained on), and pre-training steps of the base LLM and of the CLIP
 FULL_SIZES = dict(num_stills=2000, llm_steps=300, encoder_steps=400)
 QUICK_SIZES = dict(num_stills=48, llm_steps=5, encoder_steps=5)
-TINY_BASE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
-
-
-def log(message: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+TINY_BASE = dict(
+    hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4
+)
 
 
 def training_texts(dataset) -> list[str]:
@@ -48,7 +53,7 @@ def stills(dataset) -> tuple[list, list[str]]:
     import numpy as np
     from PIL import Image
 
-    records = json.loads(dataset.stage1_file.read_text())
+    records = read_json(dataset.stage1_file)
     images = [np.array(Image.open(dataset.root / record["image"]).convert("RGB")) for record in records]
     return images, [record["conversations"][1]["value"] for record in records]
 
@@ -67,7 +72,7 @@ def build_inputs(
         pretrain_tiny_llama,
     )
 
-    log(f"generating {num_videos} synthetic videos ({num_val_videos} held out) and {num_stills} stills")
+    logger.info("generating %d synthetic videos (%d held out) and %d stills", num_videos, num_val_videos, num_stills)
     dataset = generate_synthetic_moments(
         output / "data",
         num_videos=num_videos,
@@ -76,20 +81,23 @@ def build_inputs(
         config=SyntheticMomentsConfig(num_images=num_stills),
         overwrite=True,
     )
-    log("building the tiny tokenizer, base LLaMA and CLIP encoder")
+    logger.info("building the tiny tokenizer, base LLaMA and CLIP encoder")
     texts = training_texts(dataset)
     tokenizer = build_tiny_tokenizer(output / "base", texts, vocab_size=1000)
     build_tiny_llama(output / "base", tokenizer, seed=seed, **TINY_BASE)
     losses = pretrain_tiny_llama(output / "base", texts, steps=llm_steps, seed=seed)
-    log(f"pre-trained the base LLaMA on the dialogue text alone: loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    logger.info("pre-trained the base LLaMA on the dialogue text alone: loss %.2f -> %.2f", losses[0], losses[-1])
     build_tiny_frame_encoder(output / "clip", seed=seed, initializer_factor=1.0)
     losses = pretrain_tiny_frame_encoder(output / "clip", *stills(dataset), steps=encoder_steps, seed=seed)
-    log(f"pre-trained the CLIP encoder on the stills and their captions: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    logger.info(
+        "pre-trained the CLIP encoder on the stills and their captions: loss %.3f -> %.3f", losses[0], losses[-1]
+    )
     for source in (dataset.video_dir, dataset.image_dir):
         report = extract_features(source, output / "features", clip=str(output / "clip"), workers=2)
-        log(report.summary())
+        logger.info(report.summary())
         if not report.ok:
-            raise RuntimeError(f"Feature extraction failed for {len(report.failures)} inputs; see {output / 'features'}")
+            failed = len(report.failures)
+            raise RuntimeError(f"Feature extraction failed for {failed} inputs; see {output / 'features'}")
     return {"dataset": dataset}
 
 
@@ -106,14 +114,15 @@ def run_stage(stage: int, output: Path, extra: list[str]) -> None:
         paths["stage1_projector"] = output / "stage1"
     if stage == 3:
         paths["stage2_adapter"] = output / "stage2"
-    command = [sys.executable, str(RECIPES / f"stage{stage}.py"), "--config", str(RECIPES / "configs" / "tiny" / f"stage{stage}.yaml")]
+    recipe = RECIPES / "configs" / "tiny" / f"stage{stage}.yaml"
+    command = [sys.executable, str(RECIPES / f"stage{stage}.py"), "--config", str(recipe)]
     for key, value in paths.items():
         command += [f"--{key}", str(value)]
     command += ["--train_files", str(data / f"stage{stage}.json"), *extra]
-    log(f"stage {stage}: {' '.join(command[1:3])} ...")
+    logger.info("stage %d: %s ...", stage, " ".join(command[1:3]))
     started = time.time()
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    log(f"stage {stage} done in {time.time() - started:.0f} s")
+    logger.info("stage %d done in %.0f s", stage, time.time() - started)
 
 
 def evaluate(output: Path, num_plotted: int = 6) -> dict:
@@ -126,8 +135,8 @@ def evaluate(output: Path, num_plotted: int = 6) -> dict:
     from .plotting import TimelineRow, plot_timeline
 
     model, processor = load_model_and_processor(str(output / "stage3"), device="cpu", dtype="float32")
-    queries = [json.loads(line) for line in (output / "data" / "grounding_val.jsonl").read_text().splitlines() if line]
-    references = [GroundingQuery(q["video_id"], q["query"], q["start"], q["end"], q["duration"]) for q in queries]
+    queries = [query for _, query in read_json_records(output / "data" / "grounding_val.jsonl")]
+    references = [GroundingQuery(**query) for query in queries]
     store = open_feature_store(output / "features")
     results = {}
     for name, shuffle_seed in (("grounding", None), ("control", 0)):
@@ -175,9 +184,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-val-videos", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true", help="the same path on little data and few steps (CI): checks it runs, not that it learns"
+        "--quick", action="store_true",
+        help="the same path on little data and few steps (CI): checks it runs, not that it learns",
+    )
+    # As `vtimellm-hf -v/-q`, except that the demo's own progress shows by default: it is what the demo is for
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v", "--verbose", dest="verbosity", action="count", default=0,
+        help="also the progress messages of the package and of transformers (-vv: debug messages too)",
+    )  # fmt: skip
+    loudness.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="errors only, the demo's progress too"
     )
     args = parser.parse_args(argv)
+    earlier_level = logger.level
+    with configure_logging(args.verbosity):
+        logger.setLevel(logging.INFO if args.verbosity >= 0 else logging.ERROR)
+        try:
+            return run_demo(args)
+        finally:
+            logger.setLevel(earlier_level)
+
+
+def run_demo(args: argparse.Namespace) -> int:
     started = time.time()
     output = args.output.resolve()
     # Everything is rebuilt: features or stages of an earlier run with other settings must not be reused
@@ -190,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in (1, 2, 3):
         run_stage(stage, output, extra)
     metrics = evaluate(output)
-    log(f"finished in {time.time() - started:.0f} s")
+    logger.info("finished in %.0f s", time.time() - started)
     print(json.dumps(metrics, indent=2))
     print(f"metrics: {output / 'metrics.json'}\ntimeline: {output / 'timeline.png'}\nmodel: {output / 'stage3'}")
     return 0

@@ -48,6 +48,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .checkpoints import ADAPTER_SUBFOLDER
 from .cli import reports_errors
+from .files import read_json
 from .model.processing_vtime import DEFAULT_FRAME_ENCODER
 
 # `model_card/template.md` of the repository, reached through a link inside the package so that wheels carry it
@@ -122,11 +123,7 @@ def read_results(source: str | Path | Mapping[str, Any]) -> dict[str, dict[str, 
     if isinstance(source, Mapping):
         raw, origin = source, "results"
     else:
-        origin = str(source)
-        try:
-            raw = json.loads(Path(source).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{origin} is not valid JSON: {error}") from error
+        raw, origin = read_json(source), str(source)
     if not isinstance(raw, Mapping) or not raw:
         raise ValueError(f"{origin} must be a non-empty JSON object of benchmarks, e.g. {{\"charades_sta\": {{...}}}}.")
     results = {}
@@ -430,12 +427,8 @@ def _display_name(name_or_path: str) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    """The content of a record file, None where the folder has none."""
+    return read_json(path) if path.is_file() else None
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:

@@ -30,6 +30,10 @@ last one (or of the video, where an annotation runs past it); `meta.split` gives
 source videos, so InternVid videos are always cut (an uncut record would have to place its events in a video of
 unknown length); other sources are cut only where `max_clip_seconds` is given and a video is longer.
 
+**Other dialogues.** [`DialogueTurns`] asks the turns above with these templates from one seeded generator, and
+[`dialogue_record`] lays turns out as a record: dialogues of other kinds (the synthetic data's stage-3 dialogues)
+use them, so that a grounding turn is asked the same way everywhere.
+
 **Evaluation sets.** Grounding queries are JSON lines `{"video_id", "query", "start", "end", "duration"}` in
 seconds, the file `vtimellm_hf.evaluation_runs.evaluate_grounding` and the synthetic dataset use; dense-captioning
 references are the original ActivityNet Captions layout `{"v_ID": {"duration", "timestamps", "sentences"}}`, which
@@ -58,10 +62,12 @@ import random
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..cli import reports_errors
+from ..files import atomic_write
 from ..model.processing_vtime import VIDEO_TOKEN
 from .raw_annotations import (
     Event,
@@ -80,6 +86,7 @@ __all__ = [
     "DEFAULT_DENSE_SHARE",
     "DEFAULT_MAX_CLIP_SECONDS",
     "DENSE_CAPTIONING_QUESTIONS",
+    "DialogueTurns",
     "EVENT_CAPTIONING_QUESTIONS",
     "GROUNDING_ANSWERS",
     "GROUNDING_QUESTIONS",
@@ -89,6 +96,7 @@ __all__ = [
     "add_subcommand",
     "captioning_references",
     "convert",
+    "dialogue_record",
     "read_durations",
     "read_source",
     "source_queries",
@@ -173,13 +181,12 @@ _RESERVED_TEXT = re.compile(rf"<[se]\d+>|{re.escape(VIDEO_TOKEN)}")
 _WORD = re.compile(r"\w")
 
 
-class _Clip(NamedTuple):
-    """What one record covers: `events` in start order, in seconds from the start of `split` (or of the video)."""
+class _Window(NamedTuple):
+    """What one record covers: `video` with its usable events in start order, in seconds from the start of `split`
+    (the part of the source video cut for the record, in its seconds), or of the whole video where `split` is None."""
 
-    video_id: str
-    duration: float
+    video: Video
     split: tuple[float, float] | None
-    events: tuple[Event, ...]
 
 
 # Reading.
@@ -359,36 +366,33 @@ def videos_to_dialogues(
         raise ValueError(f"dense_share must lie in [0, 1], got {dense_share}")
     if max_clip_seconds is not None and not max_clip_seconds > 0:
         raise ValueError(f"max_clip_seconds must be positive, got {max_clip_seconds}")
-    rng = random.Random(seed)
     dropped: Counter[str] = Counter()
     without_events = []
-    clips = []
+    windows = []
     seen_ids = set()
     for video in videos:
         if video.video_id in seen_ids:
             raise ValueError(f"video {video.video_id!r} appears more than once; each video gives one record")
         seen_ids.add(video.video_id)
-        clip = _clip_of(video, max_clip_seconds, clip_every_video, dropped)
-        if clip is None:
+        window = _window_of(video, max_clip_seconds, clip_every_video, dropped)
+        if window is None:
             without_events.append(video.video_id)
         else:
-            clips.append(clip)
+            windows.append(window)
     _warn_about_left_out(dropped, without_events)
-    common_words = _common_words(event.sentence for clip in clips for event in clip.events)
-    dense = set(_shuffled(range(len(clips)), rng)[: round(dense_share * len(clips))])
+    turns = DialogueTurns((event.sentence for window in windows for event in window.video.events), seed)
+    dense = set(turns.shuffled(range(len(windows)))[: round(dense_share * len(windows))])
     records = []
-    for number, clip in enumerate(clips):
-        if number in dense:
-            turns = _dense_captioning_turns(clip, common_words, rng)
-        else:
-            turns = _multi_turns(clip, common_words, rng)
-        records.append(_dialogue_record(clip, source, turns))
+    for number, (video, split) in enumerate(windows):
+        sentences = [event.sentence for event in video.events]
+        dialogue = [turns.dense_captioning(sentences)] if number in dense else turns.multi_turn(sentences)
+        records.append(dialogue_record(video, source, dialogue, split))
     return records
 
 
-def _clip_of(
+def _window_of(
     video: Video, max_clip_seconds: float | None, clip_every_video: bool, dropped: Counter[str]
-) -> _Clip | None:
+) -> _Window | None:
     """The part of `video` that its record covers, with its usable events; `None` where no event is usable."""
     events = []
     for event in video.events:
@@ -402,7 +406,7 @@ def _clip_of(
             events.append(event._replace(sentence=" ".join(event.sentence.split())))
     events.sort(key=lambda event: (event.start, event.end))
     if not clip_every_video and (max_clip_seconds is None or video.duration <= max_clip_seconds):
-        return _Clip(video.video_id, video.duration, None, tuple(events)) if events else None
+        return _Window(Video(video.video_id, video.duration, tuple(events)), None) if events else None
     # Annotations may end after their video does (ActivityNet has such events); a clip stops with its video, and
     # an index past the end is the last one either way, so such events end with the video.
     events = [event._replace(end=min(event.end, video.duration)) for event in events]
@@ -416,7 +420,7 @@ def _clip_of(
     relative = tuple(
         Event(_relative(member.start, start), _relative(member.end, start), member.sentence) for member in members
     )
-    return _Clip(video.video_id, _relative(end, start), (start, end), relative)
+    return _Window(Video(video.video_id, _relative(end, start), relative), (start, end))
 
 
 def _busiest_window(events: Sequence[Event], max_seconds: float) -> tuple[float, float, list[Event]] | None:
@@ -447,28 +451,85 @@ def _relative(seconds: float, origin: float) -> float:
     return round(seconds - origin, _TIME_DECIMALS)
 
 
-def _dense_captioning_turns(clip: _Clip, common_words: frozenset[str], rng: random.Random) -> list[tuple[str, str]]:
-    answer = " ".join(
-        f"From <s{number}> to <e{number}>, {_as_clause(event.sentence, common_words)}."
-        for number, event in enumerate(clip.events)
-    )
-    return [(_pick(DENSE_CAPTIONING_QUESTIONS, rng), answer)]
+class DialogueTurns:
+    """
+    The question-answer turns of VTimeLLM's dialogues, asked with this module's templates, every choice drawn from
+    one generator seeded with `seed`. Each method takes the sentences of one record's events in start order: the
+    K-th event's placeholders are `<sK>` and `<eK>` (see [`dialogue_record`]).
+
+    Only `random()` of `random.Random` is used: it is the one method whose sequence Python promises to keep across
+    versions for a given seed, so that the same seed gives the same records on any Python.
+
+    Args:
+        sentences: every sentence the turns may embed as a clause: a first word that these sentences also write in
+            lower case, or a common opener ("A", "The"), loses its capital inside another sentence; a name keeps it.
+        seed: seed of every random choice.
+    """
+
+    def __init__(self, sentences: Iterable[str], seed: int):
+        self._rng = random.Random(seed)
+        self._common_words = _common_words(sentences)
+
+    def random(self) -> float:
+        """A number drawn uniformly from [0, 1), for choices of the caller's own."""
+        return self._rng.random()
+
+    def pick(self, templates: Sequence[str]) -> str:
+        """One of `templates`, drawn at random."""
+        return templates[int(self._rng.random() * len(templates))]
+
+    def shuffled(self, items: Iterable[Any]) -> list[Any]:
+        """`items` in random order."""
+        items = list(items)
+        keys = [self._rng.random() for _ in items]
+        return [items[position] for position in sorted(range(len(items)), key=keys.__getitem__)]
+
+    def dense_captioning(self, sentences: Sequence[str]) -> tuple[str, str]:
+        """A question about the whole video, answered by every event in time order: "From <s0> to <e0>, ..."."""
+        answer = " ".join(
+            f"From <s{number}> to <e{number}>, {self.clause(sentence)}." for number, sentence in enumerate(sentences)
+        )
+        return self.pick(DENSE_CAPTIONING_QUESTIONS), answer
+
+    def multi_turn(self, sentences: Sequence[str]) -> list[tuple[str, str]]:
+        """One turn per event, in random order, each event captioning or grounding with even odds."""
+        turns = []
+        for number in self.shuffled(range(len(sentences))):
+            if self._rng.random() < _EVENT_CAPTIONING_ODDS:
+                turns.append(self.event_captioning(number, sentences[number]))
+            else:
+                turns.append(self.grounding(number, sentences[number]))
+        return turns
+
+    def event_captioning(self, number: int, sentence: str) -> tuple[str, str]:
+        """The question gives the event's placeholders; the answer is its sentence."""
+        question = self.pick(EVENT_CAPTIONING_QUESTIONS).format(start=f"<s{number}>", end=f"<e{number}>")
+        return question, _as_sentence(sentence)
+
+    def grounding(self, number: int, sentence: str) -> tuple[str, str]:
+        """The question gives the event's sentence as a clause; the answer its placeholders."""
+        question = self.pick(GROUNDING_QUESTIONS).format(event=self.clause(sentence))
+        return question, self.pick(GROUNDING_ANSWERS).format(start=f"<s{number}>", end=f"<e{number}>")
+
+    def clause(self, sentence: str) -> str:
+        """`"A man cracks an egg."` -> `"a man cracks an egg"`: a sentence to embed in another one."""
+        clause = sentence.rstrip(" .!?")
+        match = _WORDS.match(clause)
+        if match is not None:
+            word = match.group()
+            # Only a capital initial before lower case is lowered: "TV" and "McDonald" keep theirs.
+            if word.lower() in self._common_words and (len(word) == 1 or word[1:].islower()):
+                clause = word.lower() + clause[len(word) :]
+        return clause
 
 
-def _multi_turns(clip: _Clip, common_words: frozenset[str], rng: random.Random) -> list[tuple[str, str]]:
-    turns = []
-    for number in _shuffled(range(len(clip.events)), rng):
-        start, end = f"<s{number}>", f"<e{number}>"
-        sentence = clip.events[number].sentence
-        if rng.random() < _EVENT_CAPTIONING_ODDS:
-            turns.append((_pick(EVENT_CAPTIONING_QUESTIONS, rng).format(start=start, end=end), _as_sentence(sentence)))
-        else:
-            question = _pick(GROUNDING_QUESTIONS, rng).format(event=_as_clause(sentence, common_words))
-            turns.append((question, _pick(GROUNDING_ANSWERS, rng).format(start=start, end=end)))
-    return turns
-
-
-def _dialogue_record(clip: _Clip, source: str, turns: list[tuple[str, str]]) -> dict[str, Any]:
+def dialogue_record(
+    video: Video, source: str, turns: Sequence[tuple[str, str]], split: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """
+    A dialogue record (the format of the module's documentation) of `(question, answer)` turns about `video`, whose
+    K-th event gives the times of `<sK>` and `<eK>` in `meta.token`; `split`, where given, is `meta.split`.
+    """
     conversations = []
     for number, (question, answer) in enumerate(turns):
         # As in VTimeLLM's data: the video comes first, on a line of its own, in the first question only.
@@ -476,15 +537,15 @@ def _dialogue_record(clip: _Clip, source: str, turns: list[tuple[str, str]]) -> 
         conversations.append({"from": "human", "value": prefix + question})
         conversations.append({"from": "gpt", "value": answer})
     token = {}
-    for number, event in enumerate(clip.events):
+    for number, event in enumerate(video.events):
         token[f"<s{number}>"] = event.start
         token[f"<e{number}>"] = event.end
     meta: dict[str, Any] = {}
-    if clip.split is not None:
-        meta["split"] = list(clip.split)
-    meta["duration"] = clip.duration
+    if split is not None:
+        meta["split"] = list(split)
+    meta["duration"] = video.duration
     meta["token"] = token
-    return {"source": source, "id": clip.video_id, "conversations": conversations, "meta": meta}
+    return {"source": source, "id": video.video_id, "conversations": conversations, "meta": meta}
 
 
 def _warn_about_left_out(dropped: Counter[str], without_events: list[str]) -> None:
@@ -504,35 +565,10 @@ def _common_words(sentences: Iterable[str]) -> frozenset[str]:
     return frozenset(words)
 
 
-def _as_clause(sentence: str, common_words: frozenset[str]) -> str:
-    """`"A man cracks an egg."` -> `"a man cracks an egg"`: a sentence to embed in another one."""
-    clause = sentence.rstrip(" .!?")
-    match = _WORDS.match(clause)
-    if match is not None:
-        word = match.group()
-        # Only a capital initial before lower case is lowered: "TV" and "McDonald" keep theirs.
-        if word.lower() in common_words and (len(word) == 1 or word[1:].islower()):
-            clause = word.lower() + clause[len(word) :]
-    return clause
-
-
 def _as_sentence(text: str) -> str:
     """`"a man cracks an egg"` -> `"A man cracks an egg."`: a caption as an answer of its own."""
     text = text[:1].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def _pick(templates: Sequence[str], rng: random.Random) -> str:
-    # Only `random()` is used: it is the one method whose sequence Python promises to keep across versions for a
-    # given seed, so the same seed gives the same records on any Python.
-    return templates[int(rng.random() * len(templates))]
-
-
-def _shuffled(items: Iterable[int], rng: random.Random) -> list[int]:
-    """`items` in random order, drawn with `random()` only (see `_pick`)."""
-    items = list(items)
-    keys = [rng.random() for _ in items]
-    return [items[position] for position in sorted(range(len(items)), key=keys.__getitem__)]
 
 
 # Evaluation sets.
@@ -587,11 +623,9 @@ def _json(value: Any) -> str:
 
 
 def _write_text(path: PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as file:
+        file.write(text.encode("utf-8"))
 
 
 # One call, and the command line.
@@ -709,42 +743,38 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text}")
-    return value
+def _number_argument(accepts: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse type: a number that `accepts` takes, else an error saying that `expected` was expected."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+_share = _number_argument(lambda value: 0 <= value <= 1, "a share in [0, 1]")
+_positive_float = _number_argument(lambda value: value > 0 and math.isfinite(value), "a positive number")
 
 
+@reports_errors("convert")
 def _run(args: argparse.Namespace) -> int:
-    try:
-        durations = read_durations(args.durations) if args.durations is not None else None
-        count = convert(
-            args.source_format,
-            args.input,
-            args.output,
-            task=args.task,
-            dense_share=args.dense_share,
-            seed=args.seed,
-            max_clip_seconds=args.max_clip_seconds,
-            durations=durations,
-        )
-    except (OSError, ValueError) as error:
-        print(f"convert: error: {error}", file=sys.stderr)
-        return 2
+    durations = read_durations(args.durations) if args.durations is not None else None
+    count = convert(
+        args.source_format,
+        args.input,
+        args.output,
+        task=args.task,
+        dense_share=args.dense_share,
+        seed=args.seed,
+        max_clip_seconds=args.max_clip_seconds,
+        durations=durations,
+    )
     what = {"dialogues": "dialogues", "grounding": "grounding queries", "captioning": "videos"}[args.task]
     print(f"convert: wrote {count} {what} to {args.output}", file=sys.stderr)
     return 0

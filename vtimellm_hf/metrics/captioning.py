@@ -62,7 +62,6 @@ The caption scorers are pluggable: a [`CaptionScorer`] takes `references` (`{key
 `pycocoevalcap` and Java.
 """
 
-import json
 import math
 import numbers
 import os
@@ -71,6 +70,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..data.raw_annotations import Event, Video
+from ..files import read_json
 
 __all__ = [
     "DENSEVID_TIOUS",
@@ -276,16 +276,12 @@ def read_captioning_predictions(path: str | os.PathLike) -> dict[str, Any]:
     """Load and check a prediction file in the ActivityNet challenge format (see [`parse_captioning_predictions`]).
 
     Raises:
-        ValueError: naming the file and what is wrong: bytes that are not UTF-8, invalid JSON, a malformed event.
+        ValueError: naming the file and what is wrong: bytes that are not UTF-8, invalid JSON, a repeated key, a
+            malformed event.
     """
+    predictions = read_json(path)
     try:
-        with open(path, encoding="utf-8") as file:
-            predictions = json.load(file)
         parse_captioning_predictions(predictions)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not valid UTF-8 (byte {error.object[error.start]:#04x})") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}, column {error.colno}: invalid JSON: {error.msg}") from None
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     return predictions

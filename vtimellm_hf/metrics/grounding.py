@@ -23,7 +23,6 @@ Conventions (each one changes numbers):
   would score something else than what was asked.
 """
 
-import json
 import math
 import numbers
 import os
@@ -32,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ..data.raw_annotations import GroundingQuery
+from ..files import read_json_records
 
 __all__ = ["GROUNDING_THRESHOLDS", "read_grounding_predictions", "score_grounding", "temporal_iou"]
 
@@ -131,33 +131,22 @@ def score_grounding(
 
 
 def read_grounding_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read grounding predictions from a JSON-lines file, one object a line, blank lines skipped.
+    """Read grounding predictions from a JSON-lines file, one object a line, blank lines skipped (or a JSON list).
 
     Each line is `{"video_id": str, "query": str, "timestamp": [start, end] | null, ...}` (further keys, such as
     `"answer"`, are kept).
 
     Raises:
-        ValueError: naming the file and line, on bytes that are not UTF-8, invalid JSON, or a line that is not a
-            prediction object.
+        ValueError: naming the file and line, on bytes that are not UTF-8, invalid JSON, an object that repeats a
+            key, or a line that is not a prediction object.
     """
     predictions = []
-    with open(path, "rb") as file:
-        for line_number, raw_line in enumerate(file, start=1):
-            try:
-                line = raw_line.decode("utf-8")
-                if not line.strip():
-                    continue
-                prediction = json.loads(line)
-                _parse_prediction(prediction)
-            except UnicodeDecodeError as error:
-                byte = raw_line[error.start]
-                raise ValueError(f"{path}, line {line_number}: not valid UTF-8 (byte {byte:#04x})") from None
-            except json.JSONDecodeError as error:
-                message = f"invalid JSON: {error.msg} (column {error.colno})"
-                raise ValueError(f"{path}, line {line_number}: {message}") from None
-            except ValueError as error:
-                raise ValueError(f"{path}, line {line_number}: {error}") from None
-            predictions.append(prediction)
+    for where, prediction in read_json_records(path):
+        try:
+            _parse_prediction(prediction)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        predictions.append(prediction)
     return predictions
 
 

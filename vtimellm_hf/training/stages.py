@@ -20,6 +20,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from .. import checkpoints
 from .._deprecated import moved_names, warn_moved
+from ..cli import configure_logging
 from ..conversion import build_hub_folder
 from ..data import loaders
 from ..data.features import open_feature_store
@@ -347,7 +348,19 @@ def stage_main(stage: int, argv: list[str] | None = None) -> Path:
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
-    return run_stage(stage, model_args, data_args, training_args)
+    # The package's messages show as `vtimellm-hf -v/-q` shows them, from the level `--log_level` (or, on the other
+    # processes, `--log_level_replica`) sets for transformers' own
+    with configure_logging(_verbosity(training_args.get_process_log_level())):
+        return run_stage(stage, model_args, data_args, training_args)
+
+
+def _verbosity(level: int) -> int:
+    """The count of `vtimellm-hf -v` (-1: `-q`) that shows the messages of `level` and above."""
+    if level <= logging.DEBUG:
+        return 2
+    if level <= logging.INFO:
+        return 1
+    return 0 if level <= logging.WARNING else -1
 
 
 def load_tokenizer(model_args: VTimeModelArguments):
