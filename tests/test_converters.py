@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from vtimellm_hf.data import converters
 from vtimellm_hf.data.converters import (
     DENSE_CAPTIONING_QUESTIONS,
     EVENT_CAPTIONING_QUESTIONS,
@@ -224,7 +225,7 @@ def test_long_videos_are_cut_to_the_clip_with_the_most_events():
         Event(170.0, 400.0, "too long for any clip"),
         Event(140.0, 150.0, "g"),
     )
-    (record,) = videos_to_dialogues([Video("v", 500.0, events)], "internvid", max_clip_seconds=120, dense_share=1)
+    (record,) = videos_to_dialogues([Video("v", 500.0, events)], "internvid", max_window_seconds=120, dense_share=1)
     # Clips of at most 120 s: from 0 s {a, b}; from 100 s {b, c, g, d}; from 105.5 s {c, g, d}; ...
     assert record["meta"]["split"] == [100.0, 219.8]
     assert record["meta"]["duration"] == 119.8
@@ -234,28 +235,47 @@ def test_long_videos_are_cut_to_the_clip_with_the_most_events():
     assert record["conversations"][1]["value"].endswith("From <s3> to <e3>, d.")
     # Among equally busy clips, the earliest.
     (record,) = videos_to_dialogues(
-        [Video("v", 500.0, (Event(200.0, 210.0, "y"), Event(0.0, 10.0, "x")))], "anet", max_clip_seconds=120
+        [Video("v", 500.0, (Event(200.0, 210.0, "y"), Event(0.0, 10.0, "x")))], "anet", max_window_seconds=120
     )
     assert record["meta"]["split"] == [0.0, 10.0]
 
 
-def test_clips_stop_with_their_video():
-    # ActivityNet has events that end after their video: in a clip they end with it, and fit where they would not.
+def test_windows_stop_with_their_video():
+    # ActivityNet has events that end after their video: in a window they end with it, and fit where they would not.
     video = Video("v", 130.0, (Event(20.0, 30.0, "a"), Event(25.0, 145.0, "b")))
-    (record,) = videos_to_dialogues([video], "anet", max_clip_seconds=120)
+    (record,) = videos_to_dialogues([video], "anet", max_window_seconds=120)
     assert record["meta"]["split"] == [20.0, 130.0]
     assert record["meta"]["token"] == {"<s0>": 0.0, "<e0>": 10.0, "<s1>": 5.0, "<e1>": 110.0}
 
 
+def test_the_old_window_names_still_work_with_a_warning():
+    videos = [Video("v", 500.0, (Event(200.0, 210.0, "y"), Event(0.0, 10.0, "x")))]
+    expected = videos_to_dialogues(videos, "anet", max_window_seconds=120, window_every_video=True)
+    with pytest.warns(FutureWarning) as warned:
+        assert videos_to_dialogues(videos, "anet", max_clip_seconds=120, clip_every_video=True) == expected
+    assert [str(warning.message).split(";")[0] for warning in warned] == [
+        "videos_to_dialogues(max_clip_seconds=...) is now max_window_seconds=...",
+        "videos_to_dialogues(clip_every_video=...) is now window_every_video=...",
+    ]
+    with pytest.raises(TypeError, match="both 'max_clip_seconds' and its new name 'max_window_seconds'"):
+        videos_to_dialogues(videos, "anet", max_clip_seconds=120, max_window_seconds=120)
+    with pytest.warns(FutureWarning, match="DEFAULT_MAX_CLIP_SECONDS moved to"):
+        assert converters.DEFAULT_MAX_CLIP_SECONDS == 120.0
+    parser = argparse.ArgumentParser()
+    add_subcommand(parser.add_subparsers())
+    old = parser.parse_args(["convert", "activitynet", "in.json", "out.json", "--max-clip-seconds", "30"])
+    assert old.max_window_seconds == 30.0
+
+
 def test_short_videos_stay_whole_unless_every_video_is_cut():
     video = Video("v", 100.0, (Event(12.2, 30.0, "a"), Event(40.0, 54.4, "b")))
-    (whole,) = videos_to_dialogues([video], "anet", max_clip_seconds=120)
+    (whole,) = videos_to_dialogues([video], "anet", max_window_seconds=120)
     assert "split" not in whole["meta"] and whole["meta"]["duration"] == 100.0
-    (clip,) = videos_to_dialogues([video], "internvid", clip_every_video=True)
-    assert clip["meta"]["split"] == [12.2, 54.4]
+    (window,) = videos_to_dialogues([video], "internvid", window_every_video=True)
+    assert window["meta"]["split"] == [12.2, 54.4]
     # Differences of the times as written, without the binary noise of the subtraction.
-    assert clip["meta"]["duration"] == 42.2
-    assert clip["meta"]["token"] == {"<s0>": 0.0, "<e0>": 17.8, "<s1>": 27.8, "<e1>": 42.2}
+    assert window["meta"]["duration"] == 42.2
+    assert window["meta"]["token"] == {"<s0>": 0.0, "<e0>": 17.8, "<s1>": 27.8, "<e1>": 42.2}
 
 
 def test_unusable_events_are_left_out_with_a_warning(caplog):
@@ -277,8 +297,8 @@ def test_unusable_events_are_left_out_with_a_warning(caplog):
 def test_dialogue_settings_are_checked():
     with pytest.raises(ValueError, match=r"dense_share must lie in \[0, 1\], got 1.5"):
         videos_to_dialogues(make_videos(1), "anet", dense_share=1.5)
-    with pytest.raises(ValueError, match=r"max_clip_seconds must be positive, got 0"):
-        videos_to_dialogues(make_videos(1), "anet", max_clip_seconds=0)
+    with pytest.raises(ValueError, match=r"max_window_seconds must be positive, got 0"):
+        videos_to_dialogues(make_videos(1), "anet", max_window_seconds=0)
     with pytest.raises(ValueError, match=r"video 'v0' appears more than once"):
         videos_to_dialogues(make_videos(1) * 2, "anet")
     with pytest.raises(ValueError, match=r"unknown source_format 'youcook'; expected one of activitynet, charades"):
@@ -362,7 +382,7 @@ def test_internvid_videos_are_always_cut_into_one_clip(tmp_path):
 
 def test_internvid_clip_limit_is_a_setting(tmp_path):
     output = tmp_path / "stage2.json"
-    convert("internvid", write_internvid(tmp_path), output, max_clip_seconds=30)
+    convert("internvid", write_internvid(tmp_path), output, max_window_seconds=30)
     first = json.loads(output.read_text())[0]
     # From 129.8 s, a 30-second clip holds one event; from 160 s, two.
     assert first["meta"]["split"] == [160.0, 183.0]
@@ -437,7 +457,7 @@ def test_cli_errors_name_the_file_and_exit_with_2(tmp_path, capsys):
     assert run_cli("charades", broken, tmp_path / "out.jsonl", "--task", "grounding") == 2
     assert f"convert: error: {broken}, line 1: expected 'VIDEO_ID START END'" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
-    for bad in (["--dense-share", "1.5"], ["--max-clip-seconds", "0"], ["--task", "qa"]):
+    for bad in (["--dense-share", "1.5"], ["--max-window-seconds", "0"], ["--task", "qa"]):
         with pytest.raises(SystemExit):
             run_cli("charades", broken, tmp_path / "out.jsonl", *bad)
     with pytest.raises(SystemExit):
@@ -499,7 +519,7 @@ def test_every_activitynet_val_video_becomes_a_dialogue(activitynet_val, real_da
 
 
 def test_activitynet_val_clips_of_at_most_120_seconds_load(activitynet_val, tmp_path):
-    records = videos_to_dialogues(activitynet_val, "anet", max_clip_seconds=120, seed=5)
+    records = videos_to_dialogues(activitynet_val, "anet", max_window_seconds=120, seed=5)
     durations = {video.video_id: video.duration for video in activitynet_val}
     cut = [record for record in records if "split" in record["meta"]]
     assert cut and all(record["meta"]["duration"] <= 120 for record in records)

@@ -1,5 +1,7 @@
-"""Old import paths of names that moved: a module's `__getattr__` that finds them where they live now, with a warning."""
+"""Old names that moved: a module's `__getattr__` that finds them where they live now, and keyword arguments under
+their new names; each with a warning."""
 
+import functools
 import importlib
 import warnings
 from collections.abc import Callable, Mapping
@@ -26,3 +28,29 @@ def moved_names(module_name: str, moved: Mapping[str, str]) -> Callable[[str], o
         return getattr(importlib.import_module(new_module), new_name)
 
     return __getattr__
+
+
+def renamed_keywords(**new_names: str) -> Callable[[Callable], Callable]:
+    """
+    A decorator: each old keyword argument `old=...` given to the function is passed on as its new name
+    (`renamed_keywords(old="new")`), with a `FutureWarning`; giving both names is a `TypeError`.
+    """
+
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for old, new in new_names.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{function.__name__}() got both {old!r} and its new name {new!r}")
+                    warnings.warn(
+                        f"{function.__name__}({old}=...) is now {new}=...; the old name will be removed.",
+                        FutureWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -21,14 +21,14 @@ into two-digit frame indices (`min(round(seconds / duration * 100), 99)`), as th
 carry no index themselves. Everything random is drawn from one seeded generator: the same videos and seed give the
 same records, byte for byte once written.
 
-**Clips.** VTimeLLM trains on InternVid clips of at most 120 s, cut from long YouTube videos. A record names its
-video and its features with one `id` (`vtimellm_hf.data.extract` reads `{video_root}/{id}.*` and the clip
-`meta.split`, and writes `{id}.npy`), so each video gives at most one record: where a video is cut, the clip kept is
+**Windows.** VTimeLLM trains on InternVid clips of at most 120 s, cut from long YouTube videos. A record names its
+video and its features with one `id` (`vtimellm_hf.data.extract` reads `{video_root}/{id}.*` and the time window
+`meta.split`, and writes `{id}.npy`), so each video gives at most one record: where a video is cut, the window kept is
 the one holding the most events (the earliest among equals), from the start of its first event to the end of its
 last one (or of the video, where an annotation runs past it); `meta.split` gives it in the source video's seconds,
 `meta.duration` its length, and event times are relative to its start. InternVid does not give the length of its
 source videos, so InternVid videos are always cut (an uncut record would have to place its events in a video of
-unknown length); other sources are cut only where `max_clip_seconds` is given and a video is longer.
+unknown length); other sources are cut only where `max_window_seconds` is given and a video is longer.
 
 **Other dialogues.** [`DialogueTurns`] asks the turns above with these templates from one seeded generator, and
 [`dialogue_record`] lays turns out as a record: dialogues of other kinds (the synthetic data's stage-3 dialogues)
@@ -47,7 +47,7 @@ bound of its length (a warning says how many videos this concerns).
 
 **Events left out.** An event that starts at or after the end of its video names no frame, and a sentence holding
 `<video>` or a `<sK>`/`<eK>`-like tag would be taken for a placeholder by the loader: both are left out of
-dialogues, as are the events outside the clip cut from a video, and warnings count them. A video left with no event
+dialogues, as are the events outside the window cut from a video, and warnings count them. A video left with no event
 gives no record. Evaluation sets keep every annotation as it is.
 """
 
@@ -66,6 +66,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .._deprecated import moved_names, renamed_keywords
 from ..cli import reports_errors
 from ..files import atomic_write
 from ..model.processing_vtime import VIDEO_TOKEN
@@ -84,7 +85,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_DENSE_SHARE",
-    "DEFAULT_MAX_CLIP_SECONDS",
+    "DEFAULT_MAX_WINDOW_SECONDS",
     "DENSE_CAPTIONING_QUESTIONS",
     "DialogueTurns",
     "EVENT_CAPTIONING_QUESTIONS",
@@ -113,7 +114,7 @@ SOURCE_FORMATS = ("activitynet", "charades", "didemo", "internvid")
 SOURCE_NAMES = {"activitynet": "anet", "charades": "charades", "didemo": "didemo", "internvid": "internvid"}
 TASKS = ("dialogues", "grounding", "captioning")
 DEFAULT_DENSE_SHARE = 0.2
-DEFAULT_MAX_CLIP_SECONDS = 120.0
+DEFAULT_MAX_WINDOW_SECONDS = 120.0
 # Odds that a turn of a multi-turn dialogue is event captioning rather than grounding.
 _EVENT_CAPTIONING_ODDS = 0.5
 # Clip-relative times are differences of times as written; rounding removes the binary noise of the subtraction
@@ -329,19 +330,20 @@ def source_queries(
 # Dialogues.
 
 
+@renamed_keywords(max_clip_seconds="max_window_seconds", clip_every_video="window_every_video")
 def videos_to_dialogues(
     videos: Iterable[Video],
     source: str,
     *,
     dense_share: float = DEFAULT_DENSE_SHARE,
     seed: int = 0,
-    max_clip_seconds: float | None = None,
-    clip_every_video: bool = False,
+    max_window_seconds: float | None = None,
+    window_every_video: bool = False,
 ) -> list[dict[str, Any]]:
     """
     VTimeLLM stage-2 style dialogues, one per video: dense captioning or multi-turn event captioning and grounding.
 
-    See the module's documentation for the record format, the mix and the clips.
+    See the module's documentation for the record format, the mix and the windows.
 
     Args:
         videos: the videos and their events; events may come in any order.
@@ -349,9 +351,9 @@ def videos_to_dialogues(
         dense_share: share of the records that are single-turn dense captioning, in [0, 1]: exactly
             `round(dense_share * n)` of the `n` records, drawn at random; the rest are multi-turn.
         seed: seed of every random choice (which records are dense, templates, turn order and kinds).
-        max_clip_seconds: longest clip to cut from a video. A video longer than this is cut to the clip holding the
-            most events; `None` keeps videos whole (or, with `clip_every_video`, does not bound the clip).
-        clip_every_video: cut every video to a clip spanning its events, long or not, so that every record says
+        max_window_seconds: longest window to cut from a video. A video longer than this is cut to the window holding the
+            most events; `None` keeps videos whole (or, with `window_every_video`, does not bound the window).
+        window_every_video: cut every video to a window spanning its events, long or not, so that every record says
             with `meta.split` which part of its video it covers (needed where video lengths are unknown, as for
             InternVid).
 
@@ -359,13 +361,13 @@ def videos_to_dialogues(
         The records, in the order of `videos`, leaving out videos without a usable event.
 
     Raises:
-        ValueError: on a `dense_share` outside [0, 1], a `max_clip_seconds` that is not positive, or a video id that
+        ValueError: on a `dense_share` outside [0, 1], a `max_window_seconds` that is not positive, or a video id that
             appears twice (two records of one id would share one feature file).
     """
     if not 0 <= dense_share <= 1:
         raise ValueError(f"dense_share must lie in [0, 1], got {dense_share}")
-    if max_clip_seconds is not None and not max_clip_seconds > 0:
-        raise ValueError(f"max_clip_seconds must be positive, got {max_clip_seconds}")
+    if max_window_seconds is not None and not max_window_seconds > 0:
+        raise ValueError(f"max_window_seconds must be positive, got {max_window_seconds}")
     dropped: Counter[str] = Counter()
     without_events = []
     windows = []
@@ -374,7 +376,7 @@ def videos_to_dialogues(
         if video.video_id in seen_ids:
             raise ValueError(f"video {video.video_id!r} appears more than once; each video gives one record")
         seen_ids.add(video.video_id)
-        window = _window_of(video, max_clip_seconds, clip_every_video, dropped)
+        window = _window_of(video, max_window_seconds, window_every_video, dropped)
         if window is None:
             without_events.append(video.video_id)
         else:
@@ -391,7 +393,7 @@ def videos_to_dialogues(
 
 
 def _window_of(
-    video: Video, max_clip_seconds: float | None, clip_every_video: bool, dropped: Counter[str]
+    video: Video, max_window_seconds: float | None, window_every_video: bool, dropped: Counter[str]
 ) -> _Window | None:
     """The part of `video` that its record covers, with its usable events; `None` where no event is usable."""
     events = []
@@ -405,18 +407,18 @@ def _window_of(
         else:
             events.append(event._replace(sentence=" ".join(event.sentence.split())))
     events.sort(key=lambda event: (event.start, event.end))
-    if not clip_every_video and (max_clip_seconds is None or video.duration <= max_clip_seconds):
+    if not window_every_video and (max_window_seconds is None or video.duration <= max_window_seconds):
         return _Window(Video(video.video_id, video.duration, tuple(events)), None) if events else None
-    # Annotations may end after their video does (ActivityNet has such events); a clip stops with its video, and
+    # Annotations may end after their video does (ActivityNet has such events); a window stops with its video, and
     # an index past the end is the last one either way, so such events end with the video.
     events = [event._replace(end=min(event.end, video.duration)) for event in events]
-    window = _busiest_window(events, math.inf if max_clip_seconds is None else max_clip_seconds)
+    window = _busiest_window(events, math.inf if max_window_seconds is None else max_window_seconds)
     if window is None:
         if events:
-            dropped["fit in no clip (longer than the clip limit, or of zero length)"] += len(events)
+            dropped["fit in no window (longer than the window limit, or of zero length)"] += len(events)
         return None
     start, end, members = window
-    dropped["fall outside the clip cut from their video"] += len(events) - len(members)
+    dropped["fall outside the window cut from their video"] += len(events) - len(members)
     relative = tuple(
         Event(_relative(member.start, start), _relative(member.end, start), member.sentence) for member in members
     )
@@ -425,8 +427,8 @@ def _window_of(
 
 def _busiest_window(events: Sequence[Event], max_seconds: float) -> tuple[float, float, list[Event]] | None:
     """
-    `(start, end, events)` of the clip of at most `max_seconds` that holds the most events (the earliest among
-    equals), running from its first event's start to its last event's end; `None` where no clip of positive length
+    `(start, end, events)` of the window of at most `max_seconds` that holds the most events (the earliest among
+    equals), running from its first event's start to its last event's end; `None` where no window of positive length
     holds any. `events` must be sorted by start.
     """
     best = None
@@ -437,7 +439,7 @@ def _busiest_window(events: Sequence[Event], max_seconds: float) -> tuple[float,
         members = []
         for event in events[index:]:
             if event.start > limit:
-                # Sorted by start: no later event can end within the clip either.
+                # Sorted by start: no later event can end within the window either.
                 break
             if event.end <= limit:
                 members.append(event)
@@ -631,6 +633,7 @@ def _write_text(path: PathLike, text: str) -> None:
 # One call, and the command line.
 
 
+@renamed_keywords(max_clip_seconds="max_window_seconds")
 def convert(
     source_format: str,
     input_path: PathLike,
@@ -639,7 +642,7 @@ def convert(
     task: str = "dialogues",
     dense_share: float = DEFAULT_DENSE_SHARE,
     seed: int = 0,
-    max_clip_seconds: float | None = None,
+    max_window_seconds: float | None = None,
     durations: Mapping[str, float] | None = None,
 ) -> int:
     """
@@ -652,8 +655,8 @@ def convert(
             lines of queries for `"grounding"`, an ActivityNet Captions JSON object for `"captioning"`.
         task: one of [`TASKS`].
         dense_share, seed: dialogues only, see [`videos_to_dialogues`].
-        max_clip_seconds: dialogues only: longest clip cut from a video. `None` takes
-            [`DEFAULT_MAX_CLIP_SECONDS`] for InternVid, whose videos are always cut, and keeps the videos of other
+        max_window_seconds: dialogues only: longest window cut from a video. `None` takes
+            [`DEFAULT_MAX_WINDOW_SECONDS`] for InternVid, whose videos are always cut, and keeps the videos of other
             sources whole.
         durations: video lengths in seconds by video id, see [`read_source`] and [`source_queries`].
 
@@ -679,16 +682,16 @@ def convert(
             )
         write_captioning_references(videos, output_path)
         return len(videos)
-    clip_every_video = source_format == "internvid"
-    if clip_every_video and max_clip_seconds is None:
-        max_clip_seconds = DEFAULT_MAX_CLIP_SECONDS
+    window_every_video = source_format == "internvid"
+    if window_every_video and max_window_seconds is None:
+        max_window_seconds = DEFAULT_MAX_WINDOW_SECONDS
     records = videos_to_dialogues(
         videos,
         SOURCE_NAMES[source_format],
         dense_share=dense_share,
         seed=seed,
-        max_clip_seconds=max_clip_seconds,
-        clip_every_video=clip_every_video,
+        max_window_seconds=max_window_seconds,
+        window_every_video=window_every_video,
     )
     write_dialogues(records, output_path)
     return len(records)
@@ -726,11 +729,12 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="dialogues: seed of every random choice (default: 0)")
     parser.add_argument(
-        "--max-clip-seconds",
+        "--max-window-seconds",
+        "--max-clip-seconds",  # the old name, still accepted
         type=_positive_float,
         default=None,
-        help=f"dialogues: cut longer videos to the clip of at most this many seconds that holds the most events "
-        f"(default: {DEFAULT_MAX_CLIP_SECONDS:g} for internvid, whose videos are always cut; others stay whole)",
+        help=f"dialogues: cut longer videos to the window of at most this many seconds that holds the most events "
+        f"(default: {DEFAULT_MAX_WINDOW_SECONDS:g} for internvid, whose videos are always cut; others stay whole)",
     )
     parser.add_argument(
         "--durations",
@@ -772,9 +776,12 @@ def _run(args: argparse.Namespace) -> int:
         task=args.task,
         dense_share=args.dense_share,
         seed=args.seed,
-        max_clip_seconds=args.max_clip_seconds,
+        max_window_seconds=args.max_window_seconds,
         durations=durations,
     )
     what = {"dialogues": "dialogues", "grounding": "grounding queries", "captioning": "videos"}[args.task]
     print(f"convert: wrote {count} {what} to {args.output}", file=sys.stderr)
     return 0
+
+
+__getattr__ = moved_names(__name__, {"DEFAULT_MAX_CLIP_SECONDS": f"{__name__}:DEFAULT_MAX_WINDOW_SECONDS"})
