@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .cli import configure_logging
-from .data.converters import GROUNDING_QUESTIONS
+from .data.dialogues import GROUNDING_QUESTIONS
 from .files import read_json, read_json_records
 
 logger = logging.getLogger(__name__)

@@ -5,14 +5,15 @@ The raw annotations are ActivityNet Captions (`{video_id: {"duration", "timestam
 an event, "A red circle appears."): what the synthetic data adds to the real datasets ends there, and everything
 the real ones go through is built from them by [`~vtimellm_hf.data.converters`]: the stage-2 dialogues
 (`videos_to_dialogues`), the held-out grounding queries and dense-captioning references. What no converter builds
-is written here, with the converters' turn builder ([`~vtimellm_hf.data.converters.DialogueTurns`]) and record
+is written here, with the converters' turn builder ([`~vtimellm_hf.data.dialogues.DialogueTurns`]) and record
 layout wherever they apply: LCS-558K style stage-1 records on the stills, and stage-3 dialogues about the shapes
 (counting, order, overlap), whose grounding turns ask as stage 2 asks.
 """
 
 from collections.abc import Sequence
 
-from ..converters import DialogueTurns, dialogue_record, videos_to_dialogues
+from ..converters import videos_to_dialogues
+from ..dialogues import DialogueTurns, dialogue_record
 from ..raw_annotations import Event, Video
 from .scenes import SyntheticEvent, SyntheticMomentsConfig, SyntheticStill, SyntheticVideo, capitalize
 
