@@ -423,7 +423,7 @@ def load_video_frames(
     Decodes the sampled frames of a video, with PyAV or (`backend="decord"`) decord: the same frames either way.
 
     A video whose frame rate is constant is sampled by index, as the original does ([`sample_frame_indices`]); one
-    whose rate varies, by time (the frames nearest to evenly spaced times), so that frame `k` of `num_frames` stays
+    whose rate varies, by time (the frames shown at evenly spaced times), so that frame `k` of `num_frames` stays
     at about `k / num_frames` of the duration.
 
     Each sampled frame is decoded once, however often it is repeated, and at most `DECODE_CHUNK_BYTES` of decoded
