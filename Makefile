@@ -22,9 +22,10 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(PYTHON) -m vtimellm_hf.demo --output runs/demo
 
-# The tests also cover the web demo (the [app] extra, and selenium of [dev]) and the lmms-eval plugin
+# The tests also cover the web demo (the [app] extra, and selenium of [dev]), the lmms-eval plugin, and decord (the
+# [decord] extra), whose frames they compare with PyAV's
 $(TEST_STAMP): $(STAMP) Makefile
-	$(PYTHON) -m pip install --quiet -e ".[dev,app]"
+	$(PYTHON) -m pip install --quiet -e ".[dev,app,decord]"
 	$(PYTHON) -m pip install --quiet --no-deps $(LMMS_EVAL)
 	$(PYTHON) -m pip install --quiet --no-warn-conflicts $(LMMS_EVAL_CORE)
 	touch $(TEST_STAMP)

@@ -14,7 +14,8 @@ pipeline around the encoder: decoding, preprocessing, batching and writing. On a
 * baseline: what the original script does, one video at a time: decode its 100 sampled frames
   (`load_video_frames`), preprocess them (`preprocess_frames`), encode them in one forward pass on `--device`,
   `np.save` float16, next video; encoder loading included;
-* decode only: the sequential loop's decoding alone (decord reading the sampled frames), for scale.
+* decode only: the sequential loop's decoding alone (PyAV, the default backend, reading the sampled frames), for
+  scale.
 
 `cores_used` is each side's CPU time (the process and its decoding workers) over its wall time: ours can only be
 faster than the sequential loop by as many cores as the scheduler grants it, which other jobs on a shared machine

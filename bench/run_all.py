@@ -28,7 +28,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-CASES = ["preprocess", "extract", "train", "evaluate", "feature_store"]
+CASES = ["preprocess", "extract", "train", "evaluate", "feature_store", "decode"]
 CASE_TIMEOUT_S = 420
 GPU_SECTION_START = "<!-- gpu-variants: written by bench/run_gpu.py -->"
 GPU_SECTION_END = "<!-- /gpu-variants -->"
@@ -55,6 +55,11 @@ DESCRIPTIONS = {
     "store (`ShardedFeatureStore`) vs the `.npy` folder (`bench_feature_store.py`)",
     "feature_store_vs_safetensors": "the same loads: the sharded store vs the one safetensors file "
     "(`ConsolidatedFeatureStore`, capped near a million ids)",
+    "decode_long_gop": "100 sampled frames of a 2-minute 720p H.264 video with a keyframe every 250 frames: "
+    "`load_video_frames` (PyAV, forwards, seeking only past a keyframe) vs seeking to each sampled frame "
+    "(`bench_decode.py`)",
+    "decode_real": "100 sampled frames of each real test video: `load_video_frames` with PyAV (the default) vs "
+    "decord (`backend=\"decord\"`)",
 }
 
 

@@ -144,6 +144,12 @@ def test_features_equal_the_processor_whatever_workers_and_batch_size(
         np.testing.assert_array_equal(features, reference_features(processor, media_dir / f"{name}.mp4"))
 
 
+def test_decord_backend_writes_the_same_features(media_dir, baseline, frame_encoder_path, tmp_path):
+    pytest.importorskip("decord", reason="the decord backend is an optional extra (pip install vtimellm-hf[decord])")
+    report = run_extraction(media_dir, tmp_path / "decord", frame_encoder_path, workers=1, video_backend="decord")
+    assert report.ok and feature_bytes(tmp_path / "decord") == feature_bytes(baseline)
+
+
 def test_images_are_one_embedding(media_dir, baseline, processor):
     from PIL import Image
 

@@ -5,8 +5,8 @@ import re
 
 import numpy as np
 import pytest
+import av
 import torch
-from decord import VideoReader, cpu
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -50,8 +50,11 @@ def read_json(path):
 
 
 def decode_all_frames(path) -> tuple[np.ndarray, float]:
-    reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
-    return reader.get_batch(list(range(len(reader)))).asnumpy(), reader.get_avg_fps()
+    """Every frame of a video, decoded by PyAV (as decord decodes them), and its average frame rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(stream)])
+        return frames, float(stream.average_rate)
 
 
 def frames_without_events(video) -> list[int]:

@@ -28,9 +28,9 @@ from vtimellm_hf.checkpoints import read_state_dict
 PACKAGE_ROOT = Path(vtimellm_hf.__file__).parent
 # Every file of the model folder travels: the three that `auto_map` names and the siblings they import
 HUB_CODE_FILES = tuple(sorted(path.name for path in (PACKAGE_ROOT / "model").glob("*.py") if path.stem != "__init__"))
-THIRD_PARTY_IMPORTS = {"torch", "numpy", "transformers", "decord", "imageio_ffmpeg", "av", "soxr"}
+THIRD_PARTY_IMPORTS = {"torch", "numpy", "transformers", "decord", "av", "soxr"}
 # Video and audio decoders and resamplers, which a checkpoint's code imports only when it decodes a file
-LAZY_IMPORTS = {"decord", "imageio_ffmpeg", "av", "soxr"}
+LAZY_IMPORTS = {"decord", "av", "soxr"}
 # The audio streams' files travel with a checkpoint whose processor reads audio (it imports them)
 AUDIO_CODE_FILES = {"audio_decoding_vtime.py", "audio_processing_vtime.py", "beats_vtime.py"}
 # Modules that reach the network or run code that is not in the file

@@ -1,11 +1,16 @@
 """Videos and images that are damaged, unusual or huge: a clear error naming the file, or frames that are right.
 
-Videos are written with the ffmpeg binary of imageio-ffmpeg. Frame `k` of the test videos is a flat grey of level
+Videos are written with the ffmpeg binary of imageio-ffmpeg and decoded with PyAV, the default backend (the backends
+are compared frame by frame in `tests/test_video_decoding.py`). Frame `k` of the test videos is a flat grey of level
 `GREY_STEP * k`, so that a decoded frame tells which frame it is.
 """
 
 import io
+import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +28,8 @@ from vtimellm_hf.model import (
 from .conftest import ffmpeg
 
 pytest.importorskip("imageio_ffmpeg", reason="the test videos are written with imageio-ffmpeg")
-decord = pytest.importorskip("decord", reason="videos are decoded with decord")
 
+ROOT = Path(__file__).resolve().parents[2]
 FPS = 10
 GREY_STEP = 6
 HEIGHT, WIDTH = 64, 96
@@ -89,8 +94,8 @@ def videos(tmp_path_factory):
         ("zero_bytes.mp4", "Cannot decode video"),
         ("truncated.mp4", "Cannot decode video"),
         ("truncated_indexed.mp4", "Cannot decode"),
-        ("audio_only.mp4", "Cannot decode video .*cannot find video stream"),
-        ("audio_only.wav", "Cannot decode video .*cannot find video stream"),
+        ("audio_only.mp4", "Cannot decode video .*: it holds no video stream"),
+        ("audio_only.wav", "Cannot decode video .*: it holds no video stream"),
     ],
 )
 def test_unusable_video_raises_a_value_error_naming_the_file(videos, name, reason):
@@ -128,22 +133,28 @@ def test_variable_frame_rate_video_decodes_from_first_to_last_frame(videos):
     assert vfr_timestamp(VFR_FRAMES - 1) - 1 <= duration <= vfr_timestamp(VFR_FRAMES)
 
 
+def shown_at(seconds: float) -> int:
+    """The frame of the variable-rate video shown at `seconds`: the last one starting at or before it."""
+    return max(frame for frame in range(VFR_FRAMES) if vfr_timestamp(frame) <= seconds + 1e-9)
+
+
 def test_variable_frame_rate_video_is_sampled_evenly_in_time(videos):
     frames, duration = load_video_frames(videos / "variable_rate.mp4")
-    times = [vfr_timestamp(number) for number in frame_numbers(frames)]
-    wanted = np.arange(100) / 100 * duration
-    # Each sample is within one frame (0.4 s) of the time its index stands for; by index, frame 50 would be at 4.4 s
-    assert np.abs(np.array(times) - wanted).max() <= 4 / FPS
+    # The frames shown at 100 evenly spaced times from the first frame to the last (by index, the 50th sampled frame
+    # would be frame 19, at 1.9 s of 15.6)
+    targets = np.linspace(0, vfr_timestamp(VFR_FRAMES - 1), 100)
+    assert frame_numbers(frames) == [shown_at(target) for target in targets]
     # The duration that turns the model's indices into seconds is the one the frames were sampled over
     assert get_video_duration(videos / "variable_rate.mp4") == duration
 
 
 def test_window_of_a_variable_frame_rate_video_is_sampled_evenly_in_time(videos):
     frames, duration = load_video_frames(videos / "variable_rate.mp4", num_frames=10, window=(3.0, 7.0))
-    times = np.array([vfr_timestamp(number) for number in frame_numbers(frames)])
     assert duration == pytest.approx(4.0)
-    # The nearest frames: within half a frame interval (0.4 s) of the evenly spaced times
-    assert np.abs(times - np.linspace(3.0, 7.0, 10)).max() <= 2 / FPS + 1e-9
+    # From the frame shown at 3 s (it starts at 2.8 s) to the one shown at 7 s (6.8 s), as the original's int(fps * s)
+    # bounds a window at a constant rate
+    targets = np.linspace(vfr_timestamp(shown_at(3.0)), vfr_timestamp(shown_at(7.0)), 10)
+    assert frame_numbers(frames) == [shown_at(target) for target in targets]
 
 
 def test_video_rotated_upside_down_is_decoded_upright(videos):
@@ -159,11 +170,15 @@ def test_portrait_phone_video_is_decoded_in_portrait(videos):
     assert frame_numbers(rotated) == frame_numbers(stored)
 
 
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
 @pytest.mark.parametrize("width", [16, 24, 48, 72])
-def test_video_of_a_width_decord_cannot_copy_is_decoded_by_ffmpeg(tmp_path, width):
-    """decord returns 4 channels for some small frame widths (dmlc/decord#336) and fails to copy them."""
+def test_video_of_a_width_decord_cannot_copy_is_decoded(tmp_path, width, backend):
+    """decord returns 4 channels for some small frame widths (dmlc/decord#336) and fails to copy them: its backend
+    hands those frames to PyAV."""
+    if backend == "decord":
+        pytest.importorskip("decord", reason="the decord backend is an optional extra")
     encode_mp4(tmp_path / "narrow.mp4", grey_frames(5)[:, :32, :width], fps=FPS)
-    frames, duration = load_video_frames(tmp_path / "narrow.mp4", num_frames=8)
+    frames, duration = load_video_frames(tmp_path / "narrow.mp4", num_frames=8, backend=backend)
     assert frames.shape == (8, 32, width, 3) and duration == pytest.approx(5 / FPS)
     assert frame_numbers(frames) == np.linspace(0, 4, 8, dtype=np.int32).tolist()
 
@@ -171,30 +186,84 @@ def test_video_of_a_width_decord_cannot_copy_is_decoded_by_ffmpeg(tmp_path, widt
 @pytest.mark.parametrize(
     ("name", "window"), [("variable_rate.mp4", None), ("rotated90.mp4", None), ("three_seconds.mp4", (1.0, 2.5))]
 )
-def test_ffmpeg_decodes_the_frames_decord_would(videos, monkeypatch, name, window):
-    expected, expected_duration = load_video_frames(videos / name, num_frames=12, window=window)
+def test_pyav_decodes_the_frames_decord_fails_on(videos, monkeypatch, name, window):
+    decord = pytest.importorskip("decord", reason="the decord backend is an optional extra")
+    expected, expected_duration = load_video_frames(videos / name, num_frames=12, window=window, backend="decord")
 
     def fail(*args):
         raise decord.DECORDError("DECORDArrayCopyFromTo: The size must exactly match")
 
     monkeypatch.setattr(decord.VideoReader, "get_batch", fail)
-    frames, duration = load_video_frames(videos / name, num_frames=12, window=window)
+    frames, duration = load_video_frames(videos / name, num_frames=12, window=window, backend="decord")
     assert frames.shape == expected.shape and duration == expected_duration
-    assert frame_numbers(frames) == frame_numbers(expected)
+    np.testing.assert_array_equal(frames, expected)
 
 
-def test_frames_neither_decoder_can_decode_name_the_file_and_both_reasons(tmp_path, monkeypatch):
-    import imageio_ffmpeg._io
+def test_frames_neither_backend_can_decode_name_the_file_and_both_reasons(videos, monkeypatch):
+    decord = pytest.importorskip("decord", reason="the decord backend is an optional extra")
+    from vtimellm_hf.model import video_decoding_vtime
 
-    path = tmp_path / "narrow.mp4"
-    encode_mp4(path, grey_frames(5)[:, :32, :48], fps=FPS)
-    monkeypatch.setattr(imageio_ffmpeg._io, "get_ffmpeg_exe", lambda: str(tmp_path / "no-ffmpeg"))
-    with pytest.raises(ValueError, match=r"DECORDArrayCopyFromTo.*, and so did ffmpeg: .*no-ffmpeg") as error:
-        load_video_frames(path)
+    path = videos / "three_seconds.mp4"
+
+    def fail(*args):
+        raise decord.DECORDError("DECORDArrayCopyFromTo: The size must exactly match")
+
+    def pyav_fails(self, indices):
+        raise ValueError(f"Cannot decode frames of video {self.path}: broken")
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", fail)
+    monkeypatch.setattr(video_decoding_vtime._PyAVVideo, "_sampled_frames", pyav_fails)
+    with pytest.raises(ValueError, match=r"DECORDArrayCopyFromTo.*\), and so did PyAV \(Cannot decode") as error:
+        load_video_frames(path, backend="decord")
     assert f"Cannot decode frames of video {path}: decord failed (" in str(error.value)
-    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
-    with pytest.raises(ValueError, match=r"DECORDArrayCopyFromTo.*the fallback decoder needs imageio-ffmpeg"):
-        load_video_frames(path)
+
+
+# Without decord
+
+
+def test_decoding_extraction_and_grounding_work_without_decord(videos, checkpoint, frame_encoder_path, tmp_path):
+    """decord is an optional extra: where it is missing (hidden here, so that `import decord` fails in the command
+    and its decoding workers), PyAV decodes, and asking for decord is one line saying what to install."""
+    hidden = tmp_path / "hidden"
+    (hidden / "decord").mkdir(parents=True)
+    (hidden / "decord" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'decord'\")\n")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden), str(ROOT)])}
+
+    def run(*arguments) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *map(str, arguments)], env=environment, capture_output=True, text=True)
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("three_seconds.mp4", "rotated90.mp4"):
+        shutil.copy(videos / name, inputs / name)
+    video = inputs / "three_seconds.mp4"
+    decode = (
+        "from vtimellm_hf import get_video_duration, load_video_frames\n"
+        "try:\n    import decord\nexcept ImportError as error:\n    print(error)\n"
+        f"frames, duration = load_video_frames({str(video)!r}, num_frames=8)\n"
+        f"print(frames.shape, duration, get_video_duration({str(video)!r}))\n"
+    )
+    result = run("-c", decode)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["No module named 'decord'", f"(8, {HEIGHT}, {WIDTH}, 3) 3.0 3.0"]
+
+    extract = ("-m", "vtimellm_hf", "extract-features", inputs, tmp_path / "features", "--clip", frame_encoder_path,
+               "--workers", 1, "--device", "cpu")  # fmt: skip
+    result = run(*extract)
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in (tmp_path / "features").glob("*.npy"))
+    assert written == ["rotated90.npy", "three_seconds.npy"]
+
+    # The random tiny model answers something: a moment (exit 0), or none (exit 1, the answer printed)
+    result = run("-m", "vtimellm_hf", "ground", video, "a dog barks", "--model", checkpoint)
+    assert result.returncode in (0, 1) and result.stdout.startswith(("answer: ", "0", "1", "2", "3")), result.stderr
+
+    result = run(*extract[:4], tmp_path / "with_decord", *extract[5:], "--video-backend", "decord")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "extract-features: error: backend='decord' needs decord, which is not installed: "
+        "`pip install vtimellm-hf[decord]`, or use the default backend, 'pyav'."
+    ]
+    assert not list((tmp_path / "with_decord").glob("*.npy"))
 
 
 # Windows

@@ -49,8 +49,10 @@ from ..distributed import ProcessFailedError, Processes, current_processes, job_
 from ..files import remove_stale_temporaries
 from ..model import (
     DEFAULT_FRAME_ENCODER,
+    VIDEO_BACKENDS,
     VTimeFrameEncoder,
     VTimeProcessor,
+    check_video_backend,
     image_as_frame,
     load_video_frames,
     preprocess_frames,
@@ -106,9 +108,10 @@ class _DecodedMedia(Dataset):
     returned as a reason rather than raised, which would end the whole loader.
     """
 
-    def __init__(self, items, num_frames, frame_size, mean, std, pixel_dtype):
+    def __init__(self, items, num_frames, frame_size, mean, std, pixel_dtype, video_backend):
         self.items = items
         self.num_frames = num_frames
+        self.video_backend = video_backend
         self.frame_size = frame_size
         self.mean = mean
         self.std = std
@@ -132,7 +135,9 @@ class _DecodedMedia(Dataset):
             else:
                 # Each chunk of decoded frames is preprocessed before the next is decoded: a worker never holds a
                 # video of huge frames whole
-                pixels, _ = load_video_frames(item.path, self.num_frames, item.window, self._preprocess)
+                pixels, _ = load_video_frames(
+                    item.path, self.num_frames, item.window, self._preprocess, self.video_backend
+                )
         except Exception as error:  # whatever a damaged file makes the decoders raise, it is that file's failure
             return index, None, f"{type(error).__name__}: {error}"
         # The encoder casts to its dtype anyway; casting here halves what crosses processes for a float16 encoder
@@ -243,6 +248,7 @@ class _Encoding:
     dtype: torch.dtype
     num_frames: int
     batch_size: int
+    video_backend: str
 
     @property
     def dim(self) -> int:
@@ -301,7 +307,10 @@ def _extract_share(
     were written."""
     failure_log = FailureLog(processes.record_file(output_dir / FAILURES_FILE))
     loader = DataLoader(
-        _DecodedMedia(items, encoding.num_frames, encoding.frame_size, encoding.mean, encoding.std, encoding.dtype),
+        _DecodedMedia(
+            items, encoding.num_frames, encoding.frame_size, encoding.mean, encoding.std, encoding.dtype,
+            encoding.video_backend,
+        ),  # fmt: skip
         batch_size=None,
         num_workers=min(workers, len(items)),
         collate_fn=_as_is,
@@ -367,6 +376,7 @@ def extract_features(
     streams: str | Sequence[str] = ("video",),
     audio_encoders: Mapping[str, str | None] | None = None,
     audio_reader: str | None = None,
+    video_backend: str = "pyav",
 ) -> ExtractionReport:
     """
     Encodes videos and images into `{output_dir}/{id}.npy`: float16 `(num_frames, D)` per video, `(D,)` per image.
@@ -413,22 +423,27 @@ def extract_features(
             `laion/clap-htsat-fused`, BEATs has no default.
         audio_reader: how every audio stream reads the track (`"moviepy"`, `"librosa"`, `"ffmpeg"`; see
             [`~vtimellm_hf.model.audio_decoding_vtime.load_audio`]); default: as each stream's original.
+        video_backend: the video decoder, `"pyav"` or `"decord"` (`pip install vtimellm-hf[decord]`): the same
+            frames either way (see [`~vtimellm_hf.model.load_video_frames`]).
 
     Returns:
         An [`ExtractionReport`] (the same on every process); failed inputs are in its `failures` and in
         `{output_dir}/failures.jsonl`.
 
     Raises:
+        ImportError: with `video_backend="decord"` where decord is not installed, before anything is done.
         ProcessFailedError: on every process of a job of several, once the records are merged, when one of them
             raised (its error names it); a job of one process raises the error itself.
     """
     if num_frames < 1 or batch_size < 1:
         raise ValueError(f"num_frames and batch_size must be positive, got {num_frames} and {batch_size}.")
+    # Here rather than in the workers, where it would be a failure of every video
+    check_video_backend(video_backend)
     streams = parse_streams(streams)
     if streams != ("video",):
         video = dict(clip=clip, num_frames=num_frames, batch_size=batch_size, workers=workers, device=device,
                      dtype=None if dtype is None else torch_dtype(dtype), video_root=video_root, consolidate=consolidate,
-                     progress=progress, max_shard_size=max_shard_size)  # fmt: skip
+                     progress=progress, max_shard_size=max_shard_size, video_backend=video_backend)  # fmt: skip
         return extract_streams(inputs, Path(output_dir), streams, extract_features, video, audio_encoders, audio_reader)
     processes = current_processes()
     if workers is None:
@@ -444,7 +459,7 @@ def extract_features(
         encoder = frame_encoder.to(run_device, run_dtype).model.eval()
         video_processor = frame_encoder.video_processor
         frame_size, mean, std = video_processor.frame_size, video_processor.image_mean, video_processor.image_std
-        return _Encoding(encoder, frame_size, mean, std, run_device, run_dtype, num_frames, batch_size)
+        return _Encoding(encoder, frame_size, mean, std, run_device, run_dtype, num_frames, batch_size, video_backend)
 
     encoding = processes.set_up_each(set_up)
     plan = processes.run_on_main(lambda: _plan_extraction(inputs, video_root, output_dir, encoding))
@@ -532,6 +547,10 @@ def add_subcommand(subparsers) -> argparse.ArgumentParser:
         help="how audio tracks are read: moviepy (LongVALE's), librosa (AVicuna's), ffmpeg (resampled once, clean); "
         "default: as each stream's original",
     )  # fmt: skip
+    parser.add_argument(
+        "--video-backend", choices=VIDEO_BACKENDS, default="pyav",
+        help="video decoder: pyav, or decord (pip install vtimellm-hf[decord]); the same frames (default: %(default)s)",
+    )  # fmt: skip
     parser.set_defaults(run=_run)
 
     consolidate = subparsers.add_parser(
@@ -558,7 +577,7 @@ def _add_store_arguments(parser: argparse.ArgumentParser, name: str, help_start:
     )  # fmt: skip
 
 
-@reports_errors("extract-features", {(*USAGE_ERRORS, ProcessFailedError): 2})
+@reports_errors("extract-features", {(*USAGE_ERRORS, ImportError, ProcessFailedError): 2})
 def _run(args: argparse.Namespace) -> int:
     def run(processes: Processes) -> int:
         report = extract_features(
@@ -576,6 +595,7 @@ def _run(args: argparse.Namespace) -> int:
             streams=args.streams,
             audio_encoders={"audio": args.beats, "speech": args.whisper, "clap": args.clap_audio},
             audio_reader=args.audio_reader,
+            video_backend=args.video_backend,
         )
         if processes.is_main:
             print(f"extract-features: {report.summary()}", file=sys.stderr)

@@ -24,7 +24,13 @@ from .timestamps_vtime import (
     parse_moments,
     seconds_to_index,
 )
-from .video_decoding_vtime import get_video_duration, load_video_frames, sample_frame_indices
+from .video_decoding_vtime import (
+    VIDEO_BACKENDS,
+    check_video_backend,
+    get_video_duration,
+    load_video_frames,
+    sample_frame_indices,
+)
 from .video_processing_vtime import (
     CLIP_MEAN,
     CLIP_STD,
@@ -54,6 +60,7 @@ __all__ = [
     "GROUNDING",
     "PLAIN_CHAT_TEMPLATE",
     "VICUNA_V1_CHAT_TEMPLATE",
+    "VIDEO_BACKENDS",
     "VIDEO_TOKEN",
     "VTimeFrameEncoder",
     "VTimeLlamaConfig",
@@ -61,6 +68,7 @@ __all__ = [
     "VTimeLlamaModel",
     "VTimeProcessor",
     "VTimeVideoProcessor",
+    "check_video_backend",
     "format_index",
     "get_video_duration",
     "image_as_frame",

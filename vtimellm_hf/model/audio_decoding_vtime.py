@@ -19,7 +19,8 @@ read one of three ways (`reader`):
   channels averaged.
 
 This file travels to the Hub with a checkpoint that reads audio (`trust_remote_code=True`): it imports only numpy,
-transformers' logging and, where a track is read, PyAV (and soxr for the `"librosa"` reader).
+transformers' logging, its sibling `video_decoding_vtime.py` (which opens media files for both) and, where a track is
+read, PyAV (and soxr for the `"librosa"` reader).
 """
 
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from transformers.utils import logging
+
+from .video_decoding_vtime import open_media_file
 
 logger = logging.get_logger(__name__)
 
@@ -95,17 +98,10 @@ def _decode_track(
     As the ffmpeg program does, the samples past the track's declared duration (the padding of its last packet)
     are dropped before resampling.
     """
-    try:
+    with open_media_file(path, "the audio of") as container:
+        # Installed, since the file opened
         import av
-    except ImportError as error:
-        raise ImportError("Reading audio tracks needs PyAV: `pip install av`.") from error
-    if not path.is_file():
-        raise FileNotFoundError(f"Audio or video file not found: {path}")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as error:
-        raise ValueError(f"Cannot decode the audio of {path}: {error}") from error
-    with container:
+
         if not container.streams.audio:
             logger.warning("%s has no audio track.", path)
             return None
