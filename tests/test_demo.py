@@ -24,3 +24,5 @@ def test_quick_demo_writes_metrics_and_timeline(tmp_path):
     predictions = (tmp_path / "demo" / "grounding_predictions.jsonl").read_text().splitlines()
     assert len(predictions) == metrics["n"]
     assert "metrics.json" in result.stdout and "timeline.png" in result.stdout
+    # The progress shows by default (the stages, each with its time)
+    assert "INFO vtimellm_hf.demo: stage 3 done in" in result.stderr

@@ -21,7 +21,9 @@ from .cli import configure_logging
 from .data.dialogues import GROUNDING_QUESTIONS
 from .files import read_json, read_json_records
 
-logger = logging.getLogger(__name__)
+# By name: run as `python -m vtimellm_hf.demo`, `__name__` is "__main__", outside the package logger the
+# command line configures, and the progress would be lost
+logger = logging.getLogger("vtimellm_hf.demo")
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # A question the training dialogues ask for grounding (the converters' first grounding template)
