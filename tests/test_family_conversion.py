@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import LlamaForCausalLM
 
 from vtimellm_hf import conversion
@@ -182,6 +183,15 @@ def test_longvale_release_converts_and_matches_the_reference(releases, tmp_path)
         "speech": {"kind": "whisper", "name_or_path": "openai/whisper-large-v2"},
     }
     assert processor_config["max_positions"] == config["max_position_embeddings"]
+    card_text = (result.folder / "README.md").read_text()
+    card = ModelCard(card_text, ignore_metadata_errors=False)
+    assert card.data.datasets == ["ttgeng233/LongVALE"] and card.data.license == "llama2"
+    assert {"longvale", "audio-visual"} <= set(card.data.tags)
+    for line in ("| audio | `audio_mm_projector` | 16 | `BEATs_iter3_plus_AS20K.pt` |",
+                 "| speech | `asr_mm_projector` | 24 | `openai/whisper-large-v2` |",
+                 "--format longvale` from the original LongVALE-LLM release", "arXiv:2411.19772",
+                 "audio_features=[audio], speech_features=[speech]"):  # fmt: skip
+        assert line in card_text, line
 
     generator = torch.Generator().manual_seed(11)
     streams = {"video_features": torch.randn(20, VIDEO, generator=generator),
@@ -224,6 +234,12 @@ def test_avicuna_release_converts_from_the_cli_and_matches_the_reference(release
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert (processor_config["num_frames"], processor_config["audio_rows"]) == (100, 25)
     assert processor_config["stream_encoders"] == {"audio": {"kind": "clap", "name_or_path": "laion/clap-htsat-fused"}}
+    card_text = (folder / "README.md").read_text()
+    assert ModelCard(card_text, ignore_metadata_errors=False).data.tags[-2:] == ["avicuna", "audio-visual"]
+    for line in ("| video | `mm_projector` | 32 | `openai/clip-vit-large-patch14` | 75 frames |",
+                 "| audio | `mm_projector_a` | 12 | `laion/clap-htsat-fused` | 25: 10 s windows", "arXiv:2403.16276",
+                 "the stage-1 video projector, the stage-2 audio projector, the stage-3 and stage-4 LoRA adapters"):
+        assert line in card_text, line
 
     generator = torch.Generator().manual_seed(12)
     patterns = {  # the originals' documented orders
