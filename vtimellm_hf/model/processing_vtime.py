@@ -496,7 +496,8 @@ class VTimeProcessor(ProcessorMixin):
                 raise ValueError(
                     f"Text {index} holds {count} {VIDEO_TOKEN} placeholders; VTimeLLM takes one video per sample."
                 )
-        for name, (features, _) in streams.items():
+        # Placeholders without any input are refused as a video stream of no inputs
+        for name, (features, _) in (streams or {"video": ([], [])}).items():
             if sum(placeholders) != len(features):
                 kind = "visual inputs" if name == "video" else f"{name}_features entries"
                 raise ValueError(
