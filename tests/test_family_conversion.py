@@ -166,11 +166,23 @@ def run_remote(folder, cases, tmp_path):
 
 def test_longvale_release_converts_and_matches_the_reference(releases, tmp_path):
     root, release = releases["root"], releases["longvale"]
-    result = build_hub_folder(
-        str(releases["base"]), root / "mm_projector.bin", root / "longvale_stage2", root / "longvale_stage3",
-        tmp_path / "longvale", release_format="longvale", audio_encoder="BEATs_iter3_plus_AS20K.pt",
-        dtype="float32", repo_id="tiny-org/longvale-tiny",
-    )  # fmt: skip
+    load_calls, original_load = [], torch.load
+
+    def recording_load(*args, **kwargs):
+        load_calls.append(kwargs.get("weights_only"))
+        return original_load(*args, **kwargs)
+
+    torch.load = recording_load
+    try:
+        result = build_hub_folder(
+            str(releases["base"]), root / "mm_projector.bin", root / "longvale_stage2", root / "longvale_stage3",
+            tmp_path / "longvale", release_format="longvale", audio_encoder="BEATs_iter3_plus_AS20K.pt",
+            dtype="float32", repo_id="tiny-org/longvale-tiny",
+        )  # fmt: skip
+    finally:
+        torch.load = original_load
+    # Projector files, adapters and non_lora_trainables.bin: every pickle read with weights_only
+    assert len(load_calls) >= 5 and all(weights_only is True for weights_only in load_calls), load_calls
     assert result.load_check.ok, result.load_check.error
     config = json.loads((result.folder / "config.json").read_text())
     assert config["stream_layout"] == "concat"
