@@ -1,6 +1,7 @@
 """VTimeProcessor: the text of VTimeLLM (chat templates, token ids, the `<video>` expansion) and its visual inputs.
 
 Videos and images go through [`VTimeVideoProcessor`] and [`VTimeFrameEncoder`] (`video_processing_vtime.py`); the
+audio and speech streams of LongVALE and AVicuna through the stream encoders of `audio_processing_vtime.py`; the
 timestamp helpers that read answers live in `timestamps_vtime.py` and are re-exported here.
 
 This file travels to the Hub with every checkpoint (`trust_remote_code=True`): it imports only torch, numpy,
@@ -19,6 +20,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
 from .audio_processing_vtime import build_stream_encoder, fit_rows
+from .configuration_vtime_llama import STREAM_NAMES
 from .timestamps_vtime import (
     CAPTIONING,
     GROUNDING,
@@ -45,8 +47,6 @@ from .video_processing_vtime import (
 logger = logging.get_logger(__name__)
 
 VIDEO_TOKEN = "<video>"
-# The streams of the family, in the order LongVALE concatenates their rows; each is `{name}_features`
-FEATURE_STREAMS = ("video", "audio", "speech")
 
 
 # The Vicuna v1 prompt of the original, byte for byte: "SYSTEM USER: <video>\n... ASSISTANT: answer</s>USER: ...".
@@ -185,7 +185,7 @@ class VTimeProcessor(ProcessorMixin):
         max_positions: int | None = None,
         **kwargs,
     ):
-        unknown = sorted(set(stream_encoders or {}) - set(FEATURE_STREAMS[1:]))
+        unknown = sorted(set(stream_encoders or {}) - (set(STREAM_NAMES) - {"video"}))
         if unknown:
             raise ValueError(f"stream_encoders name the streams audio and speech, got {unknown}.")
         for name, value in (("audio_rows", audio_rows), ("max_positions", max_positions)):
@@ -649,7 +649,7 @@ class VTimeProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", *(f"{name}_features" for name in FEATURE_STREAMS)]
+        return ["input_ids", "attention_mask", *(f"{name}_features" for name in STREAM_NAMES)]
 
 
 def _describe_rows(rows: dict[str, int]) -> str:
