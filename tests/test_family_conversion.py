@@ -292,3 +292,32 @@ def test_inconsistent_releases_are_refused_by_name(releases, tmp_path):
         build_hub_folder(base, root / "mm_projector.bin", root / "avicuna_stage3", root / "avicuna_stage4",
                          tmp_path / "x", release_format="avicuna", stage4=root / "avicuna_stage4")  # fmt: skip
     assert not (tmp_path / "x").exists()
+
+
+def test_avicuna_stage_four_kept_apart_is_merged_where_the_package_loads_it(releases, tmp_path):
+    from vtimellm_hf.checkpoints import ADAPTER_SUBFOLDER, load_model_and_processor
+
+    root, release = releases["root"], releases["avicuna"]
+    result = build_hub_folder(
+        str(releases["base"]), root / "avicuna_mm_projector.bin", root / "mm_projector_a.bin",
+        root / "avicuna_stage3", tmp_path / "avicuna", release_format="avicuna", stage4=root / "avicuna_stage4",
+        merge=False, dtype="float32", check=False,
+    )  # fmt: skip
+    assert (result.folder / ADAPTER_SUBFOLDER / "adapter_model.safetensors").is_file()
+    assert "the last stage's adapter kept apart in `stage3_adapter/`" in (result.folder / "README.md").read_text()
+    model, processor = load_model_and_processor(str(result.folder), device="cpu", dtype="float32")
+    generator = torch.Generator().manual_seed(13)
+    video, audio = torch.randn(75, VIDEO, generator=generator), torch.randn(25, CLAP, generator=generator)
+    prompt = processor.apply_chat_template([{"role": "user", "content": "<video>\nWhen?"}], add_generation_prompt=True)
+    inputs = processor(text=prompt, video_features=[video], audio_features=[audio], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+    projectors = release["projectors"]
+    ordered = in_pattern(project(projectors["video"], video), project(projectors["audio"], audio), "AVVV" * 25)
+    reference = reference_logits(releases["base"], release["loras"], inputs["input_ids"][0].tolist(),
+                                 model.config.video_token_id, ordered)  # fmt: skip
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    # Without stage 4 the logits differ: the adapter kept apart is not left out
+    stage3_only = reference_logits(releases["base"], release["loras"][:1], inputs["input_ids"][0].tolist(),
+                                   model.config.video_token_id, ordered)  # fmt: skip
+    assert (stage3_only[-1] - logits[-1]).abs().max() > 1e-3
