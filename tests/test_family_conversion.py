@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import LlamaForCausalLM
 
+from test_hub import HIDE_PACKAGE
 from vtimellm_hf import conversion
 from vtimellm_hf.conversion import build_hub_folder
 from vtimellm_hf.tiny_models import build_tiny_llama
@@ -27,16 +28,9 @@ LORAS = {"longvale2": (4, 8, TARGETS), "longvale3": (2, 6, ["q_proj", "v_proj", 
 
 # Runs where importing vtimellm_hf fails: the converted folder with its own code, every feature kind through its
 # processor
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = HIDE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class HidePackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "vtimellm_hf" or name.startswith("vtimellm_hf."):
-                raise ImportError(f"{name} is hidden in this test")
-
-    sys.meta_path.insert(0, HidePackage())
+    import json
     import torch
     from transformers import AutoModelForCausalLM, AutoProcessor
 
