@@ -22,4 +22,6 @@ def test_the_wheel_carries_the_model_card_template(tmp_path):
         names = set(archive.namelist())
         assert "vtimellm_hf/model/modeling_vtime_llama.py" in names
         template = archive.read("vtimellm_hf/templates/model_card.md")
+        audio_visual = archive.read("vtimellm_hf/templates/audio_visual_model_card.md")
     assert template == (REPO_ROOT / "model_card" / "template.md").read_bytes()
+    assert audio_visual == (REPO_ROOT / "model_card" / "audio_visual.md").read_bytes()

@@ -121,7 +121,7 @@ def test_text_only_input(processor):
         ({"text": "no placeholder", "video_features": [np.zeros((100, 32))]}, "0 <video> placeholders but 1 visual"),
         ({"text": ["<video> a", "b"], "video_features": [np.zeros((100, 32))]}, r"Texts \[1\] hold no <video>"),
         ({"video_features": [np.zeros((100, 32))]}, "needs text"),
-        ({"text": ["<video>", "<video>"], "video_features": [np.zeros((100, 32)), np.zeros((99, 32))]}, "one shape"),
+        ({"text": ["<video>", "<video>"], "video_features": [np.zeros((100, 32)), np.zeros((100, 31))]}, "one width"),
         ({"text": "<video>", "video_features": [np.zeros((2, 100, 32))]}, r"must have shape \(rows, hidden\)"),
         ({"text": "<video>", "videos": [np.zeros((4, 8, 8))]}, r"shape \(frames, height, width, 3\)"),
     ],

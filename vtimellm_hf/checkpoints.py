@@ -82,37 +82,41 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 # The stage-1 projector
 
 
-def projector_file(source: str | Path) -> Path:
-    """The stage-1 projector file: `source` itself, or in the folder `source` ours, else the original's."""
+def projector_file(source: str | Path, name: str = "mm_projector") -> Path:
+    """A projector file: `source` itself, or in the folder `source` ours (`{name}.safetensors`), else the original's
+    (`{name}.bin`)."""
     path = Path(source)
     if path.is_dir():
-        candidates = [path / PROJECTOR_FILE, path / ORIGINAL_PROJECTOR_FILE]
+        candidates = [path / f"{name}.safetensors", path / f"{name}.bin"]
         path = next((candidate for candidate in candidates if candidate.is_file()), candidates[0])
     if not path.is_file():
-        raise FileNotFoundError(f"No stage-1 projector at {source} (a file, or a folder with {PROJECTOR_FILE} or "
-                                f"{ORIGINAL_PROJECTOR_FILE}).")  # fmt: skip
+        label = "stage-1" if name == "mm_projector" else name
+        raise FileNotFoundError(f"No {label} projector at {source} (a file, or a folder with {name}.safetensors or "
+                                f"{name}.bin).")  # fmt: skip
     return path
 
 
-def read_projector(source: str | Path) -> dict[str, torch.Tensor]:
+def read_projector(source: str | Path, name: str = "mm_projector") -> dict[str, torch.Tensor]:
     """
-    The projector's `{"weight": (hidden_size, mm_hidden_size), "bias": (hidden_size,)}` from the file
-    [`projector_file`] finds for `source`, its keys spelled `model.mm_projector.*` (ours, the original's) or
-    `mm_projector.*`. Other tensors are ignored with a warning.
+    The projector `name`'s `{"weight": (hidden_size, width), "bias": (hidden_size,)}` from the file
+    [`projector_file`] finds for `source`, its keys spelled `model.{name}.*` (ours, the original's) or `{name}.*`.
+    The prefix is matched exactly: AVicuna's stage-1 file also holds `mm_projector_a` (its script saved every key
+    containing "mm_projector"), which is not `mm_projector`. Other tensors are ignored with a warning.
     """
-    path = projector_file(source)
+    path = projector_file(source, name)
     state = read_state_dict(path)
-    projector = {key.removeprefix("model.").removeprefix("mm_projector."): tensor for key, tensor in state.items()
-                 if key.removeprefix("model.").startswith("mm_projector.")}  # fmt: skip
+    prefix = f"{name}."
+    ours = {key: key.removeprefix("model.") for key in state if key.removeprefix("model.").startswith(prefix)}
+    projector = {short.removeprefix(prefix): state[key] for key, short in ours.items()}
     missing = sorted({"weight", "bias"} - set(projector))
     if missing:
-        raise ValueError(f"{path}: projector tensors missing: {missing} (found keys {sorted(state)}).")
+        raise ValueError(f"{path}: {name} tensors missing: {missing} (found keys {sorted(state)}).")
     if projector["weight"].ndim != 2:
-        raise ValueError(f"{path}: the projector weight has shape {tuple(projector['weight'].shape)}, not 2-d.")
-    unexpected = sorted(key for key in state if not key.removeprefix("model.").startswith("mm_projector."))
+        raise ValueError(f"{path}: the {name} weight has shape {tuple(projector['weight'].shape)}, not 2-d.")
+    unexpected = sorted(key for key in state if key not in ours)
     if unexpected:
-        logger.warning("%s: ignoring tensors that are not the projector's: %s", path, unexpected)
-    return {name: projector[name] for name in ("weight", "bias")}
+        logger.warning("%s: ignoring tensors that are not %s's: %s", path, name, unexpected)
+    return {part: projector[part] for part in ("weight", "bias")}
 
 
 def gathered(module: nn.Module, modifier_rank: int | None = None):
@@ -127,15 +131,19 @@ def gathered(module: nn.Module, modifier_rank: int | None = None):
     return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=modifier_rank)
 
 
-def load_projector(model: VTimeLlamaForCausalLM, source: str | Path) -> None:
-    """Loads a stage-1 projector ([`read_projector`]) into `model`; every process calls it under ZeRO-3."""
-    projector = read_projector(source)
-    with gathered(model.model.mm_projector, modifier_rank=0):
-        expected = model.model.mm_projector.weight.shape
+def load_projector(model: VTimeLlamaForCausalLM, source: str | Path, name: str = "mm_projector") -> None:
+    """Loads the projector `name` ([`read_projector`]) into `model`; every process calls it under ZeRO-3."""
+    projector = read_projector(source, name)
+    module = getattr(model.model, name, None)
+    if module is None:
+        raise ValueError(f"{projector_file(source, name)}: the model has no {name} (its streams: "
+                         f"{[stream.projector for stream in model.config.streams]}).")  # fmt: skip
+    with gathered(module, modifier_rank=0):
+        expected = module.weight.shape
         if projector["weight"].shape != expected:
-            raise ValueError(f"{projector_file(source)}: projector weight has shape "
+            raise ValueError(f"{projector_file(source, name)}: {name} weight has shape "
                              f"{tuple(projector['weight'].shape)}, the model needs {tuple(expected)}.")  # fmt: skip
-        model.model.mm_projector.load_state_dict(projector)
+        module.load_state_dict(projector)
 
 
 def save_projector(model: VTimeLlamaForCausalLM, output_dir: str | Path, write: bool = True) -> Path:
@@ -363,12 +371,15 @@ def load_model(
     require_projector: bool = False,
     revision: str = "main",
     attn_implementation: str | None = None,
+    feature_streams: list[dict] | None = None,
+    stream_layout: str = "single",
 ) -> VTimeLlamaForCausalLM:
     """
-    A [`VTimeLlamaForCausalLM`] from a LLaMA checkpoint (its `mm_projector`, `mm_hidden_size -> hidden_size`, newly
-    initialised; `num_frames` recorded in its config) or from a VTimeLLM checkpoint (its own sizes), its embeddings
-    resized when the tokenizer gained `<video>`. With `require_projector`, a checkpoint without a trained projector is
-    refused. `dtype`: float32, bfloat16, float16 or auto (the checkpoint's).
+    A [`VTimeLlamaForCausalLM`] from a LLaMA checkpoint (its `mm_projector`, `mm_hidden_size -> hidden_size`, and
+    the projectors of `feature_streams` in `stream_layout` (LongVALE's, AVicuna's), newly initialised; `num_frames`
+    recorded in its config) or from a VTimeLLM checkpoint (its own sizes and streams), its embeddings resized when
+    the tokenizer gained `<video>`. With `require_projector`, a checkpoint without a trained projector is refused.
+    `dtype`: float32, bfloat16, float16 or auto (the checkpoint's).
     """
     base_config = AutoConfig.from_pretrained(name_or_path, revision=revision)
     no_projector = (f"{name_or_path} holds no trained projector: set stage1_projector (the output of stage 1), or "
@@ -382,6 +393,7 @@ def load_model(
         config = VTimeLlamaConfig(**{key: value for key, value in settings.items()
                                      if key not in ("model_type", "architectures")})  # fmt: skip
         config.mm_hidden_size, config.num_frames = mm_hidden_size, num_frames
+        config.feature_streams, config.stream_layout = feature_streams, stream_layout
     config.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
     config.pad_token_id = tokenizer.pad_token_id
     model, loading_info = VTimeLlamaForCausalLM.from_pretrained(

@@ -51,8 +51,10 @@ from .cli import reports_errors
 from .files import read_json
 from .model.processing_vtime import DEFAULT_FRAME_ENCODER
 
-# `model_card/template.md` of the repository, reached through a link inside the package so that wheels carry it
+# `model_card/template.md` of the repository, reached through a link inside the package so that wheels carry it;
+# `model_card/audio_visual.md` for the checkpoints with audio streams (LongVALE-LLM, AVicuna)
 TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
+AUDIO_VISUAL_TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "audio_visual_model_card.md"
 RESULTS_FILE = "eval_results.json"
 TRAINING_RECORD_FILE = "vtimellm_training.json"
 CONVERSION_RECORD_FILE = "vtimellm_conversion.json"
@@ -96,6 +98,98 @@ PAPER_RECIPE = [
      "lora": "r 64, alpha 128, dropout 0.05", "precision": "bf16", "max_length": "2048"},
 ]  # fmt: skip
 _STAGE_TRAINS = {1: "projector", 2: "new LoRA, projector frozen", 3: "stage-2 LoRA merged, then a new LoRA"}
+_LORA_64 = "r 64, alpha 128, dropout 0.05"
+_UNSTATED = {"epochs": "?", "learning_rate": "?", "batch": "?", "lora": "-", "precision": "?", "max_length": "?"}
+# The recipes of the originals' scripts, as far as they state them ("?": not stated)
+LONGVALE_RECIPE = [
+    {"stage": "1", "data": "none: VTimeLLM's stage-1 projector, reused", "trains": "-", "epochs": "-",
+     "learning_rate": "-", "batch": "-", "lora": "-", "precision": "-", "max_length": "-"},
+    {"stage": "2", "data": "longvale-sft-bp-154k (LongVALE + VTimeLLM stage 2)",
+     "trains": "new LoRA, new audio and speech projectors", "epochs": "2", "learning_rate": "1e-4", "batch": "128",
+     "lora": _LORA_64, "precision": "bf16", "max_length": "2048"},
+    {"stage": "3", "data": "longvale-sft-it-61k (LongVALE + VTimeLLM stage 3)",
+     "trains": "stage-2 LoRA merged, then a new LoRA; audio and speech projectors", "epochs": "2",
+     "learning_rate": "1e-4", "batch": "128", "lora": _LORA_64, "precision": "bf16", "max_length": "2048"},
+]
+AVICUNA_RECIPE = [
+    {**_UNSTATED, "stage": "1", "data": "stage1.json (vision-text alignment)", "trains": "video projector",
+     "learning_rate": "1e-3"},
+    {**_UNSTATED, "stage": "2", "data": "stage2.json (audio-text alignment, A5-222K)", "trains": "audio projector"},
+    {**_UNSTATED, "stage": "3", "data": "stage3.json (context-boundary alignment), audio ratio 0.25",
+     "trains": "new LoRA, both projectors frozen", "epochs": "2", "learning_rate": "1e-4", "batch": "128",
+     "lora": _LORA_64},
+    {**_UNSTATED, "stage": "4", "data": "stage4.json (instruction tuning)",
+     "trains": "stage-3 LoRA merged, then a new LoRA", "lora": _LORA_64},
+]  # fmt: skip
+# What the card of each audio-visual model says of its original (`model_card/audio_visual.md`)
+FAMILY_CARDS = {
+    "longvale": {
+        "title": "LongVALE-LLM",
+        "paper": "https://arxiv.org/abs/2411.19772",
+        "code": "https://github.com/ttgeng233/LongVALE",
+        "summary": "a Vicuna v1.5 language model that reads a video as its CLIP frame rows, BEATs audio rows and "
+        "Whisper speech rows, each stream through its own linear projector, spliced where the prompt says "
+        "`<video>`.",
+        "layout": "A `<video>` becomes the video rows, then the audio rows, then the speech rows, without separators; "
+        "a stream a video lacks (no audio track) is simply absent.",
+        "recipe": LONGVALE_RECIPE,
+        "recipe_note": "The recipe of the LongVALE-LLM scripts (bf16, cosine schedule, 3% warm-up); LoRA on q, k, v, "
+        "o, gate, up and down projections. The originals counted only text tokens against the 2048.",
+        "datasets": ["ttgeng233/LongVALE"],
+        "tags": ["longvale", "audio-visual", "speech"],
+        "benchmarks": "LongVALE-LLM is evaluated on the LongVALE test set (1,171 videos): omni-modal temporal "
+        "grounding (mIoU, R1@0.3/0.5/0.7), dense captioning (SODA_c, METEOR, CIDEr) and segment captioning "
+        "(BLEU-4, METEOR, ROUGE-L, CIDEr). Its numbers are not copied here unverified: read them in the paper, or "
+        "record scores measured on this checkpoint with `vtimellm-hf model-card DIR --results`.",
+        "length": "Video, audio and speech rows all sit in the prompt: a 10-minute video takes about 100 + 117 + 117 "
+        "rows. Every row counts against the model's positions and `max_length`, and a prompt that does not fit is "
+        "refused, naming each stream's rows (the originals counted text tokens only).",
+        "licence": "The weights derive from Vicuna v1.5 (Llama 2 Community License, this card's `license`). The "
+        "LongVALE code repository carried no licence file when this converter was written; its annotations are on "
+        "the Hub (`ttgeng233/LongVALE`) under their dataset card's terms. The encoders (CLIP, BEATs, Whisper) have "
+        "their own licences.",
+        "citation": "@article{geng2024longvale,\n  title = {LongVALE: Vision-Audio-Language-Event Benchmark Towards "
+        "Time-Aware Omni-Modal Perception of Long Videos},\n  author = {Geng, Tiantian and Zhang, Jinrui and Wang, "
+        "Qingni and Wang, Teng and Duan, Jinming and Zheng, Feng},\n  journal = {arXiv preprint arXiv:2411.19772},"
+        "\n  year = {2024}\n}",
+    },
+    "avicuna": {
+        "title": "AVicuna",
+        "paper": "https://arxiv.org/abs/2403.16276",
+        "code": "https://github.com/yunlong10/AVicuna",
+        "summary": "a Vicuna v1.5 language model that reads a video as CLIP frame rows interleaved with CLAP audio "
+        "rows, each stream through its own linear projector, spliced where the prompt says `<video>`.",
+        "layout": "A `<video>` becomes N_v video and N_a audio rows interleaved (AVicuna's AVTI): with "
+        "`f = round(N_v / (N_a + 1))`, the audio rows take slots `0, f + 1, 2 (f + 1), ...` and the video rows the "
+        "others, each stream in its own order (75 + 25 rows: audio every fourth slot). A video without an audio "
+        "track gets zero audio rows, as in the original.",
+        "recipe": AVICUNA_RECIPE,
+        "recipe_note": "The recipe of the AVicuna scripts, as far as they state it (\"?\": not stated); LoRA on every "
+        "linear layer of the LLM but the LM head.",
+        "datasets": [],
+        "tags": ["avicuna", "audio-visual"],
+        "benchmarks": "AVicuna is evaluated on UnAV-100 dense audio-visual event localisation (mAP at tIoU 0.5:0.9), "
+        "open-ended video QA, AVSD and MUSIC-AVQA; no evaluation code was released. Its numbers are not copied here "
+        "unverified: read them in the paper, or record scores measured on this checkpoint with "
+        "`vtimellm-hf model-card DIR --results`.",
+        "length": "A fixed number of rows per video whatever its length, frames and audio rows sharing them. Audio "
+        "rows above half of all rows cannot be interleaved and are refused (the original left zero rows there).",
+        "licence": "The weights derive from Vicuna v1.5 (Llama 2 Community License, this card's `license`). The "
+        "AVicuna code repository carried no licence file when this converter was written. The encoders (CLIP, "
+        "CLAP) have their own licences; `laion/clap-htsat-fused` standing for AVicuna's `630k-fusion-best.pt` is "
+        "not verified.",
+        "citation": "@article{tang2024avicuna,\n  title = {AVicuna: Audio-Visual LLM with Interleaver and "
+        "Context-Boundary Alignment for Temporal Referential Dialogue},\n  author = {Tang, Yunlong and Shimada, "
+        "Daiki and Bi, Jing and Xu, Chenliang},\n  journal = {arXiv preprint arXiv:2403.16276},\n  year = {2024}\n}",
+    },
+}
+# The rows each feature extractor gives a video, for the card's table of streams
+_STREAM_ROWS = {
+    "clip": "{video_rows} frames",
+    "beats": "one per 512 fbank frames (5.12 s)",
+    "whisper": "floor(1500 * ceil(duration / 30) / 256): 30 s chunks, 256 encoder frames each",
+    "clap": "{audio_rows}: 10 s windows every 4 s, repeated or cut to fit",
+}
 # The SFTConfig fields a training record keeps: what the card shows and what a reader needs to reproduce a stage
 _RECORDED_TRAINING_FIELDS = (
     "num_train_epochs", "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
@@ -214,6 +308,24 @@ def read_provenance(folder: str | Path) -> Provenance:
             base_model=first.get("base"),
             datasets=[],
         )
+    if conversion is not None and conversion.get("format") in FAMILY_CARDS:
+        family = FAMILY_CARDS[conversion["format"]]
+        kept_apart = "the last stage's adapter kept apart in" if not conversion["merged"] else None
+        layout = (f"{kept_apart} `{ADAPTER_SUBFOLDER}/`" if kept_apart else "the LoRA adapters merged into the weights")
+        stages = ("VTimeLLM's stage-1 projector, the stage-2 and stage-3 LoRA adapters with their audio and speech "
+                  "projectors" if conversion["format"] == "longvale" else
+                  "the stage-1 video projector, the stage-2 audio projector, the stage-3 and stage-4 LoRA adapters")
+        return Provenance(
+            text=(
+                f"Converted with `vtimellm-hf convert-original --format {conversion['format']}` from the original "
+                f"{family['title']} release (base `{_display_name(conversion['base'])}`, {stages}), with {layout}. "
+                f"The weights are those the {family['title']} authors trained."
+            ),
+            recipe=family["recipe"],
+            recipe_note=family["recipe_note"],
+            base_model=conversion.get("base_model") or conversion["base"],
+            datasets=list(family["datasets"]),
+        )
     if conversion is not None:
         layout = (
             "the stage-2 and stage-3 LoRA adapters merged into the weights"
@@ -279,13 +391,16 @@ def render_model_card(
         license: a Hub licence identifier.
         base_model: the Hub id of the base LLM; defaults to the one the folder's records name, when it is a Hub id.
         datasets: Hub dataset ids of the training data; defaults to the original release's for a converted folder.
-        template: a Jinja template; defaults to `model_card/template.md`.
+        template: a Jinja template; defaults to `model_card/template.md`, or `model_card/audio_visual.md` for a
+            checkpoint with audio streams (LongVALE-LLM, AVicuna).
     """
     folder = Path(folder)
     config = _read_json(folder / "config.json")
     if config is None:
         raise FileNotFoundError(f"{folder} holds no config.json: a model card describes a saved checkpoint.")
-    template = Path(template) if template is not None else TEMPLATE_PATH
+    family = _family(config)
+    default_template = TEMPLATE_PATH if family is None else AUDIO_VISUAL_TEMPLATE_PATH
+    template = Path(template) if template is not None else default_template
     if not template.is_file():
         raise FileNotFoundError(
             f"Model card template not found at {template}: it ships in the repository's model_card/ folder; pass "
@@ -305,7 +420,7 @@ def render_model_card(
         base_model=base_model if base_model and is_hub_id(base_model) else None,
         datasets=list(datasets) if datasets is not None else provenance.datasets or None,
         pipeline_tag=PIPELINE_TAG,
-        tags=list(TAGS),
+        tags=list(TAGS) + (FAMILY_CARDS[family]["tags"] if family else []),
         library_name="transformers",
         # The name of the model-index entry; without results it would be a stray metadata key
         model_name=model_name if checked else None,
@@ -318,6 +433,9 @@ def render_model_card(
         model_name=model_name,
         model_id=repo_id or folder.resolve().name,
         adapter_subfolder=adapter_subfolder,
+        family=FAMILY_CARDS.get(family),
+        streams=_card_streams(config, processor_config),
+        audio_rows=processor_config.get("audio_rows"),
         frame_encoder=processor_config.get("frame_encoder_name_or_path", DEFAULT_FRAME_ENCODER),
         num_frames=config.get("num_frames", 100),
         mm_hidden_size=config.get("mm_hidden_size", 768),
@@ -421,6 +539,38 @@ def _recipe_row(entry: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def _family(config: Mapping[str, Any]) -> str | None:
+    """The audio-visual model a configuration is (`longvale`: streams concatenated, `avicuna`: interleaved), or
+    `None` for VTimeLLM's video alone."""
+    streams = {stream["name"] for stream in config.get("feature_streams") or []}
+    if not streams - {"video"}:
+        return None
+    return {"concat": "longvale", "interleave": "avicuna"}.get(config.get("stream_layout"))
+
+
+def _card_streams(config: Mapping[str, Any], processor_config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of the card's table of streams: name, projector, width, the encoder that makes them, rows."""
+    num_frames, audio_rows = config.get("num_frames", 100), processor_config.get("audio_rows")
+    encoders = processor_config.get("stream_encoders") or {}
+    rows = []
+    for stream in config.get("feature_streams") or []:
+        if stream["name"] == "video":
+            encoder = processor_config.get("frame_encoder_name_or_path", DEFAULT_FRAME_ENCODER)
+        else:
+            encoder = encoders.get(stream["name"], {}).get("name_or_path")
+        # BEATs is not on the Hub: a folder converted without its file asks the user for it
+        setting = f'`processor.stream_encoders["{stream["name"]}"]["name_or_path"]`'
+        described = f"`{encoder}`" if encoder else f"{stream['extractor']}, not named: set {setting}"
+        rows.append({
+            "name": stream["name"], "projector": stream["projector"], "width": stream["hidden_size"],
+            "encoder": described,
+            "rows": _STREAM_ROWS.get(stream["extractor"], "?").format(
+                video_rows=num_frames - (audio_rows or 0), audio_rows=audio_rows
+            ),
+        })  # fmt: skip
+    return rows
+
+
 def _display_name(name_or_path: str) -> str:
     """A Hub id as it is; a local path by its last component, which names the model without the machine's layout."""
     return name_or_path if is_hub_id(name_or_path) else Path(name_or_path).name
@@ -474,6 +624,8 @@ def _run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "ADAPTER_SUBFOLDER",
+    "AUDIO_VISUAL_TEMPLATE_PATH",
+    "FAMILY_CARDS",
     "BENCHMARKS",
     "CONVERSION_RECORD_FILE",
     "RESULTS_FILE",

@@ -9,8 +9,23 @@ through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
 import transformers
 from transformers import AutoConfig, AutoProcessor
 
-from .configuration_vtime_llama import VTimeLlamaConfig
-from .modeling_vtime_llama import GENERATING_AUTO_CLASSES, VTimeLlamaForCausalLM, VTimeLlamaModel
+from .configuration_vtime_llama import (
+    STREAM_LAYOUTS,
+    STREAM_NAMES,
+    FeatureStream,
+    VTimeFeatureStreamsConfigMixin,
+    VTimeLlamaConfig,
+    avicuna_streams,
+    longvale_streams,
+)
+from .modeling_vtime_llama import (
+    GENERATING_AUTO_CLASSES,
+    VTimeCausalLMMixin,
+    VTimeFeatureSpliceMixin,
+    VTimeLlamaForCausalLM,
+    VTimeLlamaModel,
+    interleave_audio_slots,
+)
 from .processing_vtime import PLAIN_CHAT_TEMPLATE, VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeProcessor
 from .timestamps_vtime import (
     CAPTIONING,
@@ -57,23 +72,32 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_FRAME_ENCODER",
+    "FeatureStream",
     "GROUNDING",
     "PLAIN_CHAT_TEMPLATE",
+    "STREAM_LAYOUTS",
+    "STREAM_NAMES",
     "VICUNA_V1_CHAT_TEMPLATE",
     "VIDEO_BACKENDS",
     "VIDEO_TOKEN",
+    "VTimeCausalLMMixin",
+    "VTimeFeatureSpliceMixin",
+    "VTimeFeatureStreamsConfigMixin",
     "VTimeFrameEncoder",
     "VTimeLlamaConfig",
     "VTimeLlamaForCausalLM",
     "VTimeLlamaModel",
     "VTimeProcessor",
     "VTimeVideoProcessor",
+    "avicuna_streams",
     "check_video_backend",
     "format_index",
     "get_video_duration",
     "image_as_frame",
     "indices_to_seconds",
+    "interleave_audio_slots",
     "load_video_frames",
+    "longvale_streams",
     "parse_event_indices",
     "parse_events",
     "parse_grounding_answer",

@@ -1,6 +1,7 @@
 """VTimeProcessor: the text of VTimeLLM (chat templates, token ids, the `<video>` expansion) and its visual inputs.
 
 Videos and images go through [`VTimeVideoProcessor`] and [`VTimeFrameEncoder`] (`video_processing_vtime.py`); the
+audio and speech streams of LongVALE and AVicuna through the stream encoders of `audio_processing_vtime.py`; the
 timestamp helpers that read answers live in `timestamps_vtime.py` and are re-exported here.
 
 This file travels to the Hub with every checkpoint (`trust_remote_code=True`): it imports only torch, numpy,
@@ -16,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import logging
 
+from .audio_processing_vtime import build_stream_encoder, fit_rows
+from .configuration_vtime_llama import STREAM_NAMES
 from .timestamps_vtime import (
     CAPTIONING,
     GROUNDING,
@@ -35,9 +39,12 @@ from .video_processing_vtime import (
     DEFAULT_FRAME_ENCODER,
     VTimeFrameEncoder,
     VTimeVideoProcessor,
+    _batched_videos,
     image_as_frame,
     read_frame_preprocessing,
 )
+
+logger = logging.get_logger(__name__)
 
 VIDEO_TOKEN = "<video>"
 
@@ -149,6 +156,16 @@ class VTimeProcessor(ProcessorMixin):
         encoder_batch_size: frames encoded per forward pass of the encoder.
         do_sample_frames: `False` encodes every frame of decoded videos, as given.
         frame_encoder: an already loaded `CLIPVisionModelWithProjection` (not saved; the name or path is).
+        stream_encoders: the audio and speech streams of the checkpoint (LongVALE, AVicuna), made from the audio
+            track of each video file: `{"audio": {"kind": "beats", "name_or_path": ...}, "speech": {"kind":
+            "whisper", ...}}`, the settings [`build_stream_encoder`] takes; each encoder is built and loaded the first
+            time a video file is given. `None`: VTimeLLM's video alone.
+        audio_rows: AVicuna's audio rows per video (`int(num_frames * av_ratio)`: 25 at its inference ratio 0.25).
+            They take slots of `num_frames`: a video file gives `num_frames - audio_rows` frames (75) and its audio
+            rows repeated or cut to `audio_rows`, or as many zero rows when it has no audio track, as the original.
+            `None` (LongVALE): every row the encoders give, and no audio or speech rows without an audio track.
+        max_positions: the positions the model reads (`max_position_embeddings`); a longer prompt is refused.
+            `None`: not checked.
     """
 
     def __init__(
@@ -163,8 +180,23 @@ class VTimeProcessor(ProcessorMixin):
         encoder_batch_size: int = 64,
         do_sample_frames: bool = True,
         frame_encoder=None,
+        stream_encoders: dict[str, dict] | None = None,
+        audio_rows: int | None = None,
+        max_positions: int | None = None,
         **kwargs,
     ):
+        unknown = sorted(set(stream_encoders or {}) - (set(STREAM_NAMES) - {"video"}))
+        if unknown:
+            raise ValueError(f"stream_encoders name the streams audio and speech, got {unknown}.")
+        for name, value in (("audio_rows", audio_rows), ("max_positions", max_positions)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+        if audio_rows is not None and audio_rows >= num_frames:
+            raise ValueError(f"audio_rows ({audio_rows}) take slots of num_frames ({num_frames}): give fewer.")
+        self.stream_encoders = {name: dict(settings) for name, settings in (stream_encoders or {}).items()}
+        self.audio_rows, self.max_positions = audio_rows, max_positions
+        # Built from `stream_encoders` when a video file first needs them; not saved
+        self._built_encoders = {}
         self.video_processor = VTimeVideoProcessor(num_frames, do_sample_frames, frame_size, image_mean, image_std)
         self.frame_encoder = VTimeFrameEncoder(
             frame_encoder_name_or_path, encoder_batch_size, video_processor=self.video_processor, model=frame_encoder
@@ -189,6 +221,20 @@ class VTimeProcessor(ProcessorMixin):
     @frame_encoder_device.setter
     def frame_encoder_device(self, device) -> None:
         self.frame_encoder.to(device=device)
+        for encoder in self._built_encoders.values():
+            encoder.to(device=device)
+
+    def stream_encoder(self, name: str):
+        """The encoder of the stream `name` (`"audio"` or `"speech"`) as `stream_encoders` sets it, built on first
+        use (its model loads when it first encodes)."""
+        if name not in self.stream_encoders:
+            raise ValueError(
+                f"This processor has no {name} stream (its stream_encoders: {sorted(self.stream_encoders)})."
+            )
+        if name not in self._built_encoders:
+            self._built_encoders[name] = build_stream_encoder(**self.stream_encoders[name])
+            self._built_encoders[name].to(device=self.frame_encoder.device)
+        return self._built_encoders[name]
 
     @classmethod
     def for_frame_encoder(cls, tokenizer, frame_encoder_name_or_path: str = DEFAULT_FRAME_ENCODER, **kwargs):
@@ -214,7 +260,7 @@ class VTimeProcessor(ProcessorMixin):
     def to_dict(self):
         # The parts are saved as their settings, flat, as `__init__` takes them (the layout of processor_config.json
         # before they were parts); the encoder's model must not be deep-copied
-        parts = {name: self.__dict__.pop(name) for name in ("video_processor", "frame_encoder")}
+        parts = {name: self.__dict__.pop(name) for name in ("video_processor", "frame_encoder", "_built_encoders")}
         try:
             output = super().to_dict()
         finally:
@@ -222,6 +268,10 @@ class VTimeProcessor(ProcessorMixin):
         output.update(self.video_processor.to_dict())
         output.update(frame_encoder_name_or_path=self.frame_encoder_name_or_path,
                       encoder_batch_size=self.encoder_batch_size)  # fmt: skip
+        # A VTimeLLM processor (no audio streams, no limits) saves the settings it saved before the family's
+        for name in ("stream_encoders", "audio_rows", "max_positions"):
+            if not output.get(name):
+                output.pop(name, None)
         return output
 
     def frame_pixels(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -244,33 +294,22 @@ class VTimeProcessor(ProcessorMixin):
 
     def _visual_features(
         self, videos, images, video_features, video_windows, num_frames: int | None, do_sample_frames: bool | None
-    ) -> tuple[list[torch.Tensor], list[bool]]:
+    ) -> tuple[list[torch.Tensor | None], list[bool]]:
         """
-        One float32 `(rows, D)` tensor per visual input, in order (precomputed features, else videos, else images),
-        and whether each was given as a numpy array.
+        One float32 `(rows, D)` tensor (or `None`, for precomputed features of a sample without video) per visual
+        input, in order (precomputed features, else videos, else images), and whether each was given as a numpy array.
         """
         given = [name for name, value in (("videos", videos), ("images", images), ("video_features", video_features))
                  if value is not None]
         if len(given) > 1:
             raise ValueError(f"Pass one kind of visual input per call, got {', '.join(given)}.")
         if video_features is not None:
-            if isinstance(video_features, (np.ndarray, torch.Tensor)) and video_features.ndim == 3:
-                video_features = list(video_features)
-            features, as_arrays = [], []
-            for index, feature in enumerate(_flatten(video_features)):
-                as_arrays.append(isinstance(feature, np.ndarray))
-                feature = torch.as_tensor(feature)
-                if feature.ndim == 1:
-                    feature = feature.unsqueeze(0)
-                if feature.ndim != 2:
-                    raise ValueError(
-                        f"video_features[{index}] must have shape (rows, hidden) or (hidden,), "
-                        f"got {tuple(feature.shape)}."
-                    )
-                features.append(feature.float())
-            return features, as_arrays
+            return _feature_list("video_features", video_features)
         features = []
         if videos is not None:
+            if num_frames is None and self.audio_rows is not None:
+                # AVicuna: the audio rows take their slots of num_frames
+                num_frames = self.num_frames - self.audio_rows
             for pixels in self.video_processor.iter_pixels(videos, video_windows, num_frames, do_sample_frames):
                 features.append(self.frame_encoder.encode_pixels(pixels))
                 # Not held while the next video is decoded
@@ -279,6 +318,33 @@ class VTimeProcessor(ProcessorMixin):
             features = [self.encode_frames(image_as_frame(image)) for image in _flatten(images)]
         return features, [False] * len(features)
 
+    def _media_streams(self, videos, video_windows, given: dict) -> dict[str, tuple[list, list[bool]]]:
+        """
+        The audio and speech rows of each video in `videos` for the streams of `stream_encoders` not `given`: made
+        from the audio track of each video file; a video without one (or given as decoded frames) gets no rows, or
+        AVicuna's `audio_rows` zero rows.
+        """
+        needed = [name for name in self.stream_encoders if given.get(name) is None]
+        if videos is None or not needed:
+            return {}
+        videos = _batched_videos(videos)
+        windows = list(video_windows) if video_windows is not None else [None] * len(videos)
+        streams = {}
+        for name in needed:
+            encoder = self.stream_encoder(name)
+            rows = []
+            for index, (video, window) in enumerate(zip(videos, windows)):
+                if isinstance(video, (str, Path)):
+                    features = encoder.encode_file(video, window)
+                else:
+                    logger.warning("videos[%d] is decoded frames, without an audio track: no %s rows from it; pass "
+                                   "its file, or %s_features.", index, name, name)  # fmt: skip
+                    features = None
+                if self.audio_rows is not None and name == "audio":
+                    features = fit_rows(features, self.audio_rows, encoder.feature_size)
+                rows.append(features)
+            streams[name] = (rows, [False] * len(rows))
+        return streams
 
     def encode_prompt(
         self,
@@ -351,6 +417,8 @@ class VTimeProcessor(ProcessorMixin):
         do_sample_frames: bool | None = None,
         sanitize_control_tokens: bool = False,
         audio=None,
+        audio_features=None,
+        speech_features=None,
         **kwargs,
     ) -> BatchFeature:
         r"""
@@ -375,11 +443,19 @@ class VTimeProcessor(ProcessorMixin):
                 processor's `do_sample_frames`).
             sanitize_control_tokens: set by `apply_chat_template(..., sanitize_control_tokens=True)`; see
                 [`encode_prompt`].
+            audio_features, speech_features: precomputed rows of the audio (BEATs or CLAP) and speech (Whisper)
+                streams of LongVALE and AVicuna, one entry per `<video>`, `None` for a sample without that stream
+                (`video_features` may hold `None` too); taken as given (fit AVicuna's with [`fit_rows`]). Without
+                them, video files give them through `stream_encoders`.
+
+        Each `<video>` expands to its sample's rows of every stream; they count against `max_length` and
+        `max_positions`. Features without rows or with NaN or infinite values are refused.
 
         Returns:
-            [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, and `video_features` when visual
-            inputs were given: float32 `(batch, rows, mm_hidden_size)` with `return_tensors="pt"`, else a list of
-            float32 `(rows, mm_hidden_size)` features, each a numpy array where it was given as one, else a tensor.
+            [`BatchFeature`] with `input_ids` and `attention_mask` `(batch, seq_len)`, and `{stream}_features` for
+            each stream given or made: with `return_tensors="pt"`, float32 `(batch, rows, width)` where every sample
+            has that stream with as many rows, else a list of `(rows, width)` tensors or `None`; without it, a list of
+            float32 `(rows, width)` features, each a numpy array where it was given as one, else a tensor.
         """
         # Inputs as other processors are called: empty lists for absent inputs, `audios` the older name of `audio`
         videos, images = _none_if_empty(videos), _none_if_empty(images)
@@ -405,9 +481,14 @@ class VTimeProcessor(ProcessorMixin):
             raise ValueError("VTimeProcessor needs text with a <video> placeholder for each visual input.")
         texts = [text] if isinstance(text, str) else list(text)
 
-        features, as_arrays = self._visual_features(
+        streams = {"video": self._visual_features(
             videos, images, video_features, video_windows, num_frames, do_sample_frames
-        )
+        )}  # fmt: skip
+        given = {"audio": audio_features, "speech": speech_features}
+        streams.update({name: _feature_list(f"{name}_features", value) for name, value in given.items()
+                        if value is not None})  # fmt: skip
+        streams.update(self._media_streams(videos, video_windows, given))
+        streams = {name: value for name, value in streams.items() if value[0]}
         video_pattern = _special_token_pattern({VIDEO_TOKEN}, sanitize_control_tokens)
         placeholders = [len(video_pattern.findall(sample)) for sample in texts]
         for index, count in enumerate(placeholders):
@@ -415,25 +496,39 @@ class VTimeProcessor(ProcessorMixin):
                 raise ValueError(
                     f"Text {index} holds {count} {VIDEO_TOKEN} placeholders; VTimeLLM takes one video per sample."
                 )
-        if sum(placeholders) != len(features):
-            raise ValueError(
-                f"The text holds {sum(placeholders)} {VIDEO_TOKEN} placeholders but {len(features)} visual inputs "
-                "were given; pass one video (or image, or features) per placeholder."
-            )
-        if features and not all(placeholders):
+        # Placeholders without any input are refused as a video stream of no inputs
+        for name, (features, _) in (streams or {"video": ([], [])}).items():
+            if sum(placeholders) != len(features):
+                kind = "visual inputs" if name == "video" else f"{name}_features entries"
+                raise ValueError(
+                    f"The text holds {sum(placeholders)} {VIDEO_TOKEN} placeholders but {len(features)} {kind} "
+                    "were given; pass one video (or image, or features) per placeholder."
+                )
+        if streams and not all(placeholders):
             missing = [index for index, count in enumerate(placeholders) if count == 0]
             raise ValueError(
                 f"Texts {missing} hold no {VIDEO_TOKEN}: in a batch with videos, every sample needs one video."
             )
-        if len({tuple(feature.shape) for feature in features}) > 1:
-            shapes = [tuple(feature.shape) for feature in features]
-            raise ValueError(f"All videos of a batch need features of one shape, got {shapes}.")
+        for name, (features, _) in streams.items():
+            widths = sorted({feature.shape[1] for feature in features if feature is not None})
+            if len(widths) > 1:
+                raise ValueError(f"The {name} features of a batch need one width, got {widths}.")
 
-        rows = features[0].shape[0] if features else 0
-        encoded = [
-            self.encode_prompt(sample, rows, add_special_tokens, return_offsets_mapping, sanitize_control_tokens)
-            for sample in texts
+        # The rows of each sample's <video>, per stream: they count against max_length and the model's positions
+        sample_rows = [
+            {name: len(features[index]) for name, (features, _) in streams.items() if features[index] is not None}
+            for index in range(len(texts) if streams else 0)
         ]
+        for index, rows in enumerate(sample_rows):
+            if not rows:
+                raise ValueError(f"Sample {index} has no feature rows in any stream for its {VIDEO_TOKEN}.")
+        encoded = [
+            self.encode_prompt(
+                sample, sum(sample_rows[index].values()) if sample_rows else 0, add_special_tokens,
+                return_offsets_mapping, sanitize_control_tokens,
+            )
+            for index, sample in enumerate(texts)
+        ]  # fmt: skip
         # As tokenizers do: a max_length alone truncates
         if truncation is None and max_length is not None and padding is False:
             truncation = True
@@ -444,7 +539,17 @@ class VTimeProcessor(ProcessorMixin):
                     "truncation=True, 'longest_first' or 'only_first'."
                 )
             limit = self.tokenizer.model_max_length if max_length is None else max_length
-            encoded = [self._truncate(sample, limit, index, rows) for index, sample in enumerate(encoded)]
+            encoded = [self._truncate(sample, limit, index, sample_rows[index] if sample_rows else {})
+                       for index, sample in enumerate(encoded)]  # fmt: skip
+        if self.max_positions is not None:
+            for index, sample in enumerate(encoded):
+                if len(sample["input_ids"]) > self.max_positions:
+                    rows = _describe_rows(sample_rows[index] if sample_rows else {})
+                    raise ValueError(
+                        f"Text {index} is {len(sample['input_ids'])} tokens ({rows}) but the model reads at most "
+                        f"{self.max_positions} positions: shorten the text, give fewer rows, or truncate "
+                        f"(max_length <= {self.max_positions})."
+                    )
         batch = {"input_ids": [sample["input_ids"] for sample in encoded]}
         if return_offsets_mapping:
             batch["offset_mapping"] = [sample["offset_mapping"] for sample in encoded]
@@ -468,30 +573,41 @@ class VTimeProcessor(ProcessorMixin):
                 _pad_offsets(offsets, len(ids), padding_side)
                 for offsets, ids in zip(data["offset_mapping"], data["input_ids"])
             ]
-        if features:
-            data["video_features"] = (
-                torch.stack(features)
-                if return_tensors == "pt"
-                else [feature.numpy() if as_array else feature for feature, as_array in zip(features, as_arrays)]
-            )
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        tensors = {}
+        for name, (features, as_arrays) in streams.items():
+            shapes = {None if feature is None else tuple(feature.shape) for feature in features}
+            if return_tensors == "pt" and len(shapes) == 1 and None not in shapes:
+                tensors[f"{name}_features"] = torch.stack(features)
+            elif return_tensors == "pt":
+                # Rows that differ between samples, or a stream some samples lack: a list, as the model takes it
+                tensors[f"{name}_features"] = features
+            else:
+                data[f"{name}_features"] = [
+                    feature.numpy() if as_array and feature is not None else feature
+                    for feature, as_array in zip(features, as_arrays)
+                ]
+        output = BatchFeature(data=data, tensor_type=return_tensors)
+        output.update(tensors)
+        return output
 
-    def _truncate(self, sample: dict, limit: int, index: int, rows: int) -> dict:
+    def _truncate(self, sample: dict, limit: int, index: int, rows: dict[str, int]) -> dict:
         """
         `sample` cut to `limit` tokens on the tokenizer's truncation side (the end, for Vicuna's tokenizer, as the
-        original cut its training samples); never into the rows of its video.
+        original cut its training samples); never into the rows (`rows`, per stream) of its video.
         """
         ids = sample["input_ids"]
         excess = len(ids) - limit
         if excess <= 0:
             return sample
         kept = slice(0, limit) if self.tokenizer.truncation_side == "right" else slice(excess, None)
-        if rows and ids[kept].count(self.video_token_id) != rows:
+        total = sum(rows.values())
+        if total and ids[kept].count(self.video_token_id) != total:
             first = ids.index(self.video_token_id)
             raise ValueError(
-                f"Text {index} is {len(ids)} tokens, {rows} of them the rows of its video (tokens {first} to "
-                f"{first + rows - 1}); truncating it to max_length={limit} on the {self.tokenizer.truncation_side} "
-                "would cut into those rows. Raise max_length or shorten the text."
+                f"Text {index} is {len(ids)} tokens, {total} of them the rows of its video (tokens {first} to "
+                f"{first + total - 1}); truncating it to max_length={limit} on the {self.tokenizer.truncation_side} "
+                f"would cut into those rows ({_describe_rows(rows)}). Raise max_length, shorten the text or give "
+                "fewer rows."
             )
         return {"input_ids": ids[kept], "offset_mapping": sample["offset_mapping"][kept]}
 
@@ -533,7 +649,44 @@ class VTimeProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "video_features"]
+        return ["input_ids", "attention_mask", *(f"{name}_features" for name in STREAM_NAMES)]
+
+
+def _describe_rows(rows: dict[str, int]) -> str:
+    """`video 100, audio 117, speech 117 feature rows`, or `no feature rows`."""
+    if not rows:
+        return "no feature rows"
+    return ", ".join(f"{name} {count}" for name, count in rows.items()) + " feature rows"
+
+
+def _feature_list(name: str, values) -> tuple[list[torch.Tensor | None], list[bool]]:
+    """
+    Precomputed features as one float32 `(rows, D)` tensor (a `(D,)` vector is one row), or `None`, per `<video>`,
+    and whether each was a numpy array. Refused: no rows, values that are not finite.
+    """
+    if isinstance(values, (np.ndarray, torch.Tensor)) and values.ndim == 3:
+        values = list(values)
+    features, as_arrays = [], []
+    for index, feature in enumerate(_flatten(values)):
+        as_arrays.append(isinstance(feature, np.ndarray))
+        if feature is None:
+            features.append(None)
+            continue
+        feature = torch.as_tensor(feature)
+        if feature.ndim == 1:
+            feature = feature.unsqueeze(0)
+        if feature.ndim != 2:
+            raise ValueError(
+                f"{name}[{index}] must have shape (rows, hidden) or (hidden,), got {tuple(feature.shape)}."
+            )
+        if feature.shape[0] == 0:
+            raise ValueError(f"{name}[{index}] has shape {tuple(feature.shape)}: no rows; pass None for a sample "
+                             "without this stream.")  # fmt: skip
+        feature = feature.float()
+        if not torch.isfinite(feature).all():
+            raise ValueError(f"{name}[{index}] holds NaN or infinite values: they would make every logit NaN.")
+        features.append(feature)
+    return features, as_arrays
 
 
 def _flatten(items) -> list:
