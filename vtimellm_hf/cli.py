@@ -23,6 +23,9 @@ from contextlib import contextmanager
 from . import __version__
 
 __all__ = [
+    "COMMAND_EXIT_STATUSES",
+    "EXIT_STATUSES",
+    "NO_ANSWER",
     "SUBCOMMAND_MODULES",
     "USAGE_ERRORS",
     "build_parser",
@@ -48,6 +51,18 @@ SUBCOMMAND_MODULES = [
 # What a command reports as `COMMAND: error: MESSAGE` with exit status 2, unless it says otherwise: an input it cannot
 # use (a missing or unreadable file, a malformed record, an option it refuses)
 USAGE_ERRORS = (OSError, ValueError)
+# Exit statuses. Every command: 0 done, 2 an argument or input it cannot use (`COMMAND: error: MESSAGE`); 1 is also
+# Python's status for an error no command expects (a traceback: a bug to report). Some commands add their own
+# outcomes, shown in their help (`vtimellm-hf COMMAND --help`); an outcome that is no error takes a status above 2.
+EXIT_STATUSES = {0: "done", 2: "an argument or input it cannot use (COMMAND: error: MESSAGE on stderr)"}
+NO_ANSWER = 3
+COMMAND_EXIT_STATUSES = {
+    "extract-features": {1: "some inputs failed (each is a line of OUTPUT_DIR/failures.jsonl)"},
+    "convert-original": {1: "the folder was built but does not load without vtimellm_hf"},
+    "push": {1: "the push did not happen (no token, offline, the Hub refused, or the folder does not load)"},
+    "ground": {NO_ANSWER: "the model's answer names no moment"},
+    "caption": {NO_ANSWER: "the model's answer names no event"},
+}
 # `logging` levels of the package by the count of -v (negative: -q), and the matching transformers verbosity
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 _PACKAGE_LOGGER = "vtimellm_hf"
@@ -70,7 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).add_subcommand(subparsers)
+    _document_exit_statuses(subparsers, [])
     return parser
+
+
+def _document_exit_statuses(subparsers: argparse._SubParsersAction, path: list[str]) -> None:
+    """Ends the help of every command with its exit statuses ([`EXIT_STATUSES`], [`COMMAND_EXIT_STATUSES`])."""
+    for name, parser in subparsers.choices.items():
+        nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        for action in nested:
+            _document_exit_statuses(action, [*path, name])
+        if nested:
+            continue
+        statuses = {**EXIT_STATUSES, **COMMAND_EXIT_STATUSES.get(path[0] if path else name, {})}
+        text = "exit status: " + "; ".join(f"{status} {meaning}" for status, meaning in sorted(statuses.items()))
+        parser.epilog = f"{parser.epilog}\n\n{text}" if parser.epilog else text
 
 
 def main(argv: list[str] | None = None) -> int:

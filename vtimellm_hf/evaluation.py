@@ -266,7 +266,9 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _set_up(args: argparse.Namespace, processes: Processes):
     """`(model, processor, load_features)` of this process, the model on its own device."""
-    model, processor = load_model_and_processor(args.model, str(processes.device(args.device)), args.dtype)
+    model, processor = load_model_and_processor(
+        args.model, str(processes.device(args.device)), args.dtype, args.trust_remote_code
+    )
     if args.videos:
         return model, processor, video_folder_loader(processor, args.videos)
     from .data.features import open_feature_store
