@@ -269,3 +269,239 @@ def test_every_command_documents_its_exit_statuses(run, capsys):
     assert cli.COMMAND_EXIT_STATUSES["ground"] == {3: "the model's answer names no moment"}
     status, _, err = run("ground", "v.mp4", "q", "--model", "m", "--question", "{query} {x}")
     assert status == 2 and "{query} is its only field" in err
+
+
+# Data loss
+
+
+def write_queries(path: Path, video_ids=("v0", "v1"), per_video: int = 3) -> Path:
+    lines = [json.dumps({"video_id": video_id, "query": f"event {number}", "start": 0, "end": 1, "duration": 4})
+             for video_id in video_ids for number in range(per_video)]  # fmt: skip
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def write_features(folder: Path, video_ids=("v0", "v1")) -> Path:
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for video_id in video_ids:
+        np.save(folder / f"{video_id}.npy", rng.standard_normal((100, 32)).astype(np.float16))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "argv, written",
+    [
+        (["evaluate", "grounding", "--model", "M", "--annotations", "A.jsonl", "--features", "F", "--out", "A.jsonl"],
+         "--out"),
+        (["evaluate", "captioning", "--model", "M", "--annotations", "A.json", "--features", "F", "--out", "B.json"],
+         "a file it writes"),
+        (["evaluate", "grounding", "--model", "M", "--annotations", "A.jsonl", "--durations", "B.settings.json",
+          "--features", "F", "--out", "B.jsonl"], "a file it writes"),
+        (["convert", "charades", "A.txt", "LINK"], "OUTPUT"),
+        (["ground", "V.mp4", "q", "--model", "M", "--plot", "V.mp4"], "--plot"),
+        (["consolidate-features", "F", "F"], "OUTPUT"),
+        (["extract-features", "A.txt", "F", "--consolidate", "A.txt"], "--consolidate"),
+    ],
+    ids=["evaluate-out", "captioning-answers", "settings-file", "convert-link", "ground-plot", "consolidate", "extract"],
+)
+def test_no_command_writes_over_one_of_its_inputs(run, tmp_path, monkeypatch, argv, written):
+    monkeypatch.chdir(tmp_path)
+    for name in ("A.jsonl", "A.json", "A.txt", "V.mp4", "B.settings.json", "B.answers.jsonl"):
+        (tmp_path / name).write_text(f"the user's {name}\n")
+    (tmp_path / "LINK").symlink_to(tmp_path / "A.txt")
+    (tmp_path / "B.answers.jsonl").unlink()
+    (tmp_path / "B.answers.jsonl").symlink_to(tmp_path / "A.json")
+    write_features(tmp_path / "F")
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    status, _, err = run(*argv)
+    assert status == 2
+    assert f"error: {written} " in err and "refusing to write over an input" in err
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+
+
+def test_a_second_evaluation_into_one_output_is_refused_naming_the_first(run, checkpoint, tmp_path):
+    queries, features = write_queries(tmp_path / "q.jsonl"), write_features(tmp_path / "features")
+    out = tmp_path / "results.jsonl"
+    script = ("import sys, time; from vtimellm_hf.files import exclusive_lock\n"
+              "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        argv = ["evaluate", "grounding", "--model", checkpoint, "--annotations", queries, "--features", features,
+                "--out", out, "--max-new-tokens", "2"]  # fmt: skip
+        status, _, err = run(*argv)
+        assert status == 2 and f"{out} is being written by another run (process {holder.pid} on " in err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel freed the lock of the killed holder: the next run goes on, and writes each answer once
+    status, _, err = run(*argv)
+    assert status == 0, err
+    assert len(out.read_text().splitlines()) == 6
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["features", "q.jsonl", "results.jsonl",
+                                                                "results.settings.json"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, difference",
+    [(["--max-new-tokens", "3"], "generation"), (["--question", "When is {query}?"], "question"),
+     (["--dtype", "float16"], "dtype")],  # fmt: skip
+)
+def test_a_rerun_with_other_settings_refuses_to_keep_the_earlier_answers(run, checkpoint, tmp_path, change,
+                                                                           difference):  # fmt: skip
+    queries, features = write_queries(tmp_path / "q.jsonl"), write_features(tmp_path / "features")
+    out = tmp_path / "results.jsonl"
+    argv = ["evaluate", "grounding", "--model", checkpoint, "--annotations", queries, "--features", features,
+            "--out", out, "--max-new-tokens", "2", "--limit", "3"]  # fmt: skip
+    assert run(*argv)[0] == 0
+    answers = out.read_bytes()
+    status, _, err = run(*argv, *change)
+    assert status == 2 and f"{out} holds 3 answer(s) made with other settings ({difference}: " in err
+    assert out.read_bytes() == answers
+    # The same settings resume: the rest is answered, the first three are kept
+    status, _, err = run(*argv[:-2])
+    assert status == 0, err
+    assert out.read_bytes().startswith(answers) and len(out.read_text().splitlines()) == 6
+    # Another model folder is another model
+    other = tmp_path / "other"
+    shutil.copytree(checkpoint, other)
+    status, _, err = run(*[other if arg == checkpoint else arg for arg in argv])
+    assert status == 2 and "model: " in err
+
+
+def dead_process_temporary(destination: Path) -> Path:
+    """The temporary file a writer of `destination` killed mid-write leaves (`files.atomic_write`'s name)."""
+    script = "import sys; from vtimellm_hf.files import temporary_path; print(temporary_path(sys.argv[1]))"
+    name = subprocess.run([sys.executable, "-c", script, str(destination)], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+    Path(name).write_bytes(b"half a store")
+    return Path(name)
+
+
+def test_the_temporary_files_of_a_killed_consolidation_or_merge_are_removed_by_the_next_run(
+    run, checkpoint, tmp_path
+):
+    features = write_features(tmp_path / "features")
+    store = tmp_path / "stores" / "features.safetensors"
+    store.parent.mkdir()
+    killed = dead_process_temporary(store)
+    live = store.parent / f".{store.name}.abcd.{os.uname().nodename}-{os.getpid()}.tmp"
+    live.write_bytes(b"written now")
+    status, _, err = run("consolidate-features", features, store)
+    assert status == 0, err
+    assert not killed.exists() and live.exists()
+    out = tmp_path / "results" / "results.jsonl"
+    out.parent.mkdir()
+    killed = dead_process_temporary(out)
+    status, _, err = run("evaluate", "grounding", "--model", checkpoint, "--annotations",
+                         write_queries(tmp_path / "q.jsonl", per_video=1), "--features", features, "--out", out,
+                         "--max-new-tokens", "2")  # fmt: skip
+    assert status == 0, err
+    assert sorted(path.name for path in out.parent.iterdir()) == ["results.jsonl", "results.settings.json"]
+
+
+@pytest.mark.parametrize("video_id", ["../outside", "{tmp}/outside", "sub/../../outside"])
+def test_evaluate_videos_refuses_ids_that_leave_the_folder(run, checkpoint, tmp_path, video_id):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _tiny_video(tmp_path / "outside.mp4")
+    video_id = video_id.format(tmp=tmp_path)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"video_id": video_id, "query": "q", "start": 0, "end": 1}) + "\n")
+    status, _, err = run("evaluate", "grounding", "--model", checkpoint, "--annotations", queries, "--videos", videos,
+                         "--out", tmp_path / "out.jsonl", "--max-new-tokens", "2")  # fmt: skip
+    assert status == 2
+    assert f"Video id {video_id!r} names a path outside {videos}" in err and "Traceback" not in err
+
+
+# Publishing
+
+
+@pytest.fixture
+def publishable(checkpoint, tmp_path, monkeypatch) -> Path:
+    """A copy of the checkpoint that names its frame encoder by Hub id; the clean-room load check (tested in
+    `test_hub.py`) is taken as passed."""
+    from vtimellm_hf import hub
+
+    folder = tmp_path / "publish"
+    shutil.copytree(checkpoint, folder)
+    settings = json.loads((folder / "processor_config.json").read_text())
+    settings["frame_encoder_name_or_path"] = "openai/clip-vit-large-patch14"
+    (folder / "processor_config.json").write_text(json.dumps(settings))
+    monkeypatch.setattr(hub, "check_remote_loading", lambda folder: hub.LoadCheck(True, classes={"model": "M"}))
+    return folder
+
+
+def listed_files(stdout: str) -> set[str]:
+    return {line.split()[0] for line in stdout.splitlines() if line.startswith("  ")}
+
+
+@pytest.mark.parametrize("value", ["{tmp}/clip", "~/clip", "./clip", "runs/demo/clip"])
+def test_push_refuses_a_processor_config_naming_a_machine_local_path(run, publishable, tmp_path, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo" / "clip").mkdir(parents=True)
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    for name in ("create_repo", "upload_folder", "create_commit"):
+        monkeypatch.setattr(HfApi, name, lambda *args, **kwargs: pytest.fail("a Hub call was made"))
+    value = value.format(tmp=tmp_path)
+    settings = json.loads((publishable / "processor_config.json").read_text())
+    settings["frame_encoder_name_or_path"] = value
+    (publishable / "processor_config.json").write_text(json.dumps(settings))
+    for dry_run in (["--dry-run"], []):
+        status, out, err = run("push", publishable, "org/model", *dry_run)
+        assert status == 1 and not out
+        assert f"processor_config.json: frame_encoder_name_or_path names the machine-local path {value!r}" in err
+    assert not (publishable / "README.md").exists()
+
+
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_push_refuses_links_leading_out_of_the_folder(run, publishable, tmp_path, link):
+    outside = tmp_path / "home"
+    (outside / ".ssh").mkdir(parents=True)
+    (outside / ".ssh" / "notes").write_text("private")
+    target = outside / ".ssh" / ("notes" if link == "file" else "")
+    (publishable / "extra").symlink_to(target)
+    status, out, err = run("push", publishable, "org/model", "--dry-run")
+    assert status == 1 and f"extra links to {target.resolve()}, outside the folder" in err and not out
+
+
+def test_push_leaves_secrets_and_logs_out_unless_named(run, publishable, monkeypatch):
+    from huggingface_hub import CommitInfo, HfApi, constants
+    from huggingface_hub.utils import filter_repo_objects
+
+    secrets = [".env", "sub/.env", ".env.local", "wandb/run-1/files/output.log", "nested/wandb/debug.txt",
+               "train.log", "key.pem", "aws_credentials.json", "events.out.tfevents.1.host", ".netrc"]  # fmt: skip
+    for name in secrets:
+        (publishable / name).parent.mkdir(parents=True, exist_ok=True)
+        (publishable / name).write_text("HF_TOKEN=hf_secret")
+    (publishable / "notes[1].md").write_text("a file to publish, with pattern characters in its name")
+    status, out, err = run("push", publishable, "org/model", "--dry-run")
+    assert status == 0, err
+    listed = listed_files(out)
+    assert not listed & set(secrets)
+    assert {"model.safetensors", "config.json", "processor_config.json", "notes[1].md", "README.md"} <= listed
+    status, out, _ = run("push", publishable, "org/model", "--dry-run", "--include", ".env", "*.log")
+    assert listed_files(out) - listed == {".env", "train.log", "wandb/run-1/files/output.log"}
+
+    # The upload sends exactly the listed files: huggingface_hub's own filter over the folder, with the patterns given
+    calls = []
+
+    def record(self, **kwargs):
+        calls.append(kwargs)
+        return CommitInfo(f"{constants.ENDPOINT}/org/model/commit/1", "", "", "1")
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *args, **kwargs: None)
+    monkeypatch.setattr(HfApi, "upload_folder", record)
+    status, out, err = run("push", publishable, "org/model")
+    assert status == 0, err
+    everything = [path.relative_to(publishable).as_posix() for path in publishable.glob("**/*") if path.is_file()]
+    sent = set(filter_repo_objects(everything, allow_patterns=calls[0]["allow_patterns"],
+                                   ignore_patterns=calls[0].get("ignore_patterns")))  # fmt: skip
+    assert sent == listed_files(out) == listed

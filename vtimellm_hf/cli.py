@@ -16,6 +16,7 @@ import argparse
 import functools
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ __all__ = [
     "COMMAND_EXIT_STATUSES",
     "EXIT_STATUSES",
     "NO_ANSWER",
+    "OUTPUT_OPTIONS",
     "SUBCOMMAND_MODULES",
     "USAGE_ERRORS",
     "build_parser",
@@ -33,6 +35,7 @@ __all__ = [
     "main",
     "non_negative_int",
     "positive_int",
+    "refuse_writing_over_inputs",
     "reports_errors",
 ]
 
@@ -63,6 +66,8 @@ COMMAND_EXIT_STATUSES = {
     "ground": {NO_ANSWER: "the model's answer names no moment"},
     "caption": {NO_ANSWER: "the model's answer names no event"},
 }
+# The options (argparse destinations) whose file or folder a command writes; every other path it is given, it reads
+OUTPUT_OPTIONS = ("out", "output", "plot", "consolidate")
 # `logging` levels of the package by the count of -v (negative: -q), and the matching transformers verbosity
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 _PACKAGE_LOGGER = "vtimellm_hf"
@@ -108,8 +113,55 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    command = _command_parser(parser, args)
+    try:
+        refuse_writing_over_inputs(args, _argument_names(command))
+    except ValueError as error:
+        print(f"{command.prog.removeprefix(parser.prog + ' ')}: error: {error}", file=sys.stderr)
+        return 2
     with configure_logging(args.verbosity):
         return args.run(args)
+
+
+def refuse_writing_over_inputs(args: argparse.Namespace, names: Mapping[str, str] | None = None) -> None:
+    """
+    Refuses, with a `ValueError` naming both arguments (`names`: how the user wrote each destination), a command
+    whose output ([`OUTPUT_OPTIONS`], and the files a command adds by setting `written_files(args) -> paths` as a
+    parser default) is one of the files or folders it reads (any other path it is given):
+    `evaluate --out anet.json --annotations anet.json` would replace the references by the predictions. Hard links
+    and symbolic links to one file are the same file.
+    """
+    names = names or {}
+    given = {name: value for name, value in vars(args).items() if name not in ("run", "written_files")}
+    outputs = [(names.get(name, name), given[name]) for name in OUTPUT_OPTIONS if isinstance(given.get(name), str)]
+    if callable(getattr(args, "written_files", None)):
+        outputs += [("a file it writes", str(path)) for path in args.written_files(args)]
+    inputs = [(names.get(name, name), value) for name, values in given.items() if name not in OUTPUT_OPTIONS
+              for value in (values if isinstance(values, list) else [values]) if isinstance(value, str)]  # fmt: skip
+    for output_name, output in outputs:
+        if not os.path.exists(output):
+            continue
+        for input_name, path in inputs:
+            if os.path.exists(path) and os.path.samefile(output, path):
+                raise ValueError(
+                    f"{output_name} {output} is also its {input_name} ({path}): refusing to write over an input; "
+                    "name another output."
+                )
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command `args` ran (`evaluate grounding`'s, not `evaluate`'s)."""
+    while True:
+        nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if not nested:
+            return parser
+        parser = nested[0].choices[getattr(args, nested[0].dest)]
+
+
+def _argument_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """How the user writes each destination of a command: `--out`, or `OUTPUT` for a positional argument."""
+    return {action.dest: action.option_strings[0] if action.option_strings else str(action.metavar or action.dest)
+            for action in parser._actions}  # fmt: skip
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from .evaluation_runs import (
     feature_store_loader,
     keyed,
     read_jsonl_records,
+    settings_file,
     video_folder_loader,
 )
 from .inference import (
@@ -257,6 +258,12 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser, default_out: str)
     inputs.add_argument("--videos", metavar="DIR", help="folder of the videos {id}.mp4 (decoded and encoded once each)")
     parser.add_argument("--out", required=True, metavar="FILE", help=f"where answers go (e.g. {default_out})")
     _add_selection_arguments(parser)
+    parser.set_defaults(written_files=_written_files)
+
+
+def _written_files(args: argparse.Namespace) -> list[Path]:
+    """What an evaluation writes beside --out: the captioning answers, the settings of the answers."""
+    return [captioning_answers_file(args.out), settings_file(args.out)]
 
 
 def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
