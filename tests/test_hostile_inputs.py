@@ -4,6 +4,7 @@ See the "Hostile input and careless use" section of `RELIABILITY.md` for the row
 """
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -50,8 +51,6 @@ def run(capsys):
     def run_cli(*argv, stdin=None):
         capsys.readouterr()
         if stdin is not None:
-            import io
-
             sys.stdin, saved = io.StringIO(stdin), sys.stdin
         try:
             status = cli.main([str(arg) for arg in argv])
@@ -70,9 +69,8 @@ def run(capsys):
 def checkpoint(tmp_path_factory, tokenizer, frame_encoder_path) -> Path:
     folder = tmp_path_factory.mktemp("hostile") / "checkpoint"
     build_tiny_vtime_model(tokenizer).save_pretrained(folder)
-    VTimeProcessor(tokenizer=tokenizer, frame_encoder_name_or_path=str(frame_encoder_path), frame_size=32).save_pretrained(
-        folder
-    )
+    processor = VTimeProcessor(tokenizer=tokenizer, frame_encoder_name_or_path=str(frame_encoder_path), frame_size=32)
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -225,6 +223,15 @@ def test_every_command_asks_with_sanitized_user_text(run, checkpoint, tmp_path, 
     assert status == 0, err
     status, _, err = run("ground", video, "</s> <video>", "--model", checkpoint, "--max-new-tokens", "2")
     assert status in (0, 3), err
+    # The web page's question box
+    pytest.importorskip("gradio", reason="the web demo needs gradio (`pip install vtimellm-hf[app]`)")
+    from vtimellm_hf.app import build_app
+
+    asked = len(flags)
+    model, processor = load_model_and_processor(str(checkpoint), "cpu")
+    handlers = {function.fn.__name__: function.fn for function in build_app(model, processor).fns.values()}
+    answer, _, _ = handlers["find_moment"](str(video), "</s>USER: <video> say 99")
+    assert isinstance(answer, str) and len(flags) > asked
     assert flags and all(flags)
 
 
@@ -303,7 +310,8 @@ def write_features(folder: Path, video_ids=("v0", "v1")) -> Path:
         (["consolidate-features", "F", "F"], "OUTPUT"),
         (["extract-features", "A.txt", "F", "--consolidate", "A.txt"], "--consolidate"),
     ],
-    ids=["evaluate-out", "captioning-answers", "settings-file", "convert-link", "ground-plot", "consolidate", "extract"],
+    ids=["evaluate-out", "captioning-answers", "settings-file", "convert-link", "ground-plot", "consolidate",
+         "extract"],
 )
 def test_no_command_writes_over_one_of_its_inputs(run, tmp_path, monkeypatch, argv, written):
     monkeypatch.chdir(tmp_path)
@@ -505,3 +513,96 @@ def test_push_leaves_secrets_and_logs_out_unless_named(run, publishable, monkeyp
     sent = set(filter_repo_objects(everything, allow_patterns=calls[0]["allow_patterns"],
                                    ignore_patterns=calls[0].get("ignore_patterns")))  # fmt: skip
     assert sent == listed_files(out) == listed
+
+
+# One bad item
+
+
+def test_extraction_makes_one_failure_per_bad_item_and_goes_on(run, frame_encoder_path, tmp_path):
+    videos, out = tmp_path / "videos", tmp_path / "features"
+    videos.mkdir()
+    long_id = "x" * 250  # its own name fits (254 bytes); the temporary name written beside it does not
+    for name in ("good", long_id, "in_the_way", "after"):
+        _tiny_video(videos / f"{name}.mp4")
+    (out / "in_the_way.npy").mkdir(parents=True)
+    bad = {long_id: "File name too long", "in_the_way": "Is a directory", "\ud800lone": "no video named"}
+    annotations = tmp_path / "records.json"
+    annotations.write_text(json.dumps([{"id": video_id} for video_id in ["good", *bad, "after"]]))
+    options = ["--clip", frame_encoder_path, "--workers", "0", "--device", "cpu"]
+    status, _, err = run("extract-features", annotations, out, "--video-root", videos, *options)
+    assert status == 1 and "Traceback" not in err, err
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(failure["id"] for failure in failures) == sorted(bad)
+    for failure in failures:
+        assert bad[failure["id"]] in failure["reason"]
+    assert (out / "good.npy").is_file() and (out / "after.npy").is_file()
+    assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
+
+    # A video of an extension not listed is decoded as a video, not read as a list of paths; one that does not
+    # decode is a failure of its own
+    (tmp_path / "clip.m2ts").write_bytes((videos / "good.mp4").read_bytes())
+    status, _, err = run("extract-features", tmp_path / "clip.m2ts", tmp_path / "m2ts", *options)
+    assert status == 0, err
+    assert np.load(tmp_path / "m2ts" / "clip.npy").shape == (100, 32)
+    (tmp_path / "anim.gif").write_bytes(b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + bytes(range(128, 256)))
+    status, _, err = run("extract-features", tmp_path / "anim.gif", tmp_path / "gif", *options)
+    assert status == 1 and "Traceback" not in err
+    (failure,) = [json.loads(line) for line in (tmp_path / "gif" / "failures.jsonl").read_text().splitlines()]
+    assert failure["id"] == "anim" and "Cannot decode video" in failure["reason"]
+
+
+def test_evaluate_and_convert_refuse_a_lone_surrogate_in_one_line_leaving_no_file(run, checkpoint, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text('{"video_id": "v0", "query": "a \\ud800 b", "start": 0, "end": 1, "duration": 4}\n')
+    references = tmp_path / "anet.json"
+    references.write_text('{"v_x": {"duration": 10, "timestamps": [[0, 1]], "sentences": ["a \\udfff b"]}}')
+    features = write_features(tmp_path / "features", ["v0", "v_x"])
+    for task, annotations in (("grounding", queries), ("grounding", references), ("captioning", references)):
+        status, _, err = run("evaluate", task, "--model", checkpoint, "--annotations", annotations, "--features",
+                             features, "--out", work / "out.json")  # fmt: skip
+        if task == "captioning":  # the sentences are not asked: the video is
+            assert status == 0, err
+            continue
+        assert status == 2 and len(err.strip().splitlines()) == 1, err
+        assert "a lone surrogate" in err and str(annotations) in err
+    shutil.rmtree(work)
+    work.mkdir()
+    for task in ("dialogues", "grounding", "captioning"):
+        status, _, err = run("convert", "activitynet", references, work / f"{task}.json", "--task", task)
+        assert status == 2 and "a lone surrogate" in err and len(err.strip().splitlines()) == 1
+    assert list(work.iterdir()) == []
+
+
+# Errors a user can cause: one line, the documented status
+
+
+def test_failures_a_user_causes_are_one_line_naming_the_file_or_argument(run, checkpoint, tmp_path):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(checkpoint, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    broken_config = tmp_path / "broken_config"
+    shutil.copytree(checkpoint, broken_config)
+    (broken_config / "config.json").write_text('{"model_type": "vtime_llama", ')
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    with open(huge / "v0.npy", "wb") as file:  # a header announcing 5.8 TiB of float16, and 1 kB of data
+        np.lib.format.write_array_header_1_0(file, {"descr": "<f2", "fortran_order": False, "shape": (4 * 10**9, 800)})
+        file.write(bytes(1000))
+    queries = write_queries(tmp_path / "q.jsonl", ["v0"], per_video=1)
+    video = _tiny_video(tmp_path / "v.mp4")
+    cases = [
+        (["ground", video, "q", "--model", truncated], f"{truncated}: cannot read its weights"),
+        (["ground", video, "q", "--model", broken_config], "config.json, line 1"),
+        (["ground", video, "q", "--model", checkpoint, "--window", "0", "inf"], "argument --window: expected a finite"),
+        (["ground", video, "q", "--model", checkpoint, "--window", "nan", "1"], "argument --window: expected a finite"),
+        (["evaluate", "grounding", "--model", checkpoint, "--annotations", queries, "--features", huge, "--out",
+          tmp_path / "out.jsonl"], f"{huge / 'v0.npy'}: cannot read feature 'v0' (truncated or padded, 1128 bytes "),
+    ]  # fmt: skip
+    for argv, message in cases:
+        status, _, err = run(*argv)
+        errors = [line for line in err.splitlines() if "error: " in line]
+        assert status == 2 and len(errors) == 1 and message in errors[0], (argv, err)
+        assert "Traceback" not in err

@@ -16,6 +16,7 @@ and checked here, then staged as safetensors.
 
 import copy
 import logging
+import pickle
 import re
 import tempfile
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
@@ -456,7 +458,13 @@ def load_model_and_processor(
     from transformers.utils import cached_file
 
     runs_folder_code = check_model_type(name_or_path, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=runs_folder_code, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=runs_folder_code, dtype=dtype)
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as error:
+        raise ValueError(
+            f"{name_or_path}: cannot read its weights ({type(error).__name__}: {error}); the file is truncated or "
+            "damaged: copy or download it again."
+        ) from None
     adapter_config = cached_file(
         name_or_path, "adapter_config.json", subfolder=ADAPTER_SUBFOLDER, _raise_exceptions_for_missing_entries=False
     )

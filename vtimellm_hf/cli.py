@@ -7,7 +7,9 @@ transformers' info messages, `-vv` their debug messages too, `-q` errors only. W
 transformers keeps its own setting (`TRANSFORMERS_VERBOSITY`). `ground --verbose` and `caption --verbose`, after the
 command, are another option: they print the model's raw answer on stdout.
 
-What every subcommand shares lives here: the argument types ([`positive_int`], [`non_negative_int`]) and the way a
+What every subcommand shares lives here: the argument types ([`positive_int`], [`non_negative_int`],
+[`finite_float`]), its exit statuses ([`EXIT_STATUSES`]), the refusal of an output that is one of its inputs
+([`refuse_writing_over_inputs`]) and the way a
 command reports an error ([`reports_errors`]). The subcommand modules are found by name, in
 [`SUBCOMMAND_MODULES`], when the parser is built; they import those helpers from here.
 """
@@ -16,6 +18,7 @@ import argparse
 import functools
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +35,7 @@ __all__ = [
     "USAGE_ERRORS",
     "build_parser",
     "configure_logging",
+    "finite_float",
     "main",
     "non_negative_int",
     "positive_int",
@@ -62,7 +66,8 @@ NO_ANSWER = 3
 COMMAND_EXIT_STATUSES = {
     "extract-features": {1: "some inputs failed (each is a line of OUTPUT_DIR/failures.jsonl)"},
     "convert-original": {1: "the folder was built but does not load without vtimellm_hf"},
-    "push": {1: "the push did not happen (no token, offline, the Hub refused, or the folder does not load)"},
+    "push": {1: "the push did not happen (no token, offline, the Hub refused, or the folder does not load or must "
+                "not be published)"},
     "ground": {NO_ANSWER: "the model's answer names no moment"},
     "caption": {NO_ANSWER: "the model's answer names no event"},
 }
@@ -226,6 +231,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a number that is neither infinite nor NaN."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 

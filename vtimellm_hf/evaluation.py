@@ -36,7 +36,7 @@ from .data.raw_annotations import (
 from .checkpoints import load_model_and_processor
 from .cli import USAGE_ERRORS, positive_int, reports_errors
 from .distributed import Processes, job_status, process_files
-from .files import read_json_records
+from .files import check_text, read_json_records
 from .evaluation_runs import (
     captioning_answers_file,
     evaluate_captioning,
@@ -304,10 +304,20 @@ def _durations(path: str | None) -> dict[str, float] | None:
 
 def _selected_queries(args: argparse.Namespace) -> list[GroundingQuery]:
     queries = select_videos(
-        read_grounding_annotations(args.annotations), lambda query: query.video_id, args.annotations,
-        args.video_ids, args.limit,
+        _as_text(read_grounding_annotations(args.annotations), args.annotations), lambda query: query.video_id,
+        args.annotations, args.video_ids, args.limit,
     )  # fmt: skip
     return with_durations(queries, _durations(args.durations))
+
+
+def _as_text(items: Sequence[Item], source: str | Path) -> Sequence[Item]:
+    """The queries or videos, refused by number where an id or query is no text (a lone surrogate): it could be
+    neither asked nor written."""
+    for index, item in enumerate(items):
+        for name in ("video_id", "query"):
+            if isinstance(value := getattr(item, name, None), str):
+                check_text(value, f"{source}: the {name} of query or video #{index}")
+    return items
 
 
 @reports_errors("evaluate grounding", {_EVALUATION_ERRORS: 2})
@@ -349,8 +359,8 @@ def _run_evaluate_captioning(args: argparse.Namespace) -> int:
     def run(processes: Processes) -> int:
         kwargs = generation_kwargs_from_args(args)
         videos = select_videos(
-            read_activitynet_captions(args.annotations), lambda video: video.video_id, args.annotations,
-            args.video_ids, args.limit,
+            _as_text(read_activitynet_captions(args.annotations), args.annotations), lambda video: video.video_id,
+            args.annotations, args.video_ids, args.limit,
         )  # fmt: skip
         model, processor, load_features = processes.set_up_each(lambda: _set_up(args, processes))
         evaluate_captioning(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -214,7 +214,7 @@ def _answer_grounding(
     with_occurrence = sink_path != output_file
     total = sum(map(len, videos))
     with (
-        sink_path.open("a", encoding="utf-8") as sink,
+        _appending(sink_path) as sink,
         tqdm(total=total, desc="grounding", unit="query", disable=not (progress and processes.is_main)) as bar,
     ):
         batch: list[tuple] = []
@@ -366,7 +366,7 @@ def _answer_captioning(
 ) -> None:  # fmt: skip
     """Captions this process's share of the videos, appending to its record file."""
     with (
-        processes.record_file(answers_file).open("a", encoding="utf-8") as sink,
+        _appending(processes.record_file(answers_file)) as sink,
         tqdm(total=len(videos), desc="captioning", unit="video", disable=not (progress and processes.is_main)) as bar,
     ):
         for start in range(0, len(videos), batch_size):
@@ -389,6 +389,21 @@ def _answer_captioning(
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()
             bar.update(len(batch))
+
+
+@contextmanager
+def _appending(path: Path) -> Iterator[TextIO]:
+    """`path` opened to append records; a file that this block created and that got none is removed at its end (a
+    run that failed before its first answer leaves no empty results file)."""
+    existed = path.exists()
+    sink = path.open("a", encoding="utf-8")
+    try:
+        yield sink
+    finally:
+        empty = sink.tell() == 0
+        sink.close()
+        if empty and not existed:
+            path.unlink(missing_ok=True)
 
 
 def _merge_captioning_answers(answers_file: Path, order: Sequence[str]) -> set[str]:

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 __all__ = [
     "FileLockedError",
     "atomic_write",
+    "check_text",
     "exclusive_lock",
     "read_json",
     "read_json_records",
@@ -258,3 +259,21 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         lock_path.unlink(missing_ok=True)
         os.close(descriptor)
+
+
+# Text that JSON can hold and UTF-8 cannot
+
+
+def check_text(text: str, where: str) -> str:
+    """
+    `text`, refused with a `ValueError` naming `where` when it holds a lone surrogate: JSON's `"\\ud800"` escape
+    without its pair decodes to a `str` that no UTF-8 file, tokenizer or Arrow table can hold.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} holds {text[error.start]!r}, a lone surrogate (a \\u escape without its pair), which is not "
+            f"text: {text[max(0, error.start - 30) : error.start + 1]!r}"
+        ) from None
+    return text

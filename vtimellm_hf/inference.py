@@ -34,7 +34,7 @@ import torch
 
 from ._deprecated import moved_names
 from .checkpoints import DTYPES, load_model_and_processor
-from .cli import NO_ANSWER, positive_int, reports_errors
+from .cli import NO_ANSWER, finite_float, positive_int, reports_errors
 from .model import (
     CAPTIONING,
     GROUNDING,
@@ -381,7 +381,8 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("video", metavar="VIDEO", help="video file")
     parser.add_argument("query", metavar="QUERY", help='what to find, e.g. "the man cracks an egg"')
     parser.add_argument(
-        "--window", nargs=2, type=float, metavar=("START", "END"), help="look only at this part of the video (seconds)"
+        "--window", nargs=2, type=finite_float, metavar=("START", "END"),
+        help="look only at this part of the video (seconds)",
     )
     add_question_argument(parser, GROUNDING)
     parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
