@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from vtimellm_hf import VTimeProcessor, cli, inference
-from vtimellm_hf.checkpoints import load_model_and_processor
+from vtimellm_hf.checkpoints import load_model_and_processor, save_model_folder
 from vtimellm_hf.tiny_models import build_tiny_vtime_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,11 +67,8 @@ def run(capsys):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer, frame_encoder_path) -> Path:
-    folder = tmp_path_factory.mktemp("hostile") / "checkpoint"
-    build_tiny_vtime_model(tokenizer).save_pretrained(folder)
     processor = VTimeProcessor(tokenizer=tokenizer, frame_encoder_name_or_path=str(frame_encoder_path), frame_size=32)
-    processor.save_pretrained(folder)
-    return folder
+    return save_model_folder(build_tiny_vtime_model(tokenizer), processor, tmp_path_factory.mktemp("hostile") / "ckpt")
 
 
 def llama_folder_with_code(folder: Path, marker: Path) -> Path:
@@ -147,7 +144,7 @@ def test_the_same_folder_runs_its_code_with_trust_remote_code(tmp_path):
     marker = tmp_path / "ran"
     folder = llama_folder_with_code(tmp_path / "download", marker)
     script = (
-        "import sys; from vtimellm_hf.checkpoints import load_model_and_processor\n"
+        "import sys; from vtimellm_hf.checkpoints import load_model_and_processor, save_model_folder\n"
         "try: load_model_and_processor(sys.argv[1], 'cpu', trust_remote_code=True)\n"
         "except Exception: pass\n"
     )

@@ -125,17 +125,26 @@ def evaluate_grounding(
             logger.info("%s: %d queries already answered, %d to go", output_file, len(done), left)
         return pending
 
+    _run_job(
+        processes, output_file, plan,
+        lambda share: _answer_grounding(processes, share, output_file, model, processor, load_features, question,
+                                        batch_size, progress, generation_kwargs),
+        lambda answered: _merge_grounding_answers(output_file, order),
+    )  # fmt: skip
+    return output_file
+
+
+def _run_job(processes: Processes, output_file: Path, plan, answer, finish) -> None:
+    """
+    The steps of an evaluation, under the lock of `output_file` ([`_output_lock`]): the main process plans
+    (`plan() -> pending`), every process answers its share (`answer(share)`), the main process finishes
+    (`finish(gathered)`: merges, writes), and only then are the errors of the processes raised.
+    """
     with _output_lock(processes, output_file):
         pending = processes.run_on_main(plan)
-        answered = processes.run_on_each(
-            lambda: _answer_grounding(
-                processes, processes.share(pending), output_file, model, processor, load_features, question,
-                batch_size, progress, generation_kwargs,
-            )  # fmt: skip
-        )
-        processes.run_on_main(lambda: _merge_grounding_answers(output_file, order))
-    processes.raise_errors(answered)
-    return output_file
+        gathered = processes.run_on_each(lambda: answer(processes.share(pending)))
+        processes.run_on_main(lambda: finish(gathered))
+    processes.raise_errors(gathered)
 
 
 @contextmanager
@@ -335,16 +344,12 @@ def evaluate_captioning(
         record_settings(output_file, settings, len(done))
         return [video for video in videos if video["video_id"] not in done]
 
-    with _output_lock(processes, output_file):
-        pending = processes.run_on_main(plan)
-        captioned = processes.run_on_each(
-            lambda: _answer_captioning(
-                processes, processes.share(pending), answers_file, model, processor, load_features, question,
-                batch_size, progress, generation_kwargs,
-            )  # fmt: skip
-        )
-        processes.run_on_main(lambda: _write_captions(answers_file, output_file, order, captioned))
-    processes.raise_errors(captioned)
+    _run_job(
+        processes, output_file, plan,
+        lambda share: _answer_captioning(processes, share, answers_file, model, processor, load_features, question,
+                                         batch_size, progress, generation_kwargs),
+        lambda captioned: _write_captions(answers_file, output_file, order, captioned),
+    )  # fmt: skip
     return output_file
 
 
