@@ -592,7 +592,7 @@ def test_failures_a_user_causes_are_one_line_naming_the_file_or_argument(run, ch
     video = _tiny_video(tmp_path / "v.mp4")
     cases = [
         (["ground", video, "q", "--model", truncated], f"{truncated}: cannot read its weights"),
-        (["ground", video, "q", "--model", broken_config], "config.json, line 1"),
+        (["ground", video, "q", "--model", broken_config], f"{broken_config / 'config.json'}' is not a valid JSON"),
         (["ground", video, "q", "--model", checkpoint, "--window", "0", "inf"], "argument --window: expected a finite"),
         (["ground", video, "q", "--model", checkpoint, "--window", "nan", "1"], "argument --window: expected a finite"),
         (["evaluate", "grounding", "--model", checkpoint, "--annotations", queries, "--features", huge, "--out",

@@ -28,10 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from .files import read_json
 from .model import VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeLlamaConfig, VTimeLlamaForCausalLM
 
 if TYPE_CHECKING:
@@ -485,15 +484,11 @@ def check_model_type(name_or_path: str, trust_remote_code: bool = False) -> bool
 
     Raises:
         ValueError: for a checkpoint of another model type without `trust_remote_code`, naming the type and the
-            code that would run; for a `config.json` that is not a JSON object.
-        OSError: when there is no `config.json`.
+            code that would run.
+        OSError: when there is no `config.json`, or it is not JSON.
     """
-    from transformers.utils import cached_file
-
-    config_file = cached_file(name_or_path, "config.json")
-    config = read_json(config_file)
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_file}: not a model configuration (a JSON object).")
+    # The settings only, as JSON: no configuration class is built, so no code of the folder runs
+    config, _ = PreTrainedConfig.get_config_dict(name_or_path)
     model_type = config.get("model_type")
     if model_type in PACKAGE_MODEL_TYPES:
         return False

@@ -2,8 +2,10 @@
 
 - [`check_remote_loading`]: loads a folder in a fresh interpreter where `vtimellm_hf` cannot be imported, as a Hub
   user would, and runs one forward pass.
-- [`push_folder`] (`vtimellm-hf push`): checks the folder that way, then `create_repo` + `upload_folder`. The training
-  recipes call it at the end of training.
+- [`push_folder`] (`vtimellm-hf push`): checks the folder that way, refuses one whose settings name paths of this
+  machine or that links out of itself ([`check_publishable`]), then `create_repo` + `upload_folder` of exactly the
+  files [`list_upload_files`] lists (no training leftovers, secrets or logs unless named). The training recipes call
+  it at the end of training.
 
 The conversion of the original release (`convert-original`) is [`vtimellm_hf.conversion`]; reading and writing
 checkpoint files is [`vtimellm_hf.checkpoints`].
@@ -246,7 +248,9 @@ def list_upload_files(
                 *HUB_IGNORE_PATTERNS]  # fmt: skip
     files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()}
     kept = set(filter_repo_objects(files, ignore_patterns=patterns))
-    kept |= set(filter_repo_objects(files, allow_patterns=include)) if include else set()
+    if include:
+        # huggingface_hub never sends its own ignored files (.git, caches), named or not
+        kept |= set(filter_repo_objects(files, allow_patterns=include, ignore_patterns=HUB_IGNORE_PATTERNS))
     return [(name, files[name].stat().st_size) for name in sorted(kept)]
 
 
