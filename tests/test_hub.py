@@ -397,9 +397,18 @@ def no_hub(monkeypatch):
         monkeypatch.setattr(HfApi, name, refuse)
 
 
+def publishable_copy(folder, destination):
+    """A copy of a converted folder that names its frame encoder by Hub id (the tiny one is a local folder, which
+    `push` refuses); the load check does not load the encoder."""
+    shutil.copytree(folder, destination)
+    settings = json.loads((destination / "processor_config.json").read_text())
+    settings["frame_encoder_name_or_path"] = "openai/clip-vit-large-patch14"
+    (destination / "processor_config.json").write_text(json.dumps(settings))
+    return destination
+
+
 def test_push_dry_run_and_refusal_of_a_broken_folder(merged, tmp_path, no_hub, capsys):
-    folder = tmp_path / "push"
-    shutil.copytree(merged[0].folder, folder)
+    folder = publishable_copy(merged[0].folder, tmp_path / "push")
     (folder / "training_args.bin").write_bytes(b"not for the Hub")
     (folder / "README.md").unlink()
     parser = argparse.ArgumentParser()
@@ -440,8 +449,8 @@ def test_push_uploads_and_names_network_failures(merged, tmp_path, monkeypatch):
     from huggingface_hub import CommitInfo, HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    folder = tmp_path / "push"
-    shutil.copytree(merged[0].folder, folder)
+    folder = publishable_copy(merged[0].folder, tmp_path / "push")
+    (folder / "training_args.bin").write_bytes(b"not for the Hub")
     (folder / "README.md").unlink()
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
@@ -463,7 +472,7 @@ def test_push_uploads_and_names_network_failures(merged, tmp_path, monkeypatch):
     assert calls[0][2]["private"] is True and calls[1][2]["branch"] == "v1"
     upload = calls[2][2]
     assert upload["revision"] == "v1" and upload["folder_path"] == str(folder)
-    assert "training_args.bin" in upload["ignore_patterns"]
+    assert "config.json" in upload["allow_patterns"] and "training_args.bin" not in upload["allow_patterns"]
     assert result.card_written and f'"{REPO_ID}"' in (folder / "README.md").read_text()
     assert result.commit_url.endswith("/commit/1")
     with pytest.raises(ValueError, match="pull request is opened against the default branch"):

@@ -25,6 +25,7 @@ from .data.media import VIDEO_EXTENSIONS
 from .inference import (
     CAPTIONING_MAX_NEW_TOKENS,
     CAPTIONING_QUESTION,
+    add_trust_remote_code_argument,
     caption_events,
     generate_answers,
     grounding_question,
@@ -153,6 +154,7 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
     parser.add_argument("--device", default=None, help="device of the model (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default="auto", help="model dtype (default: %(default)s, the checkpoint's)")
+    add_trust_remote_code_argument(parser)
     parser.set_defaults(run=_run_app)
 
 
@@ -164,7 +166,7 @@ def _run_app(args: argparse.Namespace) -> int:
         return 2
     try:
         examples = _example_videos(args.examples)
-        model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+        model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.trust_remote_code)
     except (OSError, ValueError) as error:
         print(f"app: error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ and checked here, then staged as safetensors.
 
 import copy
 import logging
+import pickle
 import re
 import tempfile
 from contextlib import nullcontext
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .model import VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeLlamaConfig, VTimeLlamaForCausalLM
@@ -49,6 +51,8 @@ ORIGINAL_GENERATION_SETTINGS = {"do_sample": True, "temperature": 0.05, "max_new
 # The dtypes a model or an encoder is loaded in, by the names of the command lines and recipes (which add "auto":
 # the checkpoint's own)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The model types loaded with this package's classes, never with the code a checkpoint folder carries
+PACKAGE_MODEL_TYPES = frozenset({VTimeLlamaConfig.model_type})
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 _SHOWN_KEYS = 8
 
@@ -350,9 +354,12 @@ def _shorten(items: list[str]) -> str:
 # Models
 
 
-def load_tokenizer(name_or_path: str, revision: str = "main"):
-    """The LLM's tokenizer with the `<video>` token, padding with unk (as the original) and the Vicuna template."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+    """
+    The LLM's tokenizer with the `<video>` token, padding with unk (as the original) and the Vicuna template. Code
+    that the checkpoint carries runs only with `trust_remote_code`.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.convert_tokens_to_ids(VIDEO_TOKEN) in (None, tokenizer.unk_token_id):
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
     if tokenizer.pad_token is None:
@@ -373,15 +380,17 @@ def load_model(
     attn_implementation: str | None = None,
     feature_streams: list[dict] | None = None,
     stream_layout: str = "single",
+    trust_remote_code: bool = False,
 ) -> VTimeLlamaForCausalLM:
     """
     A [`VTimeLlamaForCausalLM`] from a LLaMA checkpoint (its `mm_projector`, `mm_hidden_size -> hidden_size`, and
     the projectors of `feature_streams` in `stream_layout` (LongVALE's, AVicuna's), newly initialised; `num_frames`
     recorded in its config) or from a VTimeLLM checkpoint (its own sizes and streams), its embeddings resized when
     the tokenizer gained `<video>`. With `require_projector`, a checkpoint without a trained projector is refused.
-    `dtype`: float32, bfloat16, float16 or auto (the checkpoint's).
+    `dtype`: float32, bfloat16, float16 or auto (the checkpoint's). A configuration class that the checkpoint carries
+    as code runs only with `trust_remote_code`; the model is always this package's.
     """
-    base_config = AutoConfig.from_pretrained(name_or_path, revision=revision)
+    base_config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     no_projector = (f"{name_or_path} holds no trained projector: set stage1_projector (the output of stage 1), or "
                     "start from a VTimeLLM checkpoint that holds one.")  # fmt: skip
     if isinstance(base_config, VTimeLlamaConfig):
@@ -431,9 +440,15 @@ def save_model_folder(model: VTimeLlamaForCausalLM, processor, folder: str | Pat
     return Path(folder)
 
 
-def load_model_and_processor(name_or_path: str, device: str | None = None, dtype: str = "auto"):
+def load_model_and_processor(
+    name_or_path: str, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False
+):
     """
     A VTimeLLM checkpoint (a folder or a Hub id) and its processor, the model in eval mode on `device`.
+
+    A checkpoint of this package's model type is loaded with this package's classes, whatever code files and
+    `auto_map` the folder carries: none of its code runs. Any other checkpoint is refused unless `trust_remote_code`
+    (`--trust-remote-code`), as transformers refuses to run a folder's code unless told.
 
     A checkpoint that keeps its stage-3 LoRA adapter apart (`stage3_adapter/`, from `convert-original --no-merge`) is
     the base it sits on: the adapter is merged in here, or every answer would come from the stage-2 model.
@@ -441,17 +456,52 @@ def load_model_and_processor(name_or_path: str, device: str | None = None, dtype
     from transformers import AutoModelForCausalLM, AutoProcessor
     from transformers.utils import cached_file
 
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
+    runs_folder_code = check_model_type(name_or_path, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=runs_folder_code, dtype=dtype)
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as error:
+        raise ValueError(
+            f"{name_or_path}: cannot read its weights ({type(error).__name__}: {error}); the file is truncated or "
+            "damaged: copy or download it again."
+        ) from None
     adapter_config = cached_file(
         name_or_path, "adapter_config.json", subfolder=ADAPTER_SUBFOLDER, _raise_exceptions_for_missing_entries=False
     )
     if adapter_config is not None:
         logger.info("%s: merging the stage-3 adapter of %s/", name_or_path, ADAPTER_SUBFOLDER)
         model = merge_adapter(model, name_or_path, subfolder=ADAPTER_SUBFOLDER)
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=runs_folder_code)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor.frame_encoder_device = device
     return model.to(device).eval(), processor
+
+
+def check_model_type(name_or_path: str, trust_remote_code: bool = False) -> bool:
+    """
+    Whether loading the checkpoint `name_or_path` may run the code its folder carries: never for this package's
+    model types ([`PACKAGE_MODEL_TYPES`], loaded with this package's classes), only with `trust_remote_code` for
+    any other.
+
+    Raises:
+        ValueError: for a checkpoint of another model type without `trust_remote_code`, naming the type and the
+            code that would run.
+        OSError: when there is no `config.json`, or it is not JSON.
+    """
+    # The settings only, as JSON: no configuration class is built, so no code of the folder runs
+    config, _ = PreTrainedConfig.get_config_dict(name_or_path)
+    model_type = config.get("model_type")
+    if model_type in PACKAGE_MODEL_TYPES:
+        return False
+    if not trust_remote_code:
+        auto_map = config.get("auto_map")
+        code = sorted({str(reference) for reference in auto_map.values()}) if isinstance(auto_map, dict) else []
+        runs = f"; loading it would run its own code ({', '.join(code)})" if code else ""
+        raise ValueError(
+            f"{name_or_path}: config.json names model type {model_type!r}, not a VTimeLLM checkpoint "
+            f"({', '.join(sorted(PACKAGE_MODEL_TYPES))}){runs}. Pass --trust-remote-code to load it with the code "
+            "it carries, if you trust it."
+        )
+    return True
 
 
 __all__ = [
@@ -461,7 +511,9 @@ __all__ = [
     "ORIGINAL_GENERATION_SETTINGS",
     "ORIGINAL_PROJECTOR_FILE",
     "PROJECTOR_FILE",
+    "PACKAGE_MODEL_TYPES",
     "StageAdapter",
+    "check_model_type",
     "gathered",
     "load_model",
     "load_model_and_processor",

@@ -7,7 +7,9 @@ transformers' info messages, `-vv` their debug messages too, `-q` errors only. W
 transformers keeps its own setting (`TRANSFORMERS_VERBOSITY`). `ground --verbose` and `caption --verbose`, after the
 command, are another option: they print the model's raw answer on stdout.
 
-What every subcommand shares lives here: the argument types ([`positive_int`], [`non_negative_int`]) and the way a
+What every subcommand shares lives here: the argument types ([`positive_int`], [`non_negative_int`],
+[`finite_float`]), its exit statuses ([`EXIT_STATUSES`]), the refusal of an output that is one of its inputs
+([`refuse_writing_over_inputs`]) and the way a
 command reports an error ([`reports_errors`]). The subcommand modules are found by name, in
 [`SUBCOMMAND_MODULES`], when the parser is built; they import those helpers from here.
 """
@@ -16,6 +18,8 @@ import argparse
 import functools
 import importlib
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,13 +27,19 @@ from contextlib import contextmanager
 from . import __version__
 
 __all__ = [
+    "COMMAND_EXIT_STATUSES",
+    "EXIT_STATUSES",
+    "NO_ANSWER",
+    "OUTPUT_OPTIONS",
     "SUBCOMMAND_MODULES",
     "USAGE_ERRORS",
     "build_parser",
     "configure_logging",
+    "finite_float",
     "main",
     "non_negative_int",
     "positive_int",
+    "refuse_writing_over_inputs",
     "reports_errors",
 ]
 
@@ -48,6 +58,21 @@ SUBCOMMAND_MODULES = [
 # What a command reports as `COMMAND: error: MESSAGE` with exit status 2, unless it says otherwise: an input it cannot
 # use (a missing or unreadable file, a malformed record, an option it refuses)
 USAGE_ERRORS = (OSError, ValueError)
+# Exit statuses. Every command: 0 done, 2 an argument or input it cannot use (`COMMAND: error: MESSAGE`); 1 is also
+# Python's status for an error no command expects (a traceback: a bug to report). Some commands add their own
+# outcomes, shown in their help (`vtimellm-hf COMMAND --help`); an outcome that is no error takes a status above 2.
+EXIT_STATUSES = {0: "done", 2: "an argument or input it cannot use (COMMAND: error: MESSAGE on stderr)"}
+NO_ANSWER = 3
+COMMAND_EXIT_STATUSES = {
+    "extract-features": {1: "some inputs failed (each is a line of OUTPUT_DIR/failures.jsonl)"},
+    "convert-original": {1: "the folder was built but does not load without vtimellm_hf"},
+    "push": {1: "the push did not happen (no token, offline, the Hub refused, or the folder does not load or must "
+                "not be published)"},
+    "ground": {NO_ANSWER: "the model's answer names no moment"},
+    "caption": {NO_ANSWER: "the model's answer names no event"},
+}
+# The options (argparse destinations) whose file or folder a command writes; every other path it is given, it reads
+OUTPUT_OPTIONS = ("out", "output", "plot", "consolidate")
 # `logging` levels of the package by the count of -v (negative: -q), and the matching transformers verbosity
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 _PACKAGE_LOGGER = "vtimellm_hf"
@@ -70,7 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).add_subcommand(subparsers)
+    _document_exit_statuses(subparsers, [])
     return parser
+
+
+def _document_exit_statuses(subparsers: argparse._SubParsersAction, path: list[str]) -> None:
+    """Ends the help of every command with its exit statuses ([`EXIT_STATUSES`], [`COMMAND_EXIT_STATUSES`])."""
+    for name, parser in subparsers.choices.items():
+        nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        for action in nested:
+            _document_exit_statuses(action, [*path, name])
+        if nested:
+            continue
+        statuses = {**EXIT_STATUSES, **COMMAND_EXIT_STATUSES.get(path[0] if path else name, {})}
+        text = "exit status: " + "; ".join(f"{status} {meaning}" for status, meaning in sorted(statuses.items()))
+        parser.epilog = f"{parser.epilog}\n\n{text}" if parser.epilog else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,8 +118,55 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    command = _command_parser(parser, args)
+    try:
+        refuse_writing_over_inputs(args, _argument_names(command))
+    except ValueError as error:
+        print(f"{command.prog.removeprefix(parser.prog + ' ')}: error: {error}", file=sys.stderr)
+        return 2
     with configure_logging(args.verbosity):
         return args.run(args)
+
+
+def refuse_writing_over_inputs(args: argparse.Namespace, names: Mapping[str, str] | None = None) -> None:
+    """
+    Refuses, with a `ValueError` naming both arguments (`names`: how the user wrote each destination), a command
+    whose output ([`OUTPUT_OPTIONS`], and the files a command adds by setting `written_files(args) -> paths` as a
+    parser default) is one of the files or folders it reads (any other path it is given):
+    `evaluate --out anet.json --annotations anet.json` would replace the references by the predictions. Hard links
+    and symbolic links to one file are the same file.
+    """
+    names = names or {}
+    given = {name: value for name, value in vars(args).items() if name not in ("run", "written_files")}
+    outputs = [(names.get(name, name), given[name]) for name in OUTPUT_OPTIONS if isinstance(given.get(name), str)]
+    if callable(getattr(args, "written_files", None)):
+        outputs += [("a file it writes", str(path)) for path in args.written_files(args)]
+    inputs = [(names.get(name, name), value) for name, values in given.items() if name not in OUTPUT_OPTIONS
+              for value in (values if isinstance(values, list) else [values]) if isinstance(value, str)]  # fmt: skip
+    for output_name, output in outputs:
+        if not os.path.exists(output):
+            continue
+        for input_name, path in inputs:
+            if os.path.exists(path) and os.path.samefile(output, path):
+                raise ValueError(
+                    f"{output_name} {output} is also its {input_name} ({path}): refusing to write over an input; "
+                    "name another output."
+                )
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command `args` ran (`evaluate grounding`'s, not `evaluate`'s)."""
+    while True:
+        nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if not nested:
+            return parser
+        parser = nested[0].choices[getattr(args, nested[0].dest)]
+
+
+def _argument_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """How the user writes each destination of a command: `--out`, or `OUTPUT` for a positional argument."""
+    return {action.dest: action.option_strings[0] if action.option_strings else str(action.metavar or action.dest)
+            for action in parser._actions}  # fmt: skip
 
 
 @contextmanager
@@ -145,6 +231,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a number that is neither infinite nor NaN."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 

@@ -36,7 +36,7 @@ from .data.raw_annotations import (
 from .checkpoints import load_model_and_processor
 from .cli import USAGE_ERRORS, positive_int, reports_errors
 from .distributed import Processes, job_status, process_files
-from .files import read_json_records
+from .files import check_text, read_json_records
 from .evaluation_runs import (
     captioning_answers_file,
     evaluate_captioning,
@@ -44,6 +44,7 @@ from .evaluation_runs import (
     feature_store_loader,
     keyed,
     read_jsonl_records,
+    settings_file,
     video_folder_loader,
 )
 from .inference import (
@@ -257,6 +258,12 @@ def _add_evaluation_arguments(parser: argparse.ArgumentParser, default_out: str)
     inputs.add_argument("--videos", metavar="DIR", help="folder of the videos {id}.mp4 (decoded and encoded once each)")
     parser.add_argument("--out", required=True, metavar="FILE", help=f"where answers go (e.g. {default_out})")
     _add_selection_arguments(parser)
+    parser.set_defaults(written_files=_written_files)
+
+
+def _written_files(args: argparse.Namespace) -> list[Path]:
+    """What an evaluation writes beside --out: the captioning answers, the settings of the answers."""
+    return [captioning_answers_file(args.out), settings_file(args.out)]
 
 
 def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -266,7 +273,9 @@ def _add_selection_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _set_up(args: argparse.Namespace, processes: Processes):
     """`(model, processor, load_features)` of this process, the model on its own device."""
-    model, processor = load_model_and_processor(args.model, str(processes.device(args.device)), args.dtype)
+    model, processor = load_model_and_processor(
+        args.model, str(processes.device(args.device)), args.dtype, args.trust_remote_code
+    )
     if args.videos:
         return model, processor, video_folder_loader(processor, args.videos)
     from .data.features import open_feature_store
@@ -295,10 +304,20 @@ def _durations(path: str | None) -> dict[str, float] | None:
 
 def _selected_queries(args: argparse.Namespace) -> list[GroundingQuery]:
     queries = select_videos(
-        read_grounding_annotations(args.annotations), lambda query: query.video_id, args.annotations,
-        args.video_ids, args.limit,
+        _as_text(read_grounding_annotations(args.annotations), args.annotations), lambda query: query.video_id,
+        args.annotations, args.video_ids, args.limit,
     )  # fmt: skip
     return with_durations(queries, _durations(args.durations))
+
+
+def _as_text(items: Sequence[Item], source: str | Path) -> Sequence[Item]:
+    """The queries or videos, refused by number where an id or query is no text (a lone surrogate): it could be
+    neither asked nor written."""
+    for index, item in enumerate(items):
+        for name in ("video_id", "query"):
+            if isinstance(value := getattr(item, name, None), str):
+                check_text(value, f"{source}: the {name} of query or video #{index}")
+    return items
 
 
 @reports_errors("evaluate grounding", {_EVALUATION_ERRORS: 2})
@@ -340,8 +359,8 @@ def _run_evaluate_captioning(args: argparse.Namespace) -> int:
     def run(processes: Processes) -> int:
         kwargs = generation_kwargs_from_args(args)
         videos = select_videos(
-            read_activitynet_captions(args.annotations), lambda video: video.video_id, args.annotations,
-            args.video_ids, args.limit,
+            _as_text(read_activitynet_captions(args.annotations), args.annotations), lambda video: video.video_id,
+            args.annotations, args.video_ids, args.limit,
         )  # fmt: skip
         model, processor, load_features = processes.set_up_each(lambda: _set_up(args, processes))
         evaluate_captioning(

@@ -12,8 +12,10 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from ._deprecated import moved_names
 from .data.features import load_checked_feature
 from .data.media import VideoFolder, stored_id
 from .distributed import Processes, current_processes, process_files
-from .files import atomic_write, write_lines_atomically
+from .files import atomic_write, exclusive_lock, read_json, remove_stale_temporaries, write_lines_atomically
 from .inference import (
     CAPTIONING_MAX_NEW_TOKENS,
     CAPTIONING_QUESTION,
@@ -36,6 +38,7 @@ from .inference import (
 from .model import VTimeProcessor, parse_grounding_answer
 
 __all__ = [
+    "answer_settings",
     "captioning_answers_file",
     "evaluate_captioning",
     "evaluate_grounding",
@@ -43,6 +46,7 @@ __all__ = [
     "keyed",
     "read_finished_keys",
     "read_jsonl_records",
+    "settings_file",
     "video_folder_loader",
 ]
 
@@ -89,7 +93,9 @@ def evaluate_grounding(
 
     Resumes: queries already in `output_file` (or in the files of the processes of a killed run) are skipped; a
     truncated last line is dropped. Queries are grouped by video, so each video's features are loaded (or computed)
-    once, and several questions about one video share a batch (see [`generate_answers`]).
+    once, and several questions about one video share a batch (see [`generate_answers`]). The answers are kept
+    only where they were made with the same model, question and generation settings ([`answer_settings`], recorded
+    in [`settings_file`]); another run writing to `output_file` at the same time is refused ([`exclusive_lock`]).
 
     Args:
         queries: [`GroundingQuery`]s or dicts with `video_id`, `query` and `duration` (None: the video's, from
@@ -107,10 +113,11 @@ def evaluate_grounding(
     for key, query in keyed(_as_mapping(query) for query in queries):
         by_video.setdefault(query["video_id"], []).append((key, query))
     order = [key for video_queries in by_video.values() for key, _ in video_queries]
+    settings = answer_settings(model, question, generation_kwargs)
 
     def plan() -> list[list]:
-        output_file.parent.mkdir(parents=True, exist_ok=True)
         done = _merge_grounding_answers(output_file, order)
+        record_settings(output_file, settings, len(done))
         pending = [[(key, query) for key, query in video if key not in done] for video in by_video.values()]
         pending = [video for video in pending if video]
         if done:
@@ -118,16 +125,92 @@ def evaluate_grounding(
             logger.info("%s: %d queries already answered, %d to go", output_file, len(done), left)
         return pending
 
-    pending = processes.run_on_main(plan)
-    answered = processes.run_on_each(
-        lambda: _answer_grounding(
-            processes, processes.share(pending), output_file, model, processor, load_features, question, batch_size,
-            progress, generation_kwargs,
-        )  # fmt: skip
-    )
-    processes.run_on_main(lambda: _merge_grounding_answers(output_file, order))
-    processes.raise_errors(answered)
+    _run_job(
+        processes, output_file, plan,
+        lambda share: _answer_grounding(processes, share, output_file, model, processor, load_features, question,
+                                        batch_size, progress, generation_kwargs),
+        lambda answered: _merge_grounding_answers(output_file, order),
+    )  # fmt: skip
     return output_file
+
+
+def _run_job(processes: Processes, output_file: Path, plan, answer, finish) -> None:
+    """
+    The steps of an evaluation, under the lock of `output_file` ([`_output_lock`]): the main process plans
+    (`plan() -> pending`), every process answers its share (`answer(share)`), the main process finishes
+    (`finish(gathered)`: merges, writes), and only then are the errors of the processes raised.
+    """
+    with _output_lock(processes, output_file):
+        pending = processes.run_on_main(plan)
+        gathered = processes.run_on_each(lambda: answer(processes.share(pending)))
+        processes.run_on_main(lambda: finish(gathered))
+    processes.raise_errors(gathered)
+
+
+@contextmanager
+def _output_lock(processes: Processes, output_file: Path) -> Iterator[None]:
+    """
+    The lock of `output_file` ([`exclusive_lock`]), held by the main process over the block (the other processes
+    write only their own files); the stale temporary files of a killed writer of `output_file` go first. Every
+    process raises when the lock is held by another run.
+    """
+    held = ExitStack()
+
+    def take() -> None:
+        output_file.parent.mkdir(parents=True, exist_ok=True)
+        held.enter_context(exclusive_lock(output_file))
+        remove_stale_temporaries(output_file.parent, output_file.name)
+
+    processes.run_on_main(take)
+    with held:
+        yield
+
+
+def settings_file(output_file: str | Path) -> Path:
+    """Where the settings of the answers of an evaluation are recorded: `results.jsonl` -> `results.settings.json`."""
+    output_file = Path(output_file)
+    return output_file.with_name(f"{output_file.stem}.settings.json")
+
+
+def answer_settings(model, question: str, generation_kwargs: Mapping[str, Any]) -> dict:
+    """
+    What an evaluation's answers depend on: the model (its folder's absolute path, or its Hub id) and dtype, the
+    question and the generation settings; not the batch size, which changes no answer.
+    """
+    name = getattr(model, "name_or_path", None)
+    if name and Path(name).is_dir():
+        name = str(Path(name).resolve())
+    dtype = getattr(model, "dtype", None)
+    settings = {"model": name or None, "dtype": None if dtype is None else str(dtype), "question": question,
+                "generation": dict(sorted(generation_kwargs.items()))}  # fmt: skip
+    # As it reads back from the file: tuples become lists
+    return json.loads(json.dumps(settings))
+
+
+def record_settings(output_file: Path, settings: Mapping[str, Any], answered: int) -> None:
+    """
+    Records `settings` in [`settings_file`] for the `answered` answers already in `output_file` and those to come.
+
+    Raises:
+        ValueError: when `output_file` holds answers recorded with other settings, naming each difference: a rerun
+            with another model, question or number of tokens would otherwise keep the earlier answers silently.
+    """
+    path = settings_file(output_file)
+    recorded = read_json(path) if path.is_file() else None
+    if answered and isinstance(recorded, dict) and recorded != settings:
+        differences = "; ".join(
+            f"{key}: {recorded.get(key)!r} then, {settings.get(key)!r} now"
+            for key in sorted(set(recorded) | set(settings)) if recorded.get(key) != settings.get(key)
+        )  # fmt: skip
+        raise ValueError(
+            f"{output_file} holds {answered} answer(s) made with other settings ({differences}; see {path}). Use "
+            "another output file, or remove both files to answer everything again."
+        )
+    if answered and recorded is None:
+        logger.warning("%s: %d answer(s) of a run that recorded no settings; kept, as made with these", output_file,
+                       answered)  # fmt: skip
+    if recorded != settings:
+        write_lines_atomically(path, [json.dumps(settings, indent=1, ensure_ascii=False)])
 
 
 def _answer_grounding(
@@ -140,7 +223,7 @@ def _answer_grounding(
     with_occurrence = sink_path != output_file
     total = sum(map(len, videos))
     with (
-        sink_path.open("a", encoding="utf-8") as sink,
+        _appending(sink_path) as sink,
         tqdm(total=total, desc="grounding", unit="query", disable=not (progress and processes.is_main)) as bar,
     ):
         batch: list[tuple] = []
@@ -235,7 +318,8 @@ def evaluate_captioning(
 
     Resumes: each answer is appended as it comes to the JSON-lines file [`captioning_answers_file`] beside the
     output (`{"video_id", "duration", "answer", "events"}`, in the order of `videos` once merged); videos already
-    there are not answered again, and the output is written, whole, from that file once every video has its answer.
+    there are not answered again (when made with the same settings, as [`evaluate_grounding`]), and the output is
+    written, whole, from that file once every video has its answer.
 
     Args:
         videos: [`Video`]s (from [`read_activitynet_captions`]) or dicts with `video_id` and `duration` (None: the
@@ -252,33 +336,33 @@ def evaluate_captioning(
     answers_file = captioning_answers_file(output_file)
     order = [video["video_id"] for video in videos]
     generation_kwargs = {"max_new_tokens": CAPTIONING_MAX_NEW_TOKENS, **generation_kwargs}
+    settings = answer_settings(model, question, generation_kwargs)
 
     def plan() -> list[Mapping]:
-        answers_file.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(answers_file.parent, answers_file.name)
         done = _merge_captioning_answers(answers_file, order)
+        record_settings(output_file, settings, len(done))
         return [video for video in videos if video["video_id"] not in done]
 
-    pending = processes.run_on_main(plan)
-    captioned = processes.run_on_each(
-        lambda: _answer_captioning(
-            processes, processes.share(pending), answers_file, model, processor, load_features, question, batch_size,
-            progress, generation_kwargs,
-        )  # fmt: skip
-    )
-
-    def merge() -> None:
-        _merge_captioning_answers(answers_file, order)
-        if not captioned.errors:
-            answered = {
-                record["video_id"]: record["events"] for record in read_jsonl_records(answers_file, _CAPTIONING_FIELDS)
-            }
-            results = {video_id: answered[video_id] for video_id in order}
-            with atomic_write(output_file) as file:
-                file.write((json.dumps({"results": results}, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-
-    processes.run_on_main(merge)
-    processes.raise_errors(captioned)
+    _run_job(
+        processes, output_file, plan,
+        lambda share: _answer_captioning(processes, share, answers_file, model, processor, load_features, question,
+                                         batch_size, progress, generation_kwargs),
+        lambda captioned: _write_captions(answers_file, output_file, order, captioned),
+    )  # fmt: skip
     return output_file
+
+
+def _write_captions(answers_file: Path, output_file: Path, order: Sequence[str], captioned) -> None:
+    """Merges the answers of the processes, then, when none failed, writes the captions of `order` to
+    `output_file`."""
+    _merge_captioning_answers(answers_file, order)
+    if captioned.errors:
+        return
+    answered = {record["video_id"]: record["events"] for record in read_jsonl_records(answers_file, _CAPTIONING_FIELDS)}
+    results = {video_id: answered[video_id] for video_id in order}
+    with atomic_write(output_file) as file:
+        file.write((json.dumps({"results": results}, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _answer_captioning(
@@ -287,7 +371,7 @@ def _answer_captioning(
 ) -> None:  # fmt: skip
     """Captions this process's share of the videos, appending to its record file."""
     with (
-        processes.record_file(answers_file).open("a", encoding="utf-8") as sink,
+        _appending(processes.record_file(answers_file)) as sink,
         tqdm(total=len(videos), desc="captioning", unit="video", disable=not (progress and processes.is_main)) as bar,
     ):
         for start in range(0, len(videos), batch_size):
@@ -310,6 +394,21 @@ def _answer_captioning(
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()
             bar.update(len(batch))
+
+
+@contextmanager
+def _appending(path: Path) -> Iterator[TextIO]:
+    """`path` opened to append records; a file that this block created and that got none is removed at its end (a
+    run that failed before its first answer leaves no empty results file)."""
+    existed = path.exists()
+    sink = path.open("a", encoding="utf-8")
+    try:
+        yield sink
+    finally:
+        empty = sink.tell() == 0
+        sink.close()
+        if empty and not existed:
+            path.unlink(missing_ok=True)
 
 
 def _merge_captioning_answers(answers_file: Path, order: Sequence[str]) -> set[str]:
@@ -413,11 +512,15 @@ def video_folder_loader(processor: VTimeProcessor, video_dir: str | Path) -> Fea
     """
     `load_features` for the evaluations: decodes and encodes the video of each id in `video_dir` (see
     [`~vtimellm_hf.data.media.VideoFolder`]: `{id}.mp4` or another video extension, `v_` ids also without the
-    prefix), and gives its duration.
+    prefix), and gives its duration. An id that is a path (`../x`, `/abs/x`) is refused with a `ValueError`.
     """
     videos = VideoFolder(video_dir)
 
     def load(video_id: str):
+        if video_id in ("", ".", "..") or Path(video_id).name != video_id or "\\" in video_id:
+            raise ValueError(
+                f"Video id {video_id!r} names a path outside {video_dir}: an id is the name of a file in the folder."
+            )
         return processor.encode_video(videos.path(video_id))
 
     return load

@@ -9,21 +9,30 @@ Writing: what a killed run leaves must never be mistaken for finished work: ever
 consolidated store is written under a hidden temporary name beside its destination and renamed into place. The
 temporary names say which host and process wrote them (`.{name}.{token}.{host}-{pid}.tmp`), so that a later run
 removes those of dead processes and keeps those that another live process is writing.
+
+Sharing: two runs that would write one file (two evaluations with the same `--out`) take its lock
+([`exclusive_lock`]); the second is refused with the name of the first.
 """
 
+import datetime
+import fcntl
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
+    "FileLockedError",
     "atomic_write",
+    "check_text",
+    "exclusive_lock",
     "read_json",
     "read_json_records",
     "read_text_lines",
@@ -172,9 +181,10 @@ def write_lines_atomically(path: str | os.PathLike, lines: list[str]) -> None:
         file.write("".join(line + "\n" for line in lines).encode("utf-8"))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """
-    Deletes the temporary files and folders that killed writers left in `folder`, and returns them.
+    Deletes the temporary files and folders that killed writers left in `folder` (of the destination `name` only,
+    when given), and returns them.
 
     Only those written on this host by a process that no longer runs are removed: another run writing into the same
     folder (from this host or, on a shared file system, from another one) keeps what it has in progress.
@@ -183,7 +193,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     with os.scandir(folder) as entries:
         for entry in entries:
             match = _TEMPORARY_PATTERN.match(entry.name)
-            if match and not _process_alive(int(match["pid"])):
+            of_name = name is None or entry.name.startswith(f".{name}.")
+            if match and of_name and not _process_alive(int(match["pid"])):
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
@@ -200,3 +211,69 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # the process exists and belongs to another user
         return True
     return True
+
+
+# Several writers of one file: a lock naming its holder
+
+
+class FileLockedError(OSError):
+    """Another run holds the lock of a file ([`exclusive_lock`]); the message names it."""
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """
+    Holds the lock of `path` over the block: the hidden file `.{name}.lock` beside it, locked with `flock` and
+    naming its holder (host, process, command, since when). A second run that asks for it while it is held raises
+    a [`FileLockedError`] naming that holder, rather than writing into the same file.
+
+    The kernel releases the lock of a process that dies (on NFS too, where `flock` is a lock of the server), so a
+    killed run never leaves a lock that stops the next one; the file itself is removed when the block ends.
+    """
+    path = Path(path)
+    lock_path = path.parent / f".{path.name}.lock"
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip() or "a run that is starting"
+            os.close(descriptor)
+            raise FileLockedError(
+                f"{path} is being written by another run ({holder}); wait for it to end, or use another output file."
+            ) from None
+        # The holder before us may have removed the file between our open and our lock: lock the file at `path`
+        try:
+            same_file = os.stat(lock_path).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(descriptor)
+    since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    holder = f"process {os.getpid()} on {_HOST} since {since}: {' '.join(sys.argv)}"
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, holder.encode("utf-8", "replace"), 0)
+    try:
+        yield lock_path
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+# Text that JSON can hold and UTF-8 cannot
+
+
+def check_text(text: str, where: str) -> str:
+    """
+    `text`, refused with a `ValueError` naming `where` when it holds a lone surrogate: JSON's `"\\ud800"` escape
+    without its pair decodes to a `str` that no UTF-8 file, tokenizer or Arrow table can hold.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} holds {text[error.start]!r}, a lone surrogate (a \\u escape without its pair), which is not "
+            f"text: {text[max(0, error.start - 30) : error.start + 1]!r}"
+        ) from None
+    return text

@@ -2,8 +2,10 @@
 
 - [`check_remote_loading`]: loads a folder in a fresh interpreter where `vtimellm_hf` cannot be imported, as a Hub
   user would, and runs one forward pass.
-- [`push_folder`] (`vtimellm-hf push`): checks the folder that way, then `create_repo` + `upload_folder`. The training
-  recipes call it at the end of training.
+- [`push_folder`] (`vtimellm-hf push`): checks the folder that way, refuses one whose settings name paths of this
+  machine or that links out of itself ([`check_publishable`]), then `create_repo` + `upload_folder` of exactly the
+  files [`list_upload_files`] lists (no training leftovers, secrets or logs unless named). The training recipes call
+  it at the end of training.
 
 The conversion of the original release (`convert-original`) is [`vtimellm_hf.conversion`]; reading and writing
 checkpoint files is [`vtimellm_hf.checkpoints`].
@@ -13,6 +15,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,15 @@ DEFAULT_IGNORE_PATTERNS = [
     "*__pycache__*",
     "*.pyc",
 ]
+# Secrets and logs, never uploaded unless `include` names them: credentials, keys, experiment trackers' folders
+SECRET_PATTERNS = [
+    *[prefix + name for prefix in ("", "*/") for name in
+      (".env", ".env.*", ".netrc", ".git-credentials", "id_rsa*", "id_ed25519*", ".ssh/*", ".aws/*", ".huggingface/*",
+       "wandb/*", "mlruns/*", "logs/*")],
+    "*.env", "*.pem", "*.key", "*.p12", "*credentials*", "*secret*", "*.log", "*events.out.tfevents*",
+]  # fmt: skip
+# A string value of a JSON file that can only name a file of this machine: an absolute or home path, or a relative one
+_LOCAL_PATH = re.compile(r"^(?:/|~|\.{1,2}[/\\]|[A-Za-z]:[/\\]|\\\\)")
 
 class PushError(RuntimeError):
     """A push that did not happen; the message says why and what to do."""
@@ -63,6 +75,10 @@ class HubRequestError(PushError):
 
 class FolderNotLoadableError(PushError):
     """The folder does not load with `trust_remote_code=True` where `vtimellm_hf` is absent."""
+
+
+class UnpublishableFolderError(PushError):
+    """The folder holds what must not go to the Hub: a machine-local path in its settings, a link leading out of it."""
 
 
 @dataclass
@@ -216,18 +232,77 @@ def check_remote_loading(folder: str | Path, timeout: float = 3600) -> LoadCheck
     )
 
 
-def list_upload_files(folder: str | Path, ignore_patterns: list[str] | None = None) -> list[tuple[str, int]]:
+def list_upload_files(
+    folder: str | Path, ignore_patterns: list[str] | None = None, include: list[str] | None = None
+) -> list[tuple[str, int]]:
     """
-    `(path in repo, size in bytes)` of every file `upload_folder` would send from `folder`, with the same filter
-    (`ignore_patterns`, default [`DEFAULT_IGNORE_PATTERNS`], plus huggingface_hub's own: `.git`, caches).
+    `(path in repo, size in bytes)` of every file [`push_folder`] sends from `folder`: all but those of
+    `ignore_patterns` (default [`DEFAULT_IGNORE_PATTERNS`]: training leftovers), of [`SECRET_PATTERNS`] (secrets and
+    logs) and of huggingface_hub's own (`.git`, caches), unless a pattern of `include` names them.
     """
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS as HUB_IGNORE_PATTERNS
     from huggingface_hub.utils import filter_repo_objects
 
     folder = Path(folder).resolve()
-    patterns = list(DEFAULT_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns) + HUB_IGNORE_PATTERNS
+    patterns = [*(DEFAULT_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns), *SECRET_PATTERNS,
+                *HUB_IGNORE_PATTERNS]  # fmt: skip
     files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.glob("**/*")) if path.is_file()}
-    return [(name, files[name].stat().st_size) for name in filter_repo_objects(files, ignore_patterns=patterns)]
+    kept = set(filter_repo_objects(files, ignore_patterns=patterns))
+    if include:
+        # huggingface_hub never sends its own ignored files (.git, caches), named or not
+        kept |= set(filter_repo_objects(files, allow_patterns=include, ignore_patterns=HUB_IGNORE_PATTERNS))
+    return [(name, files[name].stat().st_size) for name in sorted(kept)]
+
+
+def check_publishable(folder: str | Path, files: list[tuple[str, int]]) -> None:
+    """
+    Refuses a folder that would publish what a Hub user cannot use or must not see: a link (a file or a folder)
+    leading out of the folder, whose target would be uploaded, or a settings file that loading reads
+    (`*config.json`: `processor_config.json`, `config.json`, `adapter_config.json`, ...) naming a machine-local path
+    (absolute, home or relative, or a path of this machine under a `*_path` or `*name_or_path` key), such as a frame
+    encoder saved by absolute path.
+
+    Raises:
+        UnpublishableFolderError: naming each problem and what to do.
+    """
+    folder = Path(folder).resolve()
+    problems = []
+    for root, directories, names in os.walk(folder):
+        for name in [*directories, *names]:
+            path = Path(root) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(folder):
+                problems.append(f"{path.relative_to(folder)} links to {path.resolve()}, outside the folder")
+    for name, _ in files:
+        # The settings a Hub user's loading reads (a record such as vtimellm_conversion.json only informs)
+        if name.endswith("config.json"):
+            try:
+                content = read_json(folder / name)
+            except ValueError:
+                continue  # the load check names what does not load
+            problems += [f"{name}: {key} names the machine-local path {value!r}"
+                         for key, value in _local_paths(content)]  # fmt: skip
+    if problems:
+        raise UnpublishableFolderError(
+            f"Refusing to push {folder}: " + "; ".join(problems) + ". A Hub user has none of these: name Hub ids "
+            "(a frame encoder such as openai/clip-vit-large-patch14) and copy linked files into the folder."
+        )
+
+
+def _local_paths(content, key: str = "") -> list[tuple[str, str]]:
+    """`(key, value)` of the string values of a JSON document that name a path of this machine."""
+    if isinstance(content, dict):
+        return [found for name, value in content.items() for found in _local_paths(value, f"{key}.{name}".strip("."))]
+    if isinstance(content, list):
+        return [found for index, value in enumerate(content) for found in _local_paths(value, f"{key}[{index}]")]
+    if not isinstance(content, str) or len(content) > 4096:
+        return []
+    names_a_path = key.endswith(("_path", "name_or_path")) and content and os.path.exists(content)
+    return [(key, content)] if _LOCAL_PATH.match(content) or names_a_path else []
+
+
+def _exactly(names: list[str]) -> list[str]:
+    """Patterns that match these paths and nothing else."""
+    return [re.sub(r"([*?\[])", r"[\1]", name) for name in names]
 
 
 @dataclass
@@ -266,6 +341,7 @@ def push_folder(
     token: str | None = None,
     commit_message: str | None = None,
     ignore_patterns: list[str] | None = None,
+    include: list[str] | None = None,
 ) -> PushResult:
     """
     Uploads a checkpoint folder (model, processor, code files, card) to the Hub, after checking that it loads with
@@ -283,11 +359,15 @@ def push_folder(
         dry_run: check the folder and list what would be uploaded, without any network call.
         token: a write token; defaults to `HF_TOKEN` or the one `hf auth login` saved.
         commit_message: defaults to "Upload VTimeLLM checkpoint".
-        ignore_patterns: files to leave out; default [`DEFAULT_IGNORE_PATTERNS`] (training leftovers).
+        ignore_patterns: files to leave out; default [`DEFAULT_IGNORE_PATTERNS`] (training leftovers). Secrets and
+            logs ([`SECRET_PATTERNS`]) are always left out,
+        include: unless a pattern of `include` names them. Exactly the files [`list_upload_files`] lists are sent.
 
     Raises:
         NoTokenError, OfflineModeError, HubConnectionError, HubRequestError: the push could not happen (checked
             before the folder when the cause is known without it).
+        UnpublishableFolderError: the folder names machine-local paths or links out of itself
+            ([`check_publishable`]); nothing was sent.
         FolderNotLoadableError: the folder does not load; nothing was sent.
         FileNotFoundError, ValueError: a missing folder, a malformed repo id, `revision` with `create_pr`.
     """
@@ -310,6 +390,7 @@ def push_folder(
         if constants.is_offline_mode():
             raise OfflineModeError("HF_HUB_OFFLINE is set, so the Hub cannot be reached: unset it to push.")
 
+    check_publishable(folder, list_upload_files(folder, ignore_patterns, include))
     load_check = check_remote_loading(folder)
     if not load_check.ok:
         raise FolderNotLoadableError(f"Refusing to push {folder}: it {load_check.describe()}")
@@ -326,7 +407,7 @@ def push_folder(
             f"{card_path}'s usage code does not load {repo_id!r}; "
             f"`vtimellm-hf model-card {folder} --repo-id {repo_id}` writes one that does."
         )
-    files = list_upload_files(folder, ignore_patterns)
+    files = list_upload_files(folder, ignore_patterns, include)
     if dry_run and card_written:
         files = sorted([*files, ("README.md", len(card_text.encode("utf-8")))])
     result = PushResult(repo_id, files, load_check, card_written, warnings, dry_run)
@@ -344,7 +425,7 @@ def push_folder(
             revision=revision,
             create_pr=create_pr,
             commit_message=commit_message or "Upload VTimeLLM checkpoint",
-            ignore_patterns=list(DEFAULT_IGNORE_PATTERNS if ignore_patterns is None else ignore_patterns),
+            allow_patterns=_exactly([name for name, _ in files]),
         )
     except OfflineModeIsEnabled as error:
         message = f"HF_HUB_OFFLINE is set, so the Hub cannot be reached: unset it to push ({error})."
@@ -403,6 +484,11 @@ def add_subcommand(subparsers) -> None:
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.add_argument("--commit-message", default=None)
     push.add_argument("--dry-run", action="store_true", help="check and list the files, send nothing")
+    push.add_argument(
+        "--include", nargs="+", default=None, metavar="PATTERN",
+        help="also upload the files these patterns name, although they look like secrets or logs (.env, wandb/, "
+        "*.log, keys) or training leftovers, which are left out otherwise",
+    )  # fmt: skip
     push.set_defaults(run=_run_push)
 
 
@@ -416,6 +502,7 @@ def _run_push(args: argparse.Namespace) -> int:
         create_pr=args.create_pr,
         dry_run=args.dry_run,
         commit_message=args.commit_message,
+        include=args.include,
     )
     for warning in result.warnings:
         print(f"push: warning: {warning}", file=sys.stderr)
@@ -444,7 +531,10 @@ __all__ = [
     "OfflineModeError",
     "PushError",
     "PushResult",
+    "SECRET_PATTERNS",
+    "UnpublishableFolderError",
     "add_subcommand",
+    "check_publishable",
     "check_remote_loading",
     "list_upload_files",
     "push_folder",

@@ -34,7 +34,7 @@ import torch
 
 from ._deprecated import moved_names
 from .checkpoints import DTYPES, load_model_and_processor
-from .cli import positive_int, reports_errors
+from .cli import NO_ANSWER, finite_float, positive_int, reports_errors
 from .model import (
     CAPTIONING,
     GROUNDING,
@@ -52,6 +52,7 @@ __all__ = [
     "Moment",
     "add_generation_arguments",
     "add_question_argument",
+    "add_trust_remote_code_argument",
     "add_subcommand",
     "caption",
     "caption_events",
@@ -125,12 +126,18 @@ def generate_answers(
     conversations: Sequence[list[dict]],
     features: Sequence[torch.Tensor],
     batch_size: int = 8,
+    sanitize_control_tokens: bool = True,
     **generation_kwargs,
 ) -> list[str]:
     """
     Answers to conversations (the last turn a user's), each about one video given by its features
     `(rows, mm_hidden_size)` on the CPU, generated `batch_size` at a time. Greedy unless `generation_kwargs` (those of
     `generate`) say otherwise; at most 64 new tokens unless `max_new_tokens` says otherwise.
+
+    The text of the turns is the user's, not the prompt's: with `sanitize_control_tokens` (the default; transformers'
+    `apply_chat_template(..., sanitize_control_tokens=True)`), a `</s>`, `<s>` or `<video>` written in a question or
+    an answer is tokenized as those characters, not as the token, so that it neither ends a turn nor asks for a
+    second video. Text without such tokens gets the same ids either way.
 
     Prompts are left-padded, with position ids that skip the padding, so that a prompt's answer does not depend on
     the batch it was in. Where several conversations of a batch share one features tensor (the same object: several
@@ -146,12 +153,12 @@ def generate_answers(
     answers = []
     for start in range(0, len(conversations), batch_size):
         batch_features = list(features[start : start + batch_size])
-        prompts = [
-            processor.apply_chat_template(conversation, add_generation_prompt=True)
-            for conversation in conversations[start : start + batch_size]
-        ]
         # Unpadded ids: the padding depends on whether the prompt start is shared, decided below
-        encoded = processor(text=prompts, video_features=batch_features, padding=False)
+        encoded = processor.apply_chat_template(
+            list(conversations[start : start + batch_size]), add_generation_prompt=True, tokenize=True,
+            return_dict=True, sanitize_control_tokens=sanitize_control_tokens,
+            processor_kwargs={"video_features": batch_features, "padding": False},
+        )  # fmt: skip
         rows = encoded["input_ids"]
         rows_features = [torch.as_tensor(feature) for feature in encoded["video_features"]]
         first_rows, video_of_row = _distinct_videos(batch_features)
@@ -307,6 +314,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: in
     """The model and generation options shared by every command that generates."""
     group = parser.add_argument_group("model and generation")
     group.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="VTimeLLM checkpoint: a folder or Hub id")
+    add_trust_remote_code_argument(group)
     group.add_argument("--device", default=None, help="device of the model (default: cuda if available, else cpu)")
     group.add_argument(
         "--dtype", choices=("auto", *DTYPES), default="auto",
@@ -318,6 +326,15 @@ def add_generation_arguments(parser: argparse.ArgumentParser, max_new_tokens: in
     group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     group.add_argument("--temperature", type=float, default=None, help="with --do-sample (the original: 0.05)")
     group.add_argument("--top-p", type=float, default=None, help="with --do-sample: nucleus sampling mass")
+
+
+def add_trust_remote_code_argument(parser) -> None:
+    """`--trust-remote-code`: what a `--model` of another type than VTimeLLM's needs to run the code it carries."""
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the code a --model of another type than VTimeLLM's carries (a VTimeLLM checkpoint is loaded with "
+        "this package's classes, its code files never run)",
+    )  # fmt: skip
 
 
 def add_question_argument(parser: argparse.ArgumentParser, task: str) -> None:
@@ -335,6 +352,12 @@ def add_question_argument(parser: argparse.ArgumentParser, task: str) -> None:
 def _query_template(text: str) -> str:
     if "{query}" not in text:
         raise argparse.ArgumentTypeError(f"must hold {{query}}, got {text!r}")
+    try:
+        text.format(query="")
+    except (KeyError, IndexError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{{query}} is its only field (write other braces twice: {{{{ }}}}), got {text!r} ({error!r})"
+        ) from None
     return text
 
 
@@ -353,12 +376,13 @@ def add_subcommand(subparsers) -> None:
     parser = subparsers.add_parser(
         "ground",
         help="find when something happens in a video",
-        description="Print the moment of QUERY in VIDEO in seconds (exit status 1 when the answer names none).",
+        description="Print the moment of QUERY in VIDEO in seconds.",
     )
     parser.add_argument("video", metavar="VIDEO", help="video file")
     parser.add_argument("query", metavar="QUERY", help='what to find, e.g. "the man cracks an egg"')
     parser.add_argument(
-        "--window", nargs=2, type=float, metavar=("START", "END"), help="look only at this part of the video (seconds)"
+        "--window", nargs=2, type=finite_float, metavar=("START", "END"),
+        help="look only at this part of the video (seconds)",
     )
     add_question_argument(parser, GROUNDING)
     parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
@@ -390,13 +414,13 @@ def add_subcommand(subparsers) -> None:
 @reports_errors("ground")
 def _run_ground(args: argparse.Namespace) -> int:
     kwargs = generation_kwargs_from_args(args)
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.trust_remote_code)
     moment = ground(model, processor, args.video, args.query, args.question, args.window, **kwargs)
     if args.verbose or moment.start is None:
         print(f"answer: {moment.answer}")
     if moment.start is None:
         print("ground: the answer names no moment", file=sys.stderr)
-        return 1
+        return NO_ANSWER
     print(f"{moment.start:.2f} s - {moment.end:.2f} s")
     _plot(args, [(args.query, moment.start, moment.end)])
     return 0
@@ -405,13 +429,13 @@ def _run_ground(args: argparse.Namespace) -> int:
 @reports_errors("caption")
 def _run_caption(args: argparse.Namespace) -> int:
     kwargs = generation_kwargs_from_args(args)
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.trust_remote_code)
     events, answer = caption(model, processor, args.video, args.question, **kwargs)
     if args.verbose or not events:
         print(f"answer: {answer}")
     if not events:
         print("caption: the answer names no event", file=sys.stderr)
-        return 1
+        return NO_ANSWER
     for start, end, sentence in events:
         print(f"{start:7.2f} s - {end:7.2f} s  {sentence}")
     _plot(args, [(sentence, start, end) for start, end, sentence in events])
@@ -432,7 +456,7 @@ def _plot(args: argparse.Namespace, moments: Sequence[tuple[str, float, float]])
 @reports_errors("chat")
 def _run_chat(args: argparse.Namespace) -> int:
     kwargs = generation_kwargs_from_args(args)
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.trust_remote_code)
     features, duration = processor.encode_video(args.video)
     interactive = sys.stdin.isatty()
     print(

@@ -67,7 +67,7 @@ from typing import Any, NamedTuple
 
 from .._deprecated import moved_names, renamed_keywords
 from ..cli import reports_errors
-from ..files import atomic_write
+from ..files import atomic_write, check_text
 from ..model.processing_vtime import VIDEO_TOKEN
 from .dialogues import (
     DENSE_CAPTIONING_QUESTIONS,
@@ -463,9 +463,11 @@ def _json(value: Any) -> str:
 
 
 def _write_text(path: PathLike, text: str) -> None:
+    # A lone surrogate (a JSON "\ud800" escape) cannot be written: refused by name before any file is made
+    data = check_text(text, f"{path}: what would be written").encode("utf-8")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as file:
-        file.write(text.encode("utf-8"))
+        file.write(data)
 
 
 # One call, and the command line.

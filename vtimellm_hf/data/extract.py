@@ -288,7 +288,8 @@ def _plan_extraction(inputs, video_root, output_dir: Path, encoding: _Encoding) 
         return same_settings and _is_extracted(feature_path(output_dir, item.feature_id), encoding.expected_shape(item))
 
     todo = [item for item in items if not is_done(item)]
-    stale = sum(feature_path(output_dir, item.feature_id).exists() for item in todo)
+    # `os.path.exists`: an unusable name (too long, say) is no stale file; writing it is the item's failure
+    stale = sum(os.path.exists(feature_path(output_dir, item.feature_id)) for item in todo)
     if stale:
         tqdm.write(
             f"re-extracting {stale} feature file(s) that are incomplete, of another shape, or made with other "
@@ -339,11 +340,17 @@ def _extract_share(
                         # The record first, and without the stale file it would describe: a run killed in between
                         # leaves no feature, so the next run makes it (a feature without its record is trusted)
                         path = feature_path(output_dir, item.feature_id)
-                        path.unlink(missing_ok=True)
-                        settings_log.write(json.dumps(encoding.settings(item)) + "\n")
-                        settings_log.flush()
-                        write_feature(path, array)
-                        written += 1
+                        try:
+                            path.unlink(missing_ok=True)
+                            settings_log.write(json.dumps(encoding.settings(item)) + "\n")
+                            settings_log.flush()
+                            write_feature(path, array)
+                            written += 1
+                        # A name too long for the file system, a folder in the way, an id it cannot encode: this
+                        # item's failure, not the run's
+                        except (OSError, ValueError) as error:
+                            failure_log.add(ExtractionFailure(item.feature_id, str(item.path),
+                                                              f"cannot write {path}: {error}"))  # fmt: skip
                     bar.update()
                 return written
 

@@ -99,7 +99,9 @@ class FailureLog:
 
 
 def announce(failure: ExtractionFailure) -> None:
-    tqdm.write(f"failed: {failure.feature_id} ({failure.path}): {failure.reason}", file=sys.stderr)
+    text = f"failed: {failure.feature_id} ({failure.path}): {failure.reason}"
+    # An id may hold a lone surrogate (a JSON "\ud800" escape), which a UTF-8 stream cannot write: shown escaped
+    tqdm.write(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 
 
 def _read_json_lines(path: Path) -> list[dict]:

@@ -210,6 +210,8 @@ def consolidate_features(
         )
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    # What a killed consolidation into the same file left
+    remove_stale_temporaries(output_path.parent, output_path.name)
     with atomic_write(output_path) as file:
         file.write(struct.pack("<Q", len(header_bytes)))
         file.write(header_bytes)

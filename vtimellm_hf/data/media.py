@@ -7,6 +7,7 @@ id (`{id}.mp4` or another video extension; an ActivityNet `v_` id also without i
 extraction and for the evaluations over videos.
 """
 
+import codecs
 import json
 import os
 import re
@@ -63,7 +64,14 @@ class ExtractionFailure:
     reason: str
 
     def to_json(self) -> str:
-        return json.dumps({"id": self.feature_id, "path": self.path, "reason": self.reason}, ensure_ascii=False)
+        record = {"id": self.feature_id, "path": self.path, "reason": self.reason}
+        text = json.dumps(record, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (an id read from a JSON "\ud800" escape) has no UTF-8 bytes: this line keeps escapes
+            return json.dumps(record)
+        return text
 
 
 def collect_media(
@@ -83,8 +91,9 @@ def collect_media(
       "v_ID.mp4", ...}]}`; the video is `{video_root}/v_ID.*`, or `{video_root}/ID.*` (downloads often drop the
       prefix); the feature id keeps the annotation's `v_ID`.
     * a Charades-STA file, `VIDEO_ID START END##sentence` a line: the video is `{video_root}/VIDEO_ID.*`, each once.
-    * any other file: one path a line (blank lines and `#` comments skipped; relative paths are relative to the
-      list's folder); id = file stem. `video_root` is refused here: the paths do not go through it.
+    * any other text file: one path a line (blank lines and `#` comments skipped; relative paths are relative to
+      the list's folder); id = file stem. `video_root` is refused here: the paths do not go through it.
+    * any other file (not UTF-8 text): a video of another extension (`.m2ts`, `.gif`); id = its stem.
     * a list of paths (Python only); id = file stem.
 
     An id named twice for the same file and window is kept once; an id named for two different inputs is a failure
@@ -106,6 +115,9 @@ def collect_media(
         candidates = [MediaItem(source.stem, source)]
     elif source.suffix.lower() == ".json":
         candidates = _read_annotation_file(source, video_root)
+    elif not _is_text(source):
+        # A video of an extension not listed above (.m2ts, .gif): decoding it tells whether it is one
+        candidates = [MediaItem(source.stem, source)]
     elif _is_charades_sta(source):
         videos = _video_folder(source, video_root)
         video_ids = dict.fromkeys(query.video_id for query in read_charades_sta(source))
@@ -132,6 +144,17 @@ def _media_files(folder: Path) -> list[Path]:
             if not name.startswith(".") and Path(name).suffix.lower() in extensions
         ]
     return files
+
+
+def _is_text(path: Path) -> bool:
+    """Whether the file starts as text (UTF-8 without NUL bytes), as a list of paths or annotations do."""
+    with open(path, "rb") as file:
+        start = file.read(4096)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in start
 
 
 def _is_charades_sta(path: Path) -> bool:

@@ -63,6 +63,15 @@ class NpyHeader(NamedTuple):
         return self.file_size == self.data_offset + self.data_bytes
 
 
+def _wrong_size(header: NpyHeader) -> str | None:
+    """What is wrong with a file whose size is not the one its header announces, `None` when it is."""
+    # A partly copied file has a whole header: without this a loader's check passes it and training fails later
+    if header.complete:
+        return None
+    announced = header.data_offset + header.data_bytes
+    return f"truncated or padded, {header.file_size} bytes where its header announces {announced}"
+
+
 def feature_path(folder: str | os.PathLike, feature_id: str) -> Path:
     """
     `{folder}/{feature_id}.npy`, refusing ids that would name a file elsewhere (empty, `.`, `..`, or holding a path
@@ -219,6 +228,11 @@ class NpyFeatureStore(FeatureStore):
 
     def load(self, feature_id: str) -> np.ndarray:
         path = self._existing_path(feature_id)
+        # The header first: one that announces more data than the file holds (5.8 TiB, say) is refused before numpy
+        # tries to allocate it. An object array's size is that of its pickles: np.load refuses it below
+        header = read_npy_header(path)
+        if not header.dtype.hasobject and (wrong_size := _wrong_size(header)):
+            raise ValueError(f"{path}: cannot read feature {feature_id!r} ({wrong_size}).")
         try:
             return np.load(path, allow_pickle=False)
         except (ValueError, EOFError, OSError) as error:
@@ -227,12 +241,8 @@ class NpyFeatureStore(FeatureStore):
     def shape(self, feature_id: str) -> tuple[int, ...]:
         path = self._existing_path(feature_id)
         header = read_npy_header(path)
-        # A partly copied file has a whole header: without this a loader's check passes it and training fails later
-        if not header.complete:
-            raise ValueError(
-                f"{path}: truncated or padded, {header.file_size} bytes where its header announces "
-                f"{header.data_offset + header.data_bytes}"
-            )
+        if wrong_size := _wrong_size(header):
+            raise ValueError(f"{path}: {wrong_size}")
         return header.shape
 
     def location(self, feature_id: str) -> str:
