@@ -6,6 +6,7 @@ Videos are made with the ffmpeg binary of imageio-ffmpeg, the encoder is the tin
 
 import argparse
 import json
+import logging
 import os
 import pickle
 import re
@@ -187,6 +188,19 @@ def test_real_videos_from_annotations(real_data, frame_encoder_path, processor, 
     activitynet.write_text(json.dumps({"v_3MSZA": {"duration": 31.0, "timestamps": [[0, 5]], "sentences": ["a"]}}))
     items, failures = collect_media(activitynet, video_root=video_root)
     assert items == [MediaItem("v_3MSZA", video_root / "3MSZA.mp4")] and not failures
+
+
+def test_a_folder_names_the_files_it_leaves_out(tmp_path, caplog):
+    (tmp_path / "kept.mp4").write_bytes(b"")
+    (tmp_path / ".hidden.m2ts").write_bytes(b"")
+    for name in ("a.m2ts", "b.gif", "c.txt", "d.bin"):
+        (tmp_path / name).write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="vtimellm_hf.data.media"):
+        items, _ = collect_media(tmp_path)
+    assert [item.feature_id for item in items] == ["kept"]
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert f"{tmp_path}: left out 4 file(s)" in message and f"{tmp_path / 'a.m2ts'}, " in message
+    assert message.count(", ") >= 3 and "..." in message and ".hidden" not in message
 
 
 def test_collect_media_formats(media_dir, tmp_path):

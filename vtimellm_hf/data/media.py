@@ -9,6 +9,7 @@ extraction and for the evaluations over videos.
 
 import codecs
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -18,6 +19,8 @@ from pathlib import Path
 from ..files import read_json
 from .features import feature_path
 from .raw_annotations import is_finite_number, read_charades_sta
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -134,15 +137,20 @@ def collect_media(
 
 def _media_files(folder: Path) -> list[Path]:
     extensions = set(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
-    files = []
+    files, skipped = [], []
     for directory, subdirectories, names in os.walk(folder):
         # Hidden entries include macOS "._name.mp4" resource forks, which are not videos
         subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
-        files += [
-            Path(directory) / name
-            for name in sorted(names)
-            if not name.startswith(".") and Path(name).suffix.lower() in extensions
-        ]
+        for name in sorted(names):
+            if not name.startswith("."):
+                (files if Path(name).suffix.lower() in extensions else skipped).append(Path(directory) / name)
+    if skipped:
+        shown = ", ".join(str(path) for path in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        logger.warning(
+            "%s: left out %d file(s) whose extension is not a known video or image one (%s); name them in a list of "
+            "paths to extract them",
+            folder, len(skipped), shown,
+        )  # fmt: skip
     return files
 
 
