@@ -241,6 +241,26 @@ def _load(
     expected_dim: int | None,
     streaming: bool,
 ) -> datasets.Dataset | datasets.IterableDataset:
+    gen_kwargs = _generator_kwargs(
+        paths, convert, on_error, skipped_report, feature_store, expected_rows, expected_dim
+    )
+    if streaming:
+        return datasets.IterableDataset.from_generator(
+            _generate_examples, features=RECORD_FEATURES, gen_kwargs=gen_kwargs
+        )
+    return _build_dataset(_generate_examples(**gen_kwargs))
+
+
+def _generator_kwargs(
+    paths: tuple[PathLike, ...],
+    convert: Callable[[Any], dict],
+    on_error: OnError,
+    skipped_report: PathLike | None,
+    feature_store: SupportsFeatureShape | None,
+    expected_rows: int | None,
+    expected_dim: int | None,
+) -> dict:
+    """The arguments of [`_generate_examples`], checked (the family's loaders read files through it too)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if not paths:
@@ -249,7 +269,7 @@ def _load(
         # Checked now rather than on first read, which for a streaming dataset may be well into training.
         if not Path(path).is_file():
             raise FileNotFoundError(f"No such data file: {os.fspath(path)}")
-    gen_kwargs = {
+    return {
         # A tuple, not a list: `datasets` would split a list in `gen_kwargs` into shards, and the skip report
         # must cover all files.
         "paths": tuple(os.fspath(path) for path in paths),
@@ -260,40 +280,36 @@ def _load(
         "expected_rows": expected_rows,
         "expected_dim": expected_dim,
     }
-    if streaming:
-        return datasets.IterableDataset.from_generator(
-            _generate_examples, features=RECORD_FEATURES, gen_kwargs=gen_kwargs
-        )
-    return _build_dataset(_generate_examples(**gen_kwargs))
 
 
-def _build_dataset(examples: Iterator[dict]) -> datasets.Dataset:
+def _build_dataset(examples: Iterator[dict], features: datasets.Features = RECORD_FEATURES) -> datasets.Dataset:
     """
-    An in-memory dataset of `examples`, converted to Arrow `_BATCH_SIZE` records at a time.
+    An in-memory dataset of `examples` with the columns of `features` (the family's loaders add theirs), converted
+    to Arrow `_BATCH_SIZE` records at a time.
 
     `Dataset.from_generator` is not used: it caches the result under a fingerprint of the file *path*, so an edited
     file would silently load its old records.
     """
     parts = []
-    columns = {name: [] for name in RECORD_FEATURES}
+    columns = {name: [] for name in features}
     for example in examples:
         for name in columns:
             columns[name].append(example[name])
         if len(columns["id"]) == _BATCH_SIZE:
-            parts.append(_columns_to_dataset(columns))
-            columns = {name: [] for name in RECORD_FEATURES}
+            parts.append(_columns_to_dataset(columns, features))
+            columns = {name: [] for name in features}
     if columns["id"] or not parts:
-        parts.append(_columns_to_dataset(columns))
+        parts.append(_columns_to_dataset(columns, features))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _columns_to_dataset(columns: dict[str, list]) -> datasets.Dataset:
+def _columns_to_dataset(columns: dict[str, list], features: datasets.Features = RECORD_FEATURES) -> datasets.Dataset:
     # Arrow arrays of the schema's types, given as such: `from_dict` would otherwise run the per-example Python
     # encoding of `Features`, which the plain strings and numbers of this schema do not need and which dominates the
     # loading time of large files.
-    schema = RECORD_FEATURES.arrow_schema
+    schema = features.arrow_schema
     arrays = {name: pa.array(values, type=schema.field(name).type) for name, values in columns.items()}
-    return datasets.Dataset.from_dict(arrays, features=RECORD_FEATURES)
+    return datasets.Dataset.from_dict(arrays, features=features)
 
 
 def _generate_examples(
