@@ -130,3 +130,28 @@ def test_avicuna_stages_one_to_four(workspace):
     video = load_file(str(stage1 / "mm_projector.safetensors"))
     torch.testing.assert_close(model.model.mm_projector.weight, video["model.mm_projector.weight"])
     torch.testing.assert_close(model.model.mm_projector_a.weight, audio["model.mm_projector_a.weight"])
+
+
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "configs").glob("[la][ov]*/stage*.yaml")),
+                         ids=lambda path: f"{path.parent.name}/{path.stem}")  # fmt: skip
+def test_recipes_name_a_stage_and_keep_the_global_batch_of_the_papers(recipe, tmp_path):
+    from trl import TrlParser
+
+    from vtimellm_hf.training.family_stages import FamilyDataArguments, FamilyModelArguments, family_stage
+    from vtimellm_hf.training.stages import fit_global_batch
+    from vtimellm_hf.training.trainer import VTimeTrainingArguments
+
+    parser = TrlParser((FamilyModelArguments, FamilyDataArguments, VTimeTrainingArguments))
+    model_args, data_args, args = parser.parse_args_and_config(["--config", str(recipe), "--use_cpu", "true",
+                                                                "--output_dir", str(tmp_path)])  # fmt: skip
+    spec = family_stage(model_args)
+    assert (spec.model, spec.number) == (recipe.parent.name, int(recipe.stem.removeprefix("stage")))
+    assert args.learning_rate == (1e-3 if spec.model == "avicuna" and spec.number < 3 else 1e-4)
+    assert args.max_length == 2048
+    if spec.trains_lora:
+        assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (64, 128, 0.05)
+    if spec.model == "avicuna" and spec.number >= 3:
+        assert data_args.av_ratio == 0.25
+    for world_size in (1, 2, 4, 8):
+        fit_global_batch(args, world_size)
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size == 128
