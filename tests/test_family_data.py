@@ -87,9 +87,11 @@ def avicuna_files(tmp_path):
     stores = {"video": write_store(tmp_path / "video", video), "audio": write_store(tmp_path / "audio", audio)}
     pu_valor = dialogue("pu1", source="pseudo-valor")
     pu_valor["meta"].update(sub_videos=["sub_a", "sub_b", "sub_gone"], scale=[0.5, 0.35, 0.2])
+    mismatched = dialogue("pu_bad", source="pseudo-valor")
+    mismatched["meta"].update(sub_videos=["sub_a", "sub_b"], scale=[0.5])
     records = [dialogue("anet1", source="anet"), dialogue("unav1", source="unav100"),
                dialogue("img1", token="<image>", meta=False), dialogue("clip1", source="audiocaps", token="<audio>",
-               meta=False), pu_valor, dialogue("nosound", source="avsd")]  # fmt: skip
+               meta=False), pu_valor, dialogue("nosound", source="avsd"), mismatched]  # fmt: skip
     annotations = tmp_path / "stage3.json"
     annotations.write_text(json.dumps(records))
     return annotations, stores
@@ -110,6 +112,8 @@ def test_avicuna_records_media_streams_and_pu_valor_parts(avicuna_files, caplog)
     # avsd is a source with audio: its missing audio file makes the record bad (the original drew another one)
     assert "id 'nosound'): audio features 'nosound' are missing" in caplog.text
     assert "1 PU-VALOR sub-videos have no features" in caplog.text
+    assert ("id 'pu_bad'): a PU-VALOR record needs meta.sub_videos and meta.scale, two lists of one length, found "
+            "['sub_a', 'sub_b'] and [0.5]") in caplog.text  # fmt: skip
 
 
 def original_video_rows(features: np.ndarray, count: int) -> np.ndarray:
