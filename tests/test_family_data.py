@@ -225,3 +225,19 @@ def test_avicuna_batch_loss_equals_the_by_hand_interleave(avicuna_files, tokeniz
         concatenated = by_hand_loss(model, processor, record, [video, audio])
     torch.testing.assert_close(loss, expected)
     assert abs(float(concatenated - expected)) > 1e-4  # the comparison sees where the audio rows go
+
+
+def test_max_length_counts_text_tokens_as_the_originals_or_every_row(longvale_files, processor):
+    annotations, stores = longvale_files
+    record = next(iter(load_longvale(annotations, video_store=stores["video"], audio_store=stores["audio"],
+                                     speech_store=stores["speech"], on_error="skip")))  # fmt: skip
+    ids, labels = reference_encoding(processor, record["messages"], rows=113)  # 100 + 7 + 6 rows
+    text_tokens = len(ids) - 113 + 1  # <video> counts as one
+    # The originals cut the text ids (<video> one of them) to max_length; the rows come on top
+    limit = text_tokens - 3
+    encoded = FamilyDataCollator(processor, stores, max_length=limit).encode(record)
+    assert encoded["input_ids"] == ids[: limit + 112] and encoded["labels"] == labels[: limit + 112]
+    assert FamilyDataCollator(processor, stores, max_length=text_tokens).encode(record)["input_ids"] == ids
+    # Every row counted: the same limit keeps fewer tokens
+    counted = FamilyDataCollator(processor, stores, max_length=160, max_length_counts_rows=True).encode(record)
+    assert counted["input_ids"] == ids[:160] and len(ids) > 160

@@ -112,3 +112,18 @@ def test_segment_captioning_pairs_by_event(tmp_path):
     path.write_text(json.dumps(answers[0]) + "\n")
     with pytest.raises(ValueError, match=r"1 reference\(s\) without a prediction, for instance \('a', 1\)"):
         score_longvale(path, VIDEOS)
+
+
+def test_stream_loader_reads_three_folders(tmp_path):
+    from vtimellm_hf.data.features import NpyFeatureStore, write_feature
+    from vtimellm_hf.family_evaluation import longvale_stream_loader
+
+    folders = {name: tmp_path / name for name in ("video", "audio", "speech")}
+    for folder in folders.values():
+        folder.mkdir()
+    write_feature(folders["video"] / "a.npy", STREAMS["a"]["video"].numpy().astype("float16"))
+    write_feature(folders["speech"] / "a.npy", STREAMS["a"]["speech"].numpy().astype("float16"))
+    load = longvale_stream_loader(*(NpyFeatureStore(folder) for folder in folders.values()))
+    streams = load("a")
+    assert streams["audio"] is None and streams["speech"].shape == (5, 24) and streams["video"].dtype == torch.float32
+    assert load("b") is None

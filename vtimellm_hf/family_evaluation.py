@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -41,6 +42,7 @@ __all__ = [
     "LONGVALE_TASKS",
     "evaluate_longvale",
     "longvale_queries",
+    "longvale_stream_loader",
     "score_longvale",
 ]
 
@@ -62,6 +64,20 @@ _FIELDS = ("task", "video_id", "sentence_id", "answer")
 # `load_streams(video_id) -> {"video": (rows, D) tensor, "audio": tensor or None, "speech": tensor or None}`, or
 # None when the video's features are missing
 StreamLoader = Callable[[str], dict | None]
+
+
+def longvale_stream_loader(video_store, audio_store=None, speech_store=None) -> StreamLoader:
+    """`load_streams` from LongVALE's three feature stores (`vtimellm_hf.data.features.open_feature_store`): `None`
+    without video features, a stream `None` where its store lacks the video."""
+
+    def load_streams(video_id: str) -> dict | None:
+        if video_id not in video_store:
+            return None
+        stores = {"video": video_store, "audio": audio_store, "speech": speech_store}
+        return {name: torch.from_numpy(np.asarray(store.load(video_id), dtype=np.float32))
+                if store is not None and video_id in store else None for name, store in stores.items()}  # fmt: skip
+
+    return load_streams
 
 
 def longvale_queries(videos: Sequence[Video], tasks: Sequence[str] = LONGVALE_TASKS) -> list[dict]:

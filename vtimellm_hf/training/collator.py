@@ -71,7 +71,7 @@ class VTimeDataCollator:
                 processor_kwargs={
                     **self.placeholder_rows(example),
                     "truncation": True,
-                    "max_length": self.max_length,
+                    "max_length": self.length_limit(example),
                 },
             )
         except ValueError as error:
@@ -79,6 +79,10 @@ class VTimeDataCollator:
         input_ids, assistant_mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
         labels = [token_id if trained else IGNORE_INDEX for token_id, trained in zip(input_ids, assistant_mask)]
         return {"input_ids": input_ids, "labels": labels}
+
+    def length_limit(self, example: dict) -> int:
+        """The longest the record's sequence may be, in tokens: `max_length`, feature rows included."""
+        return self.max_length
 
     def placeholder_rows(self, example: dict) -> dict[str, list]:
         """The processor's feature arguments with the record's row counts alone (`(rows, 0)` tensors)."""

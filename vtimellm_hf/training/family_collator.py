@@ -46,6 +46,10 @@ class FamilyDataCollator(VTimeDataCollator):
         sub_stores: PU-VALOR's sub-video stores `{"video", "audio"}` (default: `stores`).
         av_ratio: `None` for LongVALE (rows as stored); AVicuna's share of audio rows in a video's `total_rows`.
         total_rows: AVicuna's rows of a video, both streams (100).
+        max_length_counts_rows: `False` (the originals): `max_length` counts the text tokens, `<video>` as one, and
+            the rows come on top (LongVALE's collator cut the text ids, and nothing cut the spliced sequence: a long
+            video with audio and speech adds some 330 rows to 2,048); `True`: every row counts, as VTimeLLM's
+            collator here counts them.
         video_width, audio_width: widths of AVicuna's zero rows (a missing PU-VALOR sub-video; CLIP 768), and of a
             video without audio (CLAP 512).
     """
@@ -61,6 +65,7 @@ class FamilyDataCollator(VTimeDataCollator):
         total_rows: int = 100,
         video_width: int = 768,
         audio_width: int = 512,
+        max_length_counts_rows: bool = False,
     ):
         super().__init__(processor, stores.get("video"), max_length=max_length, template=template)
         self.stores = stores
@@ -69,6 +74,7 @@ class FamilyDataCollator(VTimeDataCollator):
         self.total_rows = total_rows
         self.video_width = video_width
         self.audio_width = audio_width
+        self.max_length_counts_rows = max_length_counts_rows
 
     def stream_rows(self, example: dict) -> dict[str, int]:
         """The rows of each stream of the record, from the stores' shapes (nothing is read)."""
@@ -121,6 +127,11 @@ class FamilyDataCollator(VTimeDataCollator):
         if features.ndim == 1:
             features = features[None]
         return torch.from_numpy(features.astype(np.float32))
+
+    def length_limit(self, example: dict) -> int:
+        if self.max_length_counts_rows:
+            return self.max_length
+        return self.max_length + sum(self.stream_rows(example).values()) - 1
 
     def placeholder_rows(self, example: dict) -> dict[str, list]:
         rows = self.stream_rows(example)

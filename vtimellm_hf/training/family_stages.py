@@ -143,6 +143,9 @@ class FamilyDataArguments(VTimeDataArguments):
     sub_video_feature_dir: str | None = field(default=None, metadata={"help": "PU-VALOR sub-video CLIP features."})
     sub_audio_feature_dir: str | None = field(default=None, metadata={"help": "PU-VALOR sub-video CLAP features."})
     av_ratio: float = field(default=0.25, metadata={"help": "AVicuna: share of audio rows in a video's 100."})
+    max_length_counts_rows: bool = field(
+        default=False, metadata={"help": "False: max_length counts text tokens, rows on top (the originals)."}
+    )
 
 
 def family_stage(model_args: FamilyModelArguments) -> FamilyStage:
@@ -264,6 +267,7 @@ def run_family_stage(
         processor, stores, max_length=training_args.max_length or 2048, template=spec.template,
         sub_stores=sub_stores, av_ratio=data_args.av_ratio if spec.model == "avicuna" else None,
         total_rows=total_rows, video_width=model_args.mm_hidden_size, audio_width=model_args.audio_hidden_size,
+        max_length_counts_rows=data_args.max_length_counts_rows,
     )  # fmt: skip
     if training_args.train_sampling_strategy in ("group_by_length", "batch_rebalance"):
         dataset = add_lengths(dataset, collator, column=training_args.length_column_name)
