@@ -127,3 +127,20 @@ def test_stream_loader_reads_three_folders(tmp_path):
     streams = load("a")
     assert streams["audio"] is None and streams["speech"].shape == (5, 24) and streams["video"].dtype == torch.float32
     assert load("b") is None
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and the PTB tokenizer run on Java")
+def test_dense_captioning_merges_neighbours_then_converts_indices(tmp_path):
+    pytest.importorskip("pycocoevalcap")
+    from vtimellm_hf.metrics.captioning import score_captioning
+
+    # Two near-identical neighbours (one index apart) are one event; LongVALE's seconds: start * d / 100,
+    # (end + 1) * d / 100, with d = 100 s for video a
+    answer = "From 10 to 20, a dog barks.\nFrom 21 to 29, a dog barks.\nFrom 50 to 79, a man sings loudly."
+    path = tmp_path / "answers.jsonl"
+    path.write_text(json.dumps({"task": "captioning", "video_id": "a", "sentence_id": None, "answer": answer}) + "\n")
+    by_hand = {"results": {"a": [{"sentence": "a dog barks.", "timestamp": [10.0, 30.0]},
+                                 {"sentence": "a man sings loudly.", "timestamp": [50.0, 80.0]}]}}  # fmt: skip
+    scores = score_longvale(path, VIDEOS)["captioning"]
+    assert scores == pytest.approx(score_captioning(by_hand, VIDEOS[:1]))
+    assert scores["soda_c"] > 50  # the merged events match the references
