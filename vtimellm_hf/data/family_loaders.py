@@ -145,7 +145,10 @@ def _load(paths, convert, on_error, skipped_report, streaming, model_name: str):
     # The parser, checks and skip report of the VTimeLLM loaders, with the family's schema; the feature checks are
     # in `convert` (a record's streams depend on which stores hold it)
     gen_kwargs = {
-        "checked": loaders._generator_kwargs(tuple(paths), convert, on_error, skipped_report, None, None, None),
+        "checked": loaders._generator_kwargs(
+            tuple(paths), convert=convert, on_error=on_error, skipped_report=skipped_report, feature_store=None,
+            expected_rows=None, expected_dim=None,
+        ),  # fmt: skip
         "model_name": model_name,
     }
     if streaming:

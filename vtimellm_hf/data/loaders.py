@@ -242,8 +242,9 @@ def _load(
     streaming: bool,
 ) -> datasets.Dataset | datasets.IterableDataset:
     gen_kwargs = _generator_kwargs(
-        paths, convert, on_error, skipped_report, feature_store, expected_rows, expected_dim
-    )
+        paths, convert=convert, on_error=on_error, skipped_report=skipped_report, feature_store=feature_store,
+        expected_rows=expected_rows, expected_dim=expected_dim,
+    )  # fmt: skip
     if streaming:
         return datasets.IterableDataset.from_generator(
             _generate_examples, features=RECORD_FEATURES, gen_kwargs=gen_kwargs
@@ -251,35 +252,22 @@ def _load(
     return _build_dataset(_generate_examples(**gen_kwargs))
 
 
-def _generator_kwargs(
-    paths: tuple[PathLike, ...],
-    convert: Callable[[Any], dict],
-    on_error: OnError,
-    skipped_report: PathLike | None,
-    feature_store: SupportsFeatureShape | None,
-    expected_rows: int | None,
-    expected_dim: int | None,
-) -> dict:
-    """The arguments of [`_generate_examples`], checked (the family's loaders read files through it too)."""
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+def _generator_kwargs(paths: tuple[PathLike, ...], **settings: Any) -> dict:
+    """
+    The arguments of [`_generate_examples`] (`paths` and its `settings`: `convert`, `on_error`, ...), checked: the
+    family's loaders read files through it too.
+    """
+    if settings["on_error"] not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {settings['on_error']!r}")
     if not paths:
         raise ValueError("No data file given.")
     for path in paths:
         # Checked now rather than on first read, which for a streaming dataset may be well into training.
         if not Path(path).is_file():
             raise FileNotFoundError(f"No such data file: {os.fspath(path)}")
-    return {
-        # A tuple, not a list: `datasets` would split a list in `gen_kwargs` into shards, and the skip report
-        # must cover all files.
-        "paths": tuple(os.fspath(path) for path in paths),
-        "convert": convert,
-        "on_error": on_error,
-        "skipped_report": skipped_report,
-        "feature_store": feature_store,
-        "expected_rows": expected_rows,
-        "expected_dim": expected_dim,
-    }
+    # A tuple, not a list: `datasets` would split a list in `gen_kwargs` into shards, and the skip report must cover
+    # all files.
+    return {"paths": tuple(os.fspath(path) for path in paths), **settings}
 
 
 def _build_dataset(examples: Iterator[dict], features: datasets.Features = RECORD_FEATURES) -> datasets.Dataset:
