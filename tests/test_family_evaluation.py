@@ -144,3 +144,32 @@ def test_dense_captioning_merges_neighbours_then_converts_indices(tmp_path):
     scores = score_longvale(path, VIDEOS)["captioning"]
     assert scores == pytest.approx(score_captioning(by_hand, VIDEOS[:1]))
     assert scores["soda_c"] > 50  # the merged events match the references
+
+
+def test_evaluate_and_score_longvale_from_the_command_line(longvale_model, processor, tmp_path, capsys):
+    from vtimellm_hf import cli
+    from vtimellm_hf.checkpoints import save_model_folder
+    from vtimellm_hf.data.features import write_feature
+
+    save_model_folder(longvale_model, processor, tmp_path / "model")
+    annotations = tmp_path / "longvale.json"
+    annotations.write_text(json.dumps({video.video_id: {"duration": video.duration, "timestamps": [
+        [event.start, event.end] for event in video.events], "sentences": [event.sentence for event in video.events]}
+        for video in VIDEOS}))  # fmt: skip
+    for name in ("video", "audio", "speech"):
+        (tmp_path / name).mkdir()
+        for video_id, streams in STREAMS.items():
+            if streams[name] is not None:
+                write_feature(tmp_path / name / f"{video_id}.npy", streams[name].numpy().astype("float16"))
+    out = tmp_path / "answers.jsonl"
+    status = cli.main(["evaluate", "longvale", "--model", str(tmp_path / "model"), "--annotations", str(annotations),
+                       "--features", str(tmp_path / "video"), "--audio-features", str(tmp_path / "audio"),
+                       "--speech-features", str(tmp_path / "speech"), "--out", str(out), "--tasks", "grounding",
+                       "--max-new-tokens", "4", "--device", "cpu"])  # fmt: skip
+    assert status == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["video_id"], r["sentence_id"]) for r in records] == [("a", 0), ("a", 1), ("b", 0)]
+    capsys.readouterr()
+    assert cli.main(["score", "longvale", "--answers", str(out), "--annotations", str(annotations)]) == 0
+    scores = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert set(scores) == {"grounding"} and scores["grounding"]["n"] == 3
