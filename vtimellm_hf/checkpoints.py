@@ -150,15 +150,19 @@ def load_projector(model: VTimeLlamaForCausalLM, source: str | Path, name: str =
         module.load_state_dict(projector)
 
 
-def save_projector(model: VTimeLlamaForCausalLM, output_dir: str | Path, write: bool = True) -> Path:
+def save_projector(
+    model: VTimeLlamaForCausalLM, output_dir: str | Path, write: bool = True, name: str = "mm_projector"
+) -> Path:
     """
-    Writes `output_dir/mm_projector.safetensors` with the original key names (`model.mm_projector.weight`, `.bias`).
-    Every process calls it (ZeRO-3 gathers the weights); only those with `write` write.
+    Writes `output_dir/{name}.safetensors` (`mm_projector.safetensors`; AVicuna's stage 2 also `mm_projector_a`)
+    with the original key names (`model.{name}.weight`, `.bias`). Every process calls it (ZeRO-3 gathers the
+    weights); only those with `write` write.
     """
-    path = Path(output_dir) / PROJECTOR_FILE
-    with gathered(model.model.mm_projector):
-        state = {PROJECTOR_PREFIX + name: tensor.detach().cpu().contiguous()
-                 for name, tensor in model.model.mm_projector.state_dict().items()}  # fmt: skip
+    path = Path(output_dir) / f"{name}.safetensors"
+    module = getattr(model.model, name)
+    with gathered(module):
+        state = {f"model.{name}.{part}": tensor.detach().cpu().contiguous()
+                 for part, tensor in module.state_dict().items()}  # fmt: skip
     empty = sorted(name for name, tensor in state.items() if tensor.numel() == 0)
     if empty:
         raise ValueError(f"The projector tensors {empty} are empty (weights partitioned by ZeRO-3 and not gathered?); "
@@ -212,6 +216,8 @@ class StageAdapter:
         # The recorded base (a training machine's path) is not what this adapter applies to once converted
         config.base_model_name_or_path = None
         config.inference_mode = True
+        # Only the LoRA tensors are written: whole modules (`modules_to_save`) are `full_weights`, applied apart
+        config.modules_to_save = None
         config.save_pretrained(str(folder))
         save_file({key: tensor.contiguous() for key, tensor in self.lora_state.items()},
                   str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})  # fmt: skip

@@ -4,6 +4,9 @@
     vtimellm-hf evaluate captioning --model M --annotations val_2.json --features DIR --out predictions.json
     vtimellm-hf score grounding --predictions results.jsonl --annotations charades_sta_test.txt
     vtimellm-hf score captioning --predictions predictions.json --references val_2.json
+    vtimellm-hf evaluate longvale --model M --annotations A --features V --audio-features A --speech-features S \
+        --out longvale.jsonl
+    vtimellm-hf score longvale --answers longvale.jsonl --annotations A
 
 Grounding annotations are read by their extension: Charades-STA `.txt` (`VIDEO_ID START END##sentence`),
 ActivityNet Captions `.json` (one query per event, either layout), or JSON lines `.jsonl` of
@@ -54,6 +57,7 @@ from .inference import (
     add_question_argument,
     generation_kwargs_from_args,
 )
+from .family_evaluation import LONGVALE_TASKS
 from .model import CAPTIONING, GROUNDING
 
 __all__ = [
@@ -213,6 +217,26 @@ def add_subcommand(subparsers) -> None:
     add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
     parser.set_defaults(run=_run_evaluate_captioning)
 
+    parser = tasks.add_parser(
+        "longvale",
+        help="LongVALE-LLM: grounding, dense and segment captioning with video, audio and speech",
+        description="Ask LongVALE's questions (its exact prompts) about every video of its annotations "
+        "{video_id: {duration, timestamps, sentences}} and append {task, video_id, sentence_id, answer} lines to "
+        "--out, from which a rerun resumes. A video without video features is skipped; a missing audio or speech "
+        "file is that stream absent.",
+    )
+    parser.add_argument("--annotations", required=True, metavar="FILE", help="LongVALE's evaluation annotations")
+    parser.add_argument("--features", required=True, metavar="PATH", help="video features: {id}.npy folder or store")
+    parser.add_argument("--audio-features", metavar="PATH", help="BEATs audio features by id")
+    parser.add_argument("--speech-features", metavar="PATH", help="Whisper speech features by id")
+    parser.add_argument("--out", required=True, metavar="FILE", help="where answers go (e.g. longvale.jsonl)")
+    parser.add_argument("--tasks", nargs="+", choices=LONGVALE_TASKS, default=list(LONGVALE_TASKS),
+                        help="the tasks asked (default: all three)")  # fmt: skip
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="questions per batch (default: %(default)s)")
+    _add_selection_arguments(parser)
+    add_generation_arguments(parser, CAPTIONING_MAX_NEW_TOKENS)
+    parser.set_defaults(run=_run_evaluate_longvale)
+
     score = subparsers.add_parser(
         "score", help="score predictions against references", description="Score predictions; the last line is JSON."
     )
@@ -247,6 +271,18 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--references", required=True, metavar="FILE", help="ActivityNet Captions annotations")
     _add_selection_arguments(parser)
     parser.set_defaults(run=_run_score_captioning)
+
+    parser = tasks.add_parser(
+        "longvale",
+        help="LongVALE's grounding, dense captioning and segment captioning scores",
+        description="Grounding R1@{0.3,0.5,0.7} and mIoU, dense captioning SODA_c, CIDEr and METEOR, segment "
+        "captioning BLEU-4, METEOR, ROUGE-L and CIDEr, in percent, of each task answered (captioning needs "
+        "pycocoevalcap and Java).",
+    )
+    parser.add_argument("--answers", required=True, metavar="FILE", help="answers of `evaluate longvale`")
+    parser.add_argument("--annotations", required=True, metavar="FILE", help="LongVALE's evaluation annotations")
+    _add_selection_arguments(parser)
+    parser.set_defaults(run=_run_score_longvale)
 
 
 def _add_evaluation_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -413,5 +449,36 @@ def _run_score_captioning(args: argparse.Namespace) -> int:
         f"SODA_c {scores['soda_c']:.2f}  CIDEr {scores['cider']:.2f}  METEOR {scores['meteor']:.2f}  "
         f"({scores['n']} videos, {scores['missing']} missing)"
     )
+    print(json.dumps(scores))
+    return 0
+
+
+@reports_errors("evaluate longvale", {_EVALUATION_ERRORS: 2})
+def _run_evaluate_longvale(args: argparse.Namespace) -> int:
+    from .data.features import open_feature_store
+    from .family_evaluation import evaluate_longvale, longvale_stream_loader
+
+    kwargs = generation_kwargs_from_args(args)
+    videos = select_videos(read_activitynet_captions(args.annotations), lambda video: video.video_id,
+                           args.annotations, args.video_ids, args.limit)  # fmt: skip
+    stores = [open_feature_store(path) if path else None
+              for path in (args.features, args.audio_features, args.speech_features)]  # fmt: skip
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.trust_remote_code)
+    evaluate_longvale(model, processor, videos, args.out, longvale_stream_loader(*stores), tasks=args.tasks,
+                      batch_size=args.batch_size, progress=True, **kwargs)  # fmt: skip
+    print(f"evaluate longvale: {len(read_jsonl_records(args.out))} answers in {args.out}", file=sys.stderr)
+    return 0
+
+
+@reports_errors("score longvale", {(*USAGE_ERRORS, RuntimeError, ImportError): 2})
+def _run_score_longvale(args: argparse.Namespace) -> int:
+    from .family_evaluation import score_longvale
+
+    videos = select_videos(read_activitynet_captions(args.annotations), lambda video: video.video_id,
+                           args.annotations, args.video_ids, args.limit)  # fmt: skip
+    scores = score_longvale(args.answers, videos)
+    for task, values in scores.items():
+        print(f"{task}: " + "  ".join(f"{name} {value:.2f}" for name, value in values.items()
+                                      if isinstance(value, float)))  # fmt: skip
     print(json.dumps(scores))
     return 0

@@ -241,25 +241,10 @@ def _load(
     expected_dim: int | None,
     streaming: bool,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    if not paths:
-        raise ValueError("No data file given.")
-    for path in paths:
-        # Checked now rather than on first read, which for a streaming dataset may be well into training.
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"No such data file: {os.fspath(path)}")
-    gen_kwargs = {
-        # A tuple, not a list: `datasets` would split a list in `gen_kwargs` into shards, and the skip report
-        # must cover all files.
-        "paths": tuple(os.fspath(path) for path in paths),
-        "convert": convert,
-        "on_error": on_error,
-        "skipped_report": skipped_report,
-        "feature_store": feature_store,
-        "expected_rows": expected_rows,
-        "expected_dim": expected_dim,
-    }
+    gen_kwargs = _generator_kwargs(
+        paths, convert=convert, on_error=on_error, skipped_report=skipped_report, feature_store=feature_store,
+        expected_rows=expected_rows, expected_dim=expected_dim,
+    )  # fmt: skip
     if streaming:
         return datasets.IterableDataset.from_generator(
             _generate_examples, features=RECORD_FEATURES, gen_kwargs=gen_kwargs
@@ -267,33 +252,52 @@ def _load(
     return _build_dataset(_generate_examples(**gen_kwargs))
 
 
-def _build_dataset(examples: Iterator[dict]) -> datasets.Dataset:
+def _generator_kwargs(paths: tuple[PathLike, ...], **settings: Any) -> dict:
     """
-    An in-memory dataset of `examples`, converted to Arrow `_BATCH_SIZE` records at a time.
+    The arguments of [`_generate_examples`] (`paths` and its `settings`: `convert`, `on_error`, ...), checked: the
+    family's loaders read files through it too.
+    """
+    if settings["on_error"] not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {settings['on_error']!r}")
+    if not paths:
+        raise ValueError("No data file given.")
+    for path in paths:
+        # Checked now rather than on first read, which for a streaming dataset may be well into training.
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No such data file: {os.fspath(path)}")
+    # A tuple, not a list: `datasets` would split a list in `gen_kwargs` into shards, and the skip report must cover
+    # all files.
+    return {"paths": tuple(os.fspath(path) for path in paths), **settings}
+
+
+def _build_dataset(examples: Iterator[dict], features: datasets.Features = RECORD_FEATURES) -> datasets.Dataset:
+    """
+    An in-memory dataset of `examples` with the columns of `features` (the family's loaders add theirs), converted
+    to Arrow `_BATCH_SIZE` records at a time.
 
     `Dataset.from_generator` is not used: it caches the result under a fingerprint of the file *path*, so an edited
     file would silently load its old records.
     """
     parts = []
-    columns = {name: [] for name in RECORD_FEATURES}
+    columns = {name: [] for name in features}
     for example in examples:
         for name in columns:
             columns[name].append(example[name])
         if len(columns["id"]) == _BATCH_SIZE:
-            parts.append(_columns_to_dataset(columns))
-            columns = {name: [] for name in RECORD_FEATURES}
+            parts.append(_columns_to_dataset(columns, features))
+            columns = {name: [] for name in features}
     if columns["id"] or not parts:
-        parts.append(_columns_to_dataset(columns))
+        parts.append(_columns_to_dataset(columns, features))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _columns_to_dataset(columns: dict[str, list]) -> datasets.Dataset:
+def _columns_to_dataset(columns: dict[str, list], features: datasets.Features = RECORD_FEATURES) -> datasets.Dataset:
     # Arrow arrays of the schema's types, given as such: `from_dict` would otherwise run the per-example Python
     # encoding of `Features`, which the plain strings and numbers of this schema do not need and which dominates the
     # loading time of large files.
-    schema = RECORD_FEATURES.arrow_schema
+    schema = features.arrow_schema
     arrays = {name: pa.array(values, type=schema.field(name).type) for name, values in columns.items()}
-    return datasets.Dataset.from_dict(arrays, features=RECORD_FEATURES)
+    return datasets.Dataset.from_dict(arrays, features=features)
 
 
 def _generate_examples(

@@ -69,9 +69,9 @@ class VTimeDataCollator:
                 return_assistant_tokens_mask=True,
                 # The ids depend on the number of feature rows only: the features themselves are read by __call__
                 processor_kwargs={
-                    "video_features": [torch.empty(self.num_rows, 0)],
+                    **self.placeholder_rows(example),
                     "truncation": True,
-                    "max_length": self.max_length,
+                    "max_length": self.length_limit(example),
                 },
             )
         except ValueError as error:
@@ -79,6 +79,18 @@ class VTimeDataCollator:
         input_ids, assistant_mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
         labels = [token_id if trained else IGNORE_INDEX for token_id, trained in zip(input_ids, assistant_mask)]
         return {"input_ids": input_ids, "labels": labels}
+
+    def length_limit(self, example: dict) -> int:
+        """The longest the record's sequence may be, in tokens: `max_length`, feature rows included."""
+        return self.max_length
+
+    def placeholder_rows(self, example: dict) -> dict[str, list]:
+        """The processor's feature arguments with the record's row counts alone (`(rows, 0)` tensors)."""
+        return {"video_features": [torch.empty(self.num_rows, 0)]}
+
+    def batch_features(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """The model's feature arguments of a batch: `video_features (batch, rows, mm_hidden_size)`."""
+        return {"video_features": torch.stack([self.load_features(example) for example in examples])}
 
     def load_features(self, example: dict) -> torch.Tensor:
         """The `(rows, mm_hidden_size)` features of a record; a stage-1 image `(D,)` is one row."""
@@ -109,7 +121,7 @@ class VTimeDataCollator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "video_features": torch.stack([self.load_features(example) for example in examples]),
+            **self.batch_features(examples),
         }
 
 
