@@ -1,9 +1,10 @@
 """Tiny, randomly initialised stand-ins for Vicuna, its tokenizer, CLIP and the audio encoders (Whisper, CLAP, BEATs),
-built locally without network.
+and for the other backbones (Qwen3 and its byte-level BPE tokenizer), built locally without network.
 
 They exercise the real loading code (`from_pretrained` on a folder) in the tests and in `make demo`: the tokenizer
-is a real SentencePiece LLaMA tokenizer trained on a small corpus, the encoder a real
-`CLIPVisionModelWithProjection`, the model a real `VTimeLlamaForCausalLM`.
+is a real SentencePiece LLaMA tokenizer trained on a small corpus (or a real `Qwen2Tokenizer`, byte-level BPE trained
+with `tokenizers`), the encoder a real `CLIPVisionModelWithProjection`, the model a real `VTimeLlamaForCausalLM` (or
+the backbone's VTimeLLM class).
 """
 
 import json
@@ -15,20 +16,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
     ClapConfig,
     ClapFeatureExtractor,
     ClapModel,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
-    LlamaConfig,
-    LlamaForCausalLM,
     LlamaTokenizer,
+    PreTrainedModel,
+    Qwen2Tokenizer,
     WhisperConfig,
     WhisperFeatureExtractor,
     WhisperModel,
 )
 
-from .model import VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaConfig, VTimeLlamaForCausalLM
+from .model import BACKBONES, VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaForCausalLM
+from .model.chat_formats import QWEN3_CHAT_TEMPLATE
 from .model.beats_vtime import BeatsModel
 from .model.video_processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
 
@@ -83,6 +88,48 @@ def build_tiny_tokenizer(
     tokenizer.chat_template = VICUNA_V1_CHAT_TEMPLATE
     tokenizer.save_pretrained(output_dir)
     return LlamaTokenizer.from_pretrained(output_dir)
+
+
+# Qwen's special tokens, and the thinking markers, which are added tokens but not special ones
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_THINKING_TOKENS = ("<think>", "</think>")
+
+
+def build_tiny_qwen_tokenizer(output_dir: str | Path, corpus: Iterable[str] = (), vocab_size: int = 512):
+    """
+    Trains a byte-level BPE shaped like Qwen3's (its pre-tokenizer: GPT-style splits with one digit per piece, bytes
+    mapped to characters; no BOS; `<|endoftext|>` pads, `<|im_end|>` ends a turn, `<think>` and `</think>` added),
+    saves it as a `Qwen2Tokenizer` (Qwen3's tokenizer class) with the `<video>` token and Qwen3's chat template with
+    the placeholder, and returns it loaded back.
+    """
+    import tokenizers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[QWEN_SPECIAL_TOKENS[0]],
+        show_progress=False,
+    )
+    bpe.train_from_iterator([*_BASE_CORPUS, *corpus], trainer)
+    trained = json.loads(bpe.to_str())["model"]
+    tokenizer = Qwen2Tokenizer(
+        vocab=trained["vocab"],
+        merges=[tuple(merge) for merge in trained["merges"]],
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[*QWEN_SPECIAL_TOKENS[1:], VIDEO_TOKEN],
+    )
+    tokenizer.add_tokens(list(QWEN_THINKING_TOKENS))
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output_dir)
+    return AutoTokenizer.from_pretrained(output_dir)
 
 
 def build_tiny_frame_encoder(
@@ -254,17 +301,25 @@ def build_tiny_beats_checkpoint(path: str | Path, seed: int = 0, predictor: bool
     return path
 
 
-def build_tiny_llama(output_dir: str | Path, tokenizer, seed: int = 0, **llama_overrides) -> LlamaForCausalLM:
-    """A random plain `LlamaForCausalLM` saved with `tokenizer`: a stand-in for Vicuna that the recipes load by path."""
+def _tiny_decoder_settings(tokenizer, overrides: dict) -> dict:
+    """The tiny decoder's settings, sized to `tokenizer`, with its head width (Qwen3's default is 128) set by the
+    width and the heads."""
+    settings = {**TINY_LLAMA, **overrides}
+    settings.setdefault("head_dim", settings["hidden_size"] // settings["num_attention_heads"])
+    return dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, **settings)  # fmt: skip
+
+
+def build_tiny_llama(
+    output_dir: str | Path, tokenizer, seed: int = 0, model_type: str = "llama", **llama_overrides
+) -> PreTrainedModel:
+    """
+    A random plain decoder (a `LlamaForCausalLM`, or of another `model_type` of [`BACKBONES`]: `qwen3`, ...) saved
+    with `tokenizer`: a stand-in for Vicuna (or the backbone's LLM) that the recipes load by path.
+    """
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_LLAMA, **llama_overrides},
-    )
-    model = LlamaForCausalLM(config)
+    config = AutoConfig.for_model(model_type, **_tiny_decoder_settings(tokenizer, llama_overrides))
+    model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return model
@@ -289,8 +344,8 @@ def pretrain_tiny_llama(
     """
     torch.manual_seed(seed)
     model_dir = Path(model_dir)
-    tokenizer = LlamaTokenizer.from_pretrained(model_dir)
-    model = LlamaForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     ids = [token for text in texts for token in tokenizer(text).input_ids + [tokenizer.eos_token_id]]
     blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
     if len(blocks) < batch_size:
@@ -313,18 +368,17 @@ def pretrain_tiny_llama(
 
 
 def build_tiny_vtime_model(
-    tokenizer, mm_hidden_size: int = 32, num_frames: int = 100, seed: int = 0, **llama_overrides
+    tokenizer, mm_hidden_size: int = 32, num_frames: int = 100, seed: int = 0, model_type: str = "llama",
+    **llama_overrides,
 ) -> VTimeLlamaForCausalLM:
-    """A random `VTimeLlamaForCausalLM` (2 layers, hidden 64 unless overridden) sized to `tokenizer`."""
+    """A random `VTimeLlamaForCausalLM` (or the VTimeLLM class of another decoder `model_type` of [`BACKBONES`]; 2
+    layers, hidden 64 unless overridden) sized to `tokenizer`."""
     torch.manual_seed(seed)
-    config = VTimeLlamaConfig(
-        vocab_size=len(tokenizer),
+    config_class, model_class = BACKBONES[model_type]
+    config = config_class(
         mm_hidden_size=mm_hidden_size,
         num_frames=num_frames,
         video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_LLAMA, **llama_overrides},
+        **_tiny_decoder_settings(tokenizer, llama_overrides),
     )
-    return VTimeLlamaForCausalLM(config).eval()
+    return model_class(config).eval()

@@ -9,6 +9,7 @@ through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
 import transformers
 from transformers import AutoConfig, AutoProcessor
 
+from .configuration_vtime_backbones import VTimeMistralConfig, VTimeQwen2Config, VTimeQwen3Config
 from .configuration_vtime_llama import (
     STREAM_LAYOUTS,
     STREAM_NAMES,
@@ -17,6 +18,16 @@ from .configuration_vtime_llama import (
     VTimeLlamaConfig,
     avicuna_streams,
     longvale_streams,
+)
+from .modeling_vtime_backbones import (
+    VTimeDecoderForCausalLMMixin,
+    VTimeDecoderModelMixin,
+    VTimeMistralForCausalLM,
+    VTimeMistralModel,
+    VTimeQwen2ForCausalLM,
+    VTimeQwen2Model,
+    VTimeQwen3ForCausalLM,
+    VTimeQwen3Model,
 )
 from .modeling_vtime_llama import (
     GENERATING_AUTO_CLASSES,
@@ -57,17 +68,29 @@ from .video_processing_vtime import (
     read_frame_preprocessing,
 )
 
-# In this process the Auto classes resolve "vtime_llama" to these classes; a saved folder also carries the files
-# and an `auto_map`, so that `trust_remote_code=True` loads it where this package is not installed.
-AutoConfig.register(VTimeLlamaConfig.model_type, VTimeLlamaConfig, exist_ok=True)
-for _auto_class in GENERATING_AUTO_CLASSES:
-    getattr(transformers, _auto_class).register(VTimeLlamaConfig, VTimeLlamaForCausalLM, exist_ok=True)
-AutoProcessor.register(VTimeLlamaConfig, VTimeProcessor, exist_ok=True)
-VTimeLlamaConfig.register_for_auto_class("AutoConfig")
-VTimeLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+# The VTimeLLM configuration and model of each decoder LLM, by the decoder's model type: a checkpoint of that
+# decoder (Vicuna and Llama 3 are "llama"; Qwen2.5 is "qwen2") becomes one of these with the stage-1 projector
+BACKBONES = {
+    "llama": (VTimeLlamaConfig, VTimeLlamaForCausalLM),
+    "qwen3": (VTimeQwen3Config, VTimeQwen3ForCausalLM),
+    "qwen2": (VTimeQwen2Config, VTimeQwen2ForCausalLM),
+    "mistral": (VTimeMistralConfig, VTimeMistralForCausalLM),
+}
+
+# In this process the Auto classes resolve "vtime_llama" (and each backbone's type) to these classes; a saved folder
+# also carries the files and an `auto_map`, so that `trust_remote_code=True` loads it where this package is not
+# installed.
+for _config_class, _model_class in BACKBONES.values():
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    for _auto_class in GENERATING_AUTO_CLASSES:
+        getattr(transformers, _auto_class).register(_config_class, _model_class, exist_ok=True)
+    AutoProcessor.register(_config_class, VTimeProcessor, exist_ok=True)
+    _config_class.register_for_auto_class("AutoConfig")
+    _model_class.register_for_auto_class("AutoModelForCausalLM")
 VTimeProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "BACKBONES",
     "CAPTIONING",
     "CLIP_MEAN",
     "CLIP_STD",
@@ -81,13 +104,24 @@ __all__ = [
     "VIDEO_BACKENDS",
     "VIDEO_TOKEN",
     "VTimeCausalLMMixin",
+    "VTimeDecoderForCausalLMMixin",
+    "VTimeDecoderModelMixin",
     "VTimeFeatureSpliceMixin",
     "VTimeFeatureStreamsConfigMixin",
     "VTimeFrameEncoder",
     "VTimeLlamaConfig",
     "VTimeLlamaForCausalLM",
     "VTimeLlamaModel",
+    "VTimeMistralConfig",
+    "VTimeMistralForCausalLM",
+    "VTimeMistralModel",
     "VTimeProcessor",
+    "VTimeQwen2Config",
+    "VTimeQwen2ForCausalLM",
+    "VTimeQwen2Model",
+    "VTimeQwen3Config",
+    "VTimeQwen3ForCausalLM",
+    "VTimeQwen3Model",
     "VTimeVideoProcessor",
     "avicuna_streams",
     "check_video_backend",

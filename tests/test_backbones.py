@@ -1,0 +1,125 @@
+"""The VTimeLLM recipe on other decoder LLMs (Qwen3, Qwen2/2.5, Mistral): the classes, their saved folders loaded as
+remote code, each backbone's chat template and its token ids."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from vtimellm_hf import BACKBONES, VIDEO_TOKEN, VTimeProcessor
+from vtimellm_hf.model.modeling_vtime_llama import GENERATING_AUTO_CLASSES
+from vtimellm_hf.model.chat_formats import (
+    LLAMA3_CHAT_TEMPLATE,
+    MISTRAL_CHAT_TEMPLATE,
+    QWEN2_5_CHAT_TEMPLATE,
+    QWEN3_CHAT_TEMPLATE,
+    chat_template_of,
+)
+from vtimellm_hf.tiny_models import build_tiny_qwen_tokenizer, build_tiny_vtime_model
+
+from conftest import TOKENIZER_CORPUS
+from test_remote_code import REMOTE_SCRIPT
+
+OTHER_BACKBONES = ["qwen3", "qwen2", "mistral"]
+# The question REMOTE_SCRIPT asks
+QUESTION = "When does it happen?"
+ANSWER = "He cracks it from 12 to 47."
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(tmp_path_factory):
+    return build_tiny_qwen_tokenizer(tmp_path_factory.mktemp("qwen") / "tokenizer", TOKENIZER_CORPUS)
+
+
+@pytest.fixture
+def qwen_processor(qwen_tokenizer, frame_encoder_path):
+    return VTimeProcessor(tokenizer=qwen_tokenizer, chat_template=QWEN3_CHAT_TEMPLATE,
+                          frame_encoder_name_or_path=str(frame_encoder_path), frame_size=32)  # fmt: skip
+
+
+def video_messages(answer: str | None = None) -> list[dict]:
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    return messages + ([{"role": "assistant", "content": answer}] if answer else [])
+
+
+@pytest.mark.parametrize("model_type", OTHER_BACKBONES)
+def test_splice_equals_the_plain_decoder_fed_projected_rows(model_type, qwen_tokenizer):
+    """The backbone's logits equal those of the decoder's own class, with the same weights loaded by name, fed the
+    embeddings with each placeholder replaced by the projector applied by hand."""
+    model = build_tiny_vtime_model(qwen_tokenizer, mm_hidden_size=8, model_type=model_type)
+    config_class, model_class = BACKBONES[model_type]
+    assert type(model) is model_class and model.config.model_type == f"vtime_{model_type}"
+    plain_config = AutoConfig.for_model(model_type, **{key: value for key, value in model.config.to_dict().items()
+                                                       if key not in ("model_type", "architectures")})  # fmt: skip
+    plain = AutoModelForCausalLM.from_config(plain_config).eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == ["model.mm_projector.bias", "model.mm_projector.weight"]
+
+    video_id = model.config.video_token_id
+    input_ids = torch.tensor([[5, video_id, video_id, video_id, 7, 9], [6, 8, video_id, video_id, video_id, 4]])
+    features = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0))
+    weight, bias = model.model.mm_projector.weight, model.model.mm_projector.bias
+    embeddings = plain.get_input_embeddings()(input_ids).detach().clone()
+    for sample, start in ((0, 1), (1, 2)):
+        embeddings[sample, start : start + 3] = features[sample] @ weight.T + bias
+    with torch.no_grad():
+        spliced = model(input_ids=input_ids, video_features=features).logits
+        expected = plain(inputs_embeds=embeddings).logits
+    torch.testing.assert_close(spliced, expected)
+
+
+@pytest.mark.parametrize("model_type", OTHER_BACKBONES)
+def test_every_generating_auto_class_builds_each_backbone(model_type, qwen_tokenizer, tmp_path):
+    model = build_tiny_vtime_model(qwen_tokenizer, model_type=model_type)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config_class, model_class = BACKBONES[model_type]
+    reference = f"modeling_vtime_backbones.{model_class.__name__}"
+    assert config["auto_map"] == {"AutoConfig": f"configuration_vtime_backbones.{config_class.__name__}",
+                                  **dict.fromkeys(GENERATING_AUTO_CLASSES, reference)}  # fmt: skip
+    for auto_class in GENERATING_AUTO_CLASSES:
+        loaded = getattr(transformers, auto_class).from_pretrained(tmp_path)
+        assert type(loaded) is model_class, auto_class
+        torch.testing.assert_close(loaded.model.mm_projector.weight, model.model.mm_projector.weight)
+
+
+def test_qwen3_folder_loads_as_remote_code_without_the_package(tmp_path, qwen_tokenizer, qwen_processor):
+    model = build_tiny_vtime_model(qwen_tokenizer, model_type="qwen3")
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    qwen_processor.save_pretrained(folder)
+    # The backbone's files and the family files they import relatively, copied by transformers with them
+    code_files = {path.name for path in folder.glob("*.py")}
+    assert {"configuration_vtime_backbones.py", "modeling_vtime_backbones.py", "configuration_vtime_llama.py",
+            "modeling_vtime_llama.py", "processing_vtime.py"} <= code_files  # fmt: skip
+    assert "chat_formats.py" not in code_files
+
+    features = torch.randn(1, 100, model.config.mm_hidden_size, generator=torch.Generator().manual_seed(3))
+    torch.save({"video_features": features}, tmp_path / "inputs.pt")
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
+        env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads((tmp_path / "out.json").read_text())
+
+    config_module, model_class, model_module, causal_lm_class, processor_class, processor_module = remote["classes"]
+    assert not remote["vtimellm_hf_loaded"]
+    assert config_module.startswith("transformers_modules.") and model_module.startswith("transformers_modules.")
+    assert model_class == causal_lm_class == "VTimeQwen3ForCausalLM"
+    assert processor_class == "VTimeProcessor" and processor_module.startswith("transformers_modules.")
+    assert remote["chat_templates"]["default"] == QWEN3_CHAT_TEMPLATE
+
+    prompt = qwen_processor.apply_chat_template(video_messages(), add_generation_prompt=True)
+    local = qwen_processor(text=prompt, video_features=features, return_tensors="pt")
+    assert remote["input_ids"] == local["input_ids"].tolist()
+    with torch.no_grad():
+        local_logits = model(**local).logits[0, -1]
+    torch.testing.assert_close(torch.tensor(remote["logits"]), local_logits, rtol=1e-5, atol=1e-5)
+    assert remote["generated"] == model.generate(**local, max_new_tokens=5, min_new_tokens=5, do_sample=False).tolist()
