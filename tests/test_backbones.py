@@ -123,3 +123,82 @@ def test_qwen3_folder_loads_as_remote_code_without_the_package(tmp_path, qwen_to
         local_logits = model(**local).logits[0, -1]
     torch.testing.assert_close(torch.tensor(remote["logits"]), local_logits, rtol=1e-5, atol=1e-5)
     assert remote["generated"] == model.generate(**local, max_new_tokens=5, min_new_tokens=5, do_sample=False).tolist()
+
+
+def test_qwen3_template_writes_chatml_with_an_empty_thinking_block_before_every_answer(qwen_processor):
+    messages = video_messages(ANSWER) + [{"role": "user", "content": "And then?"}]
+    prompt = qwen_processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == (
+        f"<|im_start|>user\n<video>\n{QUESTION}<|im_end|>\n"
+        f"<|im_start|>assistant\n<think>\n\n</think>\n\n{ANSWER}<|im_end|>\n"
+        "<|im_start|>user\nAnd then?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    system = [{"role": "system", "content": "Be brief."}]
+    assert qwen_processor.apply_chat_template(system + video_messages()).startswith(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<video>\n"
+    )
+
+
+def test_qwen2_5_template_has_its_default_system_message(qwen_tokenizer, frame_encoder_path):
+    processor = VTimeProcessor(tokenizer=qwen_tokenizer, chat_template=chat_template_of("qwen2.5"),
+                               frame_encoder_name_or_path=str(frame_encoder_path))  # fmt: skip
+    assert processor.apply_chat_template(video_messages(ANSWER)) == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>user\n<video>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n{ANSWER}<|im_end|>\n"
+    )
+    system = [{"role": "system", "content": "Be brief."}]
+    assert processor.apply_chat_template(system + video_messages()).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def test_llama3_and_mistral_templates_write_their_formats(processor):
+    processor.chat_template = {**processor.chat_template, "default": LLAMA3_CHAT_TEMPLATE}
+    assert processor.apply_chat_template(video_messages(ANSWER), add_generation_prompt=False) == (
+        f"<|start_header_id|>user<|end_header_id|>\n\n<video>\n{QUESTION}<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\n{ANSWER}<|eot_id|>"
+    )
+    processor.chat_template = {**processor.chat_template, "default": MISTRAL_CHAT_TEMPLATE}
+    system = [{"role": "system", "content": "Be brief."}]
+    assert processor.apply_chat_template(system + video_messages(ANSWER)) == (
+        f"[INST] Be brief.\n\n<video>\n{QUESTION}[/INST] {ANSWER}</s>"
+    )
+    with pytest.raises(ValueError, match="chat_format 'qwen4'.*vicuna_v1, qwen3, qwen2.5, llama3, mistral"):
+        chat_template_of("qwen4")
+
+
+@pytest.mark.parametrize("chat_format", ["qwen3", "qwen2.5"])
+def test_qwen_ids_are_the_whole_prompt_tokenized_with_the_placeholder_expanded(chat_format, qwen_tokenizer,
+                                                                               qwen_processor):  # fmt: skip
+    """A byte-level BPE has no space marker to lose: the processor's ids are the tokenizer's on the whole prompt,
+    the one `<video>` id repeated once per row, and the text on each side of the placeholder keeps the ids it has
+    alone."""
+    qwen_processor.chat_template = {**qwen_processor.chat_template, "default": chat_template_of(chat_format)}
+    prompt = qwen_processor.apply_chat_template(video_messages(), add_generation_prompt=True)
+    ids = qwen_processor(text=prompt, video_features=torch.zeros(4, 32))["input_ids"][0]
+
+    video_id = qwen_tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+    whole = qwen_tokenizer(prompt)["input_ids"]
+    assert whole.count(video_id) == 1 and qwen_tokenizer("")["input_ids"] == []
+    at = whole.index(video_id)
+    assert ids == whole[:at] + [video_id] * 4 + whole[at + 1 :]
+    before, after = prompt.split(VIDEO_TOKEN)
+    assert ids == qwen_tokenizer(before)["input_ids"] + [video_id] * 4 + qwen_tokenizer(after)["input_ids"]
+    # The question keeps the ids it has in a text without the placeholder
+    question = qwen_tokenizer(f"\n{QUESTION}<|im_end|>")["input_ids"]
+    assert ids[at + 4 : at + 4 + len(question)] == question
+
+
+def test_qwen3_training_ids_mark_the_answer_and_its_end_of_turn_only(qwen_tokenizer, qwen_processor):
+    encoded = qwen_processor.apply_chat_template(
+        video_messages(ANSWER), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        processor_kwargs={"video_features": [torch.zeros(3, 32)]},
+    )  # fmt: skip
+    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    trained = [token for token, marked in zip(ids, mask) if marked]
+    assert trained == qwen_tokenizer(ANSWER + "<|im_end|>")["input_ids"]
+    # Two-digit frame indices, one digit a token as Qwen's pre-tokenizer splits numbers
+    assert qwen_tokenizer.convert_ids_to_tokens(trained)[-5:] == ["Ġ", "4", "7", ".", "<|im_end|>"]
+    prompt = qwen_processor.apply_chat_template(video_messages(), add_generation_prompt=True)
+    expected_prompt = qwen_processor(text=prompt, video_features=torch.zeros(3, 32))["input_ids"][0]
+    assert ids[: len(expected_prompt)] == expected_prompt and not any(mask[: len(expected_prompt)])
+    assert ids[len(expected_prompt) :] == trained + qwen_tokenizer("\n")["input_ids"]
