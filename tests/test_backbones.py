@@ -148,7 +148,8 @@ def test_qwen2_5_template_has_its_default_system_message(qwen_tokenizer, frame_e
         f"<|im_start|>user\n<video>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n{ANSWER}<|im_end|>\n"
     )
     system = [{"role": "system", "content": "Be brief."}]
-    assert processor.apply_chat_template(system + video_messages()).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    with_system = processor.apply_chat_template(system + video_messages())
+    assert with_system.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
 
 
 def test_llama3_and_mistral_templates_write_their_formats(processor):
@@ -202,3 +203,26 @@ def test_qwen3_training_ids_mark_the_answer_and_its_end_of_turn_only(qwen_tokeni
     expected_prompt = qwen_processor(text=prompt, video_features=torch.zeros(3, 32))["input_ids"][0]
     assert ids[: len(expected_prompt)] == expected_prompt and not any(mask[: len(expected_prompt)])
     assert ids[len(expected_prompt) :] == trained + qwen_tokenizer("\n")["input_ids"]
+
+
+def test_a_base_of_a_decoder_without_a_vtimellm_class_is_refused_naming_those_there_are(qwen_tokenizer, tmp_path):
+    from vtimellm_hf.checkpoints import load_model
+
+    AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"is a 'gpt2' model; VTimeLLM is built on the decoders llama, qwen3, qwen2, "
+                                         r"mistral \(Llama 3 is 'llama', Qwen2.5 'qwen2'\)"):  # fmt: skip
+        load_model(str(tmp_path), qwen_tokenizer)
+
+
+def test_a_qwen3_base_becomes_its_vtimellm_class_with_its_weights(qwen_tokenizer, tmp_path):
+    from vtimellm_hf.checkpoints import load_model, load_tokenizer
+    from vtimellm_hf.tiny_models import build_tiny_llama
+
+    base = build_tiny_llama(tmp_path, qwen_tokenizer, model_type="qwen3")
+    tokenizer = load_tokenizer(str(tmp_path), chat_format="qwen3")
+    assert tokenizer.chat_template == QWEN3_CHAT_TEMPLATE and tokenizer.pad_token == "<|endoftext|>"
+    model = load_model(str(tmp_path), tokenizer, mm_hidden_size=8)
+    assert type(model).__name__ == "VTimeQwen3ForCausalLM"
+    assert model.config.video_token_id == tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+    for name, tensor in base.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)

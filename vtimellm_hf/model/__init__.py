@@ -4,6 +4,26 @@
 frame encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers. The audio
 streams of LongVALE and AVicuna (`audio_processing_vtime.py`: the Whisper, BEATs and CLAP encoders) read audio tracks
 through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
+
+On other decoder LLMs (`configuration_vtime_backbones.py`, `modeling_vtime_backbones.py`): Qwen3, Qwen2/Qwen2.5 and
+Mistral each get a small configuration, base model and causal LM built from the family's mixins, beside
+`VTimeLlamaForCausalLM` (which Llama 3 checkpoints use: they are the LLaMA architecture); `BACKBONES` maps a decoder's
+model type to its classes. Why not a composite configuration holding a `text_config`, as transformers' LLaVA does:
+
+- Conversion of Vicuna releases stays as it is. The released checkpoints name the decoder's weights `model.layers.*`
+  and the projector `model.mm_projector.*` on the same module; a composite puts the decoder under
+  `model.language_model.*`, so every released checkpoint, its LoRA adapters and PEFT's target names would need a key
+  mapping, and `VTimeLlamaForCausalLM` would change. A decoder's own checkpoint (`Qwen/Qwen3-8B`) likewise loads
+  into its VTimeLLM class by name, which is what stage 1 does.
+- The splice is written once: `VTimeFeatureSpliceMixin.embed_with_features`, called by every backbone's base model
+  (`VTimeLlamaModel.forward`, `VTimeDecoderModelMixin.forward`), where TRL's fused LM head, which calls `model.model` directly, also goes.
+- Hub files stay self-contained: a checkpoint's `config.json` holds the decoder's own fields flat (as the decoder's
+  checkpoint does) plus the adapter's, under one model type (`vtime_qwen3`), and its code files are the backbone's
+  pair and the family files they import relatively, nothing else. A composite would also have to resolve its
+  `text_config`'s class at load time, for every decoder, inside the remote code.
+- The cost is a configuration and two classes of a few lines per decoder, registered with the Auto classes.
+
+Chat templates of each backbone are in `chat_formats.py` (saved with the processor, so not a file that travels).
 """
 
 import transformers
