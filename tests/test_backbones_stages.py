@@ -123,3 +123,23 @@ def test_liger_kernels_are_applied_by_the_decoder_type(monkeypatch):
     model = build_tiny_vtime_model(Tokenizer(), model_type="qwen3")
     apply_liger_kernels(model, {"rms_norm": True, "fused_linear_cross_entropy": True})
     assert calls == [("qwen3", {"model": model, "rms_norm": True, "fused_linear_cross_entropy": False})]
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_has_a_qwen3_case_with_grouped_key_value_heads(tmp_path):
+    """`run_gpu.py --smoke --cases train_qwen3`: the case's path at tiny sizes (hidden 64, 2 layers, 4 query and 2
+    key-value heads of width 16, MLP 128, vocab 2048, LoRA r 64); its FLOPs count the narrower k and v projections."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "run_gpu.py"), "--smoke", "--cases",
+                             "train_qwen3", "--out-dir", str(tmp_path)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    entries = {entry["name"]: entry for entry in json.loads((tmp_path / "results_gpu.json").read_text())}
+    assert list(entries) == ["train_qwen3", "padding_waste_qwen3"]
+    assert entries["train_qwen3"]["model"].startswith("Qwen3 2 layers, hidden 64")
+    hidden, layers, mlp, vocab, rank, kv_width = 64, 2, 128, 2048, 64, 2 * 16
+    projections = [(hidden, hidden), (hidden, kv_width), (hidden, kv_width), (hidden, hidden), (hidden, mlp),
+                   (hidden, mlp), (mlp, hidden)]  # fmt: skip
+    frozen = layers * sum(inputs * outputs for inputs, outputs in projections) + hidden * vocab
+    lora = layers * sum(rank * (inputs + outputs) for inputs, outputs in projections)
+    per_token = entries["train_qwen3"]["flops_per_token"]
+    assert 4 * frozen + 6 * lora < per_token < 4 * frozen + 6 * lora + 12 * layers * hidden * 2048
