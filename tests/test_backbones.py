@@ -20,7 +20,7 @@ from vtimellm_hf.model.chat_formats import (
     QWEN3_CHAT_TEMPLATE,
     chat_template_of,
 )
-from vtimellm_hf.tiny_models import build_tiny_qwen_tokenizer, build_tiny_vtime_model
+from vtimellm_hf.tiny_models import build_tiny_llama3_tokenizer, build_tiny_qwen_tokenizer, build_tiny_vtime_model
 
 from conftest import TOKENIZER_CORPUS
 from test_remote_code import REMOTE_SCRIPT
@@ -34,6 +34,11 @@ ANSWER = "He cracks it from 12 to 47."
 @pytest.fixture(scope="module")
 def qwen_tokenizer(tmp_path_factory):
     return build_tiny_qwen_tokenizer(tmp_path_factory.mktemp("qwen") / "tokenizer", TOKENIZER_CORPUS)
+
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer(tmp_path_factory):
+    return build_tiny_llama3_tokenizer(tmp_path_factory.mktemp("llama3") / "tokenizer", TOKENIZER_CORPUS)
 
 
 @pytest.fixture
@@ -167,26 +172,48 @@ def test_llama3_and_mistral_templates_write_their_formats(processor):
         chat_template_of("qwen4")
 
 
-@pytest.mark.parametrize("chat_format", ["qwen3", "qwen2.5"])
-def test_qwen_ids_are_the_whole_prompt_tokenized_with_the_placeholder_expanded(chat_format, qwen_tokenizer,
-                                                                               qwen_processor):  # fmt: skip
-    """A byte-level BPE has no space marker to lose: the processor's ids are the tokenizer's on the whole prompt,
-    the one `<video>` id repeated once per row, and the text on each side of the placeholder keeps the ids it has
-    alone."""
-    qwen_processor.chat_template = {**qwen_processor.chat_template, "default": chat_template_of(chat_format)}
-    prompt = qwen_processor.apply_chat_template(video_messages(), add_generation_prompt=True)
-    ids = qwen_processor(text=prompt, video_features=torch.zeros(4, 32))["input_ids"][0]
+@pytest.mark.parametrize("chat_format", ["qwen3", "qwen2.5", "llama3"])
+def test_byte_level_bpe_ids_are_the_whole_prompt_tokenized_with_the_placeholder_expanded(
+    chat_format, qwen_tokenizer, llama3_tokenizer, frame_encoder_path
+):
+    """A byte-level BPE (Qwen, Llama 3) has no space marker to lose: the processor's ids are the tokenizer's on the
+    whole prompt (Llama 3's BOS in front), the one `<video>` id repeated once per row, and the text on each side of
+    the placeholder keeps the ids it has alone."""
+    tokenizer = llama3_tokenizer if chat_format == "llama3" else qwen_tokenizer
+    processor = VTimeProcessor(tokenizer=tokenizer, chat_template=chat_template_of(chat_format),
+                               frame_encoder_name_or_path=str(frame_encoder_path))  # fmt: skip
+    prompt = processor.apply_chat_template(video_messages(), add_generation_prompt=True)
+    ids = processor(text=prompt, video_features=torch.zeros(4, 32))["input_ids"][0]
 
-    video_id = qwen_tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
-    whole = qwen_tokenizer(prompt)["input_ids"]
-    assert whole.count(video_id) == 1 and qwen_tokenizer("")["input_ids"] == []
+    video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+    whole = tokenizer(prompt)["input_ids"]
+    assert whole.count(video_id) == 1
     at = whole.index(video_id)
     assert ids == whole[:at] + [video_id] * 4 + whole[at + 1 :]
     before, after = prompt.split(VIDEO_TOKEN)
-    assert ids == qwen_tokenizer(before)["input_ids"] + [video_id] * 4 + qwen_tokenizer(after)["input_ids"]
+    start, end = (tokenizer(text, add_special_tokens=False)["input_ids"] for text in (before, after))
+    assert ids == tokenizer("")["input_ids"] + start + [video_id] * 4 + end
     # The question keeps the ids it has in a text without the placeholder
-    question = qwen_tokenizer(f"\n{QUESTION}<|im_end|>")["input_ids"]
+    question = tokenizer(f"\n{QUESTION}", add_special_tokens=False)["input_ids"]
     assert ids[at + 4 : at + 4 + len(question)] == question
+
+
+def test_llama3_training_ids_mark_the_answer_and_its_end_of_turn_only(llama3_tokenizer, frame_encoder_path, tmp_path):
+    processor = VTimeProcessor(tokenizer=llama3_tokenizer, chat_template=LLAMA3_CHAT_TEMPLATE,
+                               frame_encoder_name_or_path=str(frame_encoder_path))  # fmt: skip
+    encoded = processor.apply_chat_template(
+        video_messages(ANSWER), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        processor_kwargs={"video_features": [torch.zeros(3, 32)]},
+    )  # fmt: skip
+    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    trained = [token for token, marked in zip(ids, mask) if marked]
+    assert trained == llama3_tokenizer(ANSWER + "<|eot_id|>", add_special_tokens=False)["input_ids"]
+    assert ids[0] == llama3_tokenizer.bos_token_id and not mask[0]
+    # Llama 3 has neither pad nor unk token: the stages pad with its end of turn
+    from vtimellm_hf.checkpoints import load_tokenizer
+
+    llama3_tokenizer.save_pretrained(tmp_path)
+    assert load_tokenizer(str(tmp_path), chat_format="llama3").pad_token == "<|eot_id|>"
 
 
 def test_qwen3_training_ids_mark_the_answer_and_its_end_of_turn_only(qwen_tokenizer, qwen_processor):

@@ -26,6 +26,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
     LlamaTokenizer,
     PreTrainedModel,
+    PreTrainedTokenizerFast,
     Qwen2Tokenizer,
     WhisperConfig,
     WhisperFeatureExtractor,
@@ -33,7 +34,7 @@ from transformers import (
 )
 
 from .model import BACKBONES, VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaForCausalLM
-from .model.chat_formats import QWEN3_CHAT_TEMPLATE
+from .model.chat_formats import LLAMA3_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
 from .model.beats_vtime import BeatsModel
 from .model.video_processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
 
@@ -93,6 +94,33 @@ def build_tiny_tokenizer(
 # Qwen's special tokens, and the thinking markers, which are added tokens but not special ones
 QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN_THINKING_TOKENS = ("<think>", "</think>")
+LLAMA3_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")
+# Llama 3's pre-tokenizer splits numbers in runs of up to three digits, Qwen's into single digits
+LLAMA3_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int, pattern: str, first_token: str):
+    """A byte-level BPE trained with `tokenizers` on the base corpus and `corpus`, its pre-tokenizer the GPT-style
+    split `pattern` then bytes mapped to characters, `first_token` its id 0."""
+    import tokenizers
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[first_token],
+        show_progress=False,
+    )
+    bpe.train_from_iterator([*_BASE_CORPUS, *corpus], trainer)
+    return bpe
 
 
 def build_tiny_qwen_tokenizer(output_dir: str | Path, corpus: Iterable[str] = (), vocab_size: int = 512):
@@ -102,22 +130,10 @@ def build_tiny_qwen_tokenizer(output_dir: str | Path, corpus: Iterable[str] = ()
     saves it as a `Qwen2Tokenizer` (Qwen3's tokenizer class) with the `<video>` token and Qwen3's chat template with
     the placeholder, and returns it loaded back.
     """
-    import tokenizers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
-        tokenizers.pre_tokenizers.Split(tokenizers.Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[QWEN_SPECIAL_TOKENS[0]],
-        show_progress=False,
-    )
-    bpe.train_from_iterator([*_BASE_CORPUS, *corpus], trainer)
-    trained = json.loads(bpe.to_str())["model"]
+    trained = json.loads(_train_byte_level_bpe(corpus, vocab_size, PRETOKENIZE_REGEX, QWEN_SPECIAL_TOKENS[0])
+                         .to_str())["model"]  # fmt: skip
     tokenizer = Qwen2Tokenizer(
         vocab=trained["vocab"],
         merges=[tuple(merge) for merge in trained["merges"]],
@@ -128,6 +144,29 @@ def build_tiny_qwen_tokenizer(output_dir: str | Path, corpus: Iterable[str] = ()
     )
     tokenizer.add_tokens(list(QWEN_THINKING_TOKENS))
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output_dir)
+    return AutoTokenizer.from_pretrained(output_dir)
+
+
+def build_tiny_llama3_tokenizer(output_dir: str | Path, corpus: Iterable[str] = (), vocab_size: int = 512):
+    """
+    Trains a byte-level BPE shaped like Llama 3's (digits in runs of up to three, `<|begin_of_text|>` added in front
+    of every text by the post-processor, `<|eot_id|>` ends a turn, no unk and no pad token), saves it as a fast
+    tokenizer with the `<video>` token and the Llama 3 chat template with the placeholder, and returns it loaded back.
+    """
+    import tokenizers
+
+    bpe = _train_byte_level_bpe(corpus, vocab_size, LLAMA3_PRETOKENIZE_REGEX, LLAMA3_SPECIAL_TOKENS[0])
+    bpe.add_special_tokens([*LLAMA3_SPECIAL_TOKENS[1:], VIDEO_TOKEN])
+    bos = LLAMA3_SPECIAL_TOKENS[0]
+    bpe.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bpe.token_to_id(bos))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=bos, eos_token="<|eot_id|>",
+        additional_special_tokens=[*LLAMA3_SPECIAL_TOKENS[2:], VIDEO_TOKEN],
+    )  # fmt: skip
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
     tokenizer.save_pretrained(output_dir)
     return AutoTokenizer.from_pretrained(output_dir)
 
