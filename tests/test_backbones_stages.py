@@ -1,5 +1,5 @@
-"""A tiny Qwen3 through the three stages' recipes and `vtimellm-hf ground`, on the synthetic data of the demo; the
-backbone's attention and kernel choices of a recipe."""
+"""A tiny Qwen3 through the quick demo (the three stages' recipes, the evaluation) and `vtimellm-hf ground`; the
+attention and kernel choices of a recipe; the GPU benchmark's Qwen3 case at tiny sizes."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
@@ -15,68 +16,76 @@ from vtimellm_hf.inference import grounding_question, user_turn
 from vtimellm_hf.model.chat_formats import QWEN3_CHAT_TEMPLATE
 from vtimellm_hf.training.stages import VTimeModelArguments, apply_liger_kernels
 
+from test_remote_code import REMOTE_SCRIPT
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"
 ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
-def qwen_workspace(tmp_path_factory):
-    """The demo's synthetic data, tiny CLIP and features (small), and a tiny Qwen3 base with its BPE tokenizer."""
-    from vtimellm_hf.demo import build_inputs, training_texts
-    from vtimellm_hf.tiny_models import build_tiny_llama, build_tiny_qwen_tokenizer
-
-    root = tmp_path_factory.mktemp("qwen-stages")
-    inputs = build_inputs(root, num_videos=8, num_val_videos=2, seed=0, num_stills=8, llm_steps=1, encoder_steps=1)
-    tokenizer = build_tiny_qwen_tokenizer(root / "qwen3", training_texts(inputs["dataset"]))
-    build_tiny_llama(root / "qwen3", tokenizer, model_type="qwen3")
-    return root, inputs["dataset"]
-
-
-def run_stage(stage: int, root: Path, *extra: str) -> None:
-    """Stage `stage` of the tiny recipe on the Qwen3 base, 2 steps; the paths follow `root`."""
-    paths = {"model_name_or_path": "qwen3", "frame_encoder_name_or_path": "clip", "feature_dir": "features",
-             "train_files": f"data/stage{stage}.json", "output_dir": f"qwen3-stage{stage}",
-             "stage1_projector": "qwen3-stage1", "stage2_adapter": "qwen3-stage2"}  # fmt: skip
-    command = [sys.executable, str(RECIPES / f"stage{stage}.py"),
-               "--config", str(RECIPES / "configs/tiny" / f"stage{stage}.yaml"), "--chat_format", "qwen3",
-               "--max_steps", "2", "--per_device_train_batch_size", "2", *extra]  # fmt: skip
-    for name, path in paths.items():
-        command += [f"--{name}", str(root / path)]
-    result = subprocess.run(command, capture_output=True, text=True, env=ENVIRONMENT, timeout=600)
+def qwen_demo(tmp_path_factory):
+    """`python -m vtimellm_hf.demo --quick --backbone qwen3`: the demo's data, a tiny Qwen3 base with its BPE
+    tokenizer, the three stages through the recipes with Qwen3's chat format, the evaluation."""
+    output = tmp_path_factory.mktemp("qwen-demo") / "demo"
+    result = subprocess.run([sys.executable, "-m", "vtimellm_hf.demo", "--quick", "--backbone", "qwen3",
+                             "--output", str(output)],
+                            capture_output=True, text=True, timeout=900, env=ENVIRONMENT)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
+    return output
 
 
 @pytest.mark.slow
-def test_qwen3_runs_the_three_stages_and_grounds_a_video(qwen_workspace, tmp_path):
-    root, dataset = qwen_workspace
-    for stage in (1, 2, 3):
-        run_stage(stage, root)
-    final = root / "qwen3-stage3"
+def test_quick_demo_on_qwen3_leaves_a_folder_that_loads_as_remote_code_without_the_package(qwen_demo, tmp_path):
+    metrics = json.loads((qwen_demo / "metrics.json").read_text())
+    assert all(0.0 <= metrics[key] <= 1.0 for key in ("miou", "r1@0.5", "control_miou"))
+    final = qwen_demo / "stage3"
     config = json.loads((final / "config.json").read_text())
     assert config["model_type"] == "vtime_qwen3" and config["architectures"] == ["VTimeQwen3ForCausalLM"]
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_vtime_backbones.VTimeQwen3ForCausalLM"
     assert (final / "chat_template.jinja").read_text() == QWEN3_CHAT_TEMPLATE
 
-    video = sorted(Path(dataset.video_dir).glob("*.mp4"))[0]
+    features = torch.from_numpy(np.load(sorted((qwen_demo / "features").glob("*.npy"))[0])).float()[None]
+    torch.save({"video_features": features}, tmp_path / "inputs.pt")
+    environment = {**ENVIRONMENT, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(final), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
+        env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads((tmp_path / "out.json").read_text())
+    assert not remote["vtimellm_hf_loaded"] and remote["classes"][1] == "VTimeQwen3ForCausalLM"
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    processor = AutoProcessor.from_pretrained(final)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "When does it happen?"}]}],
+        add_generation_prompt=True,
+    )  # fmt: skip
+    local = processor(text=prompt, video_features=features, return_tensors="pt")
+    assert remote["input_ids"] == local["input_ids"].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(remote["logits"]), model(**local).logits[0, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ground_answers_with_the_qwen3_demo_model_as_generate_does(qwen_demo):
+    video = sorted((qwen_demo / "data").rglob("*.mp4"))[0]
     result = subprocess.run([sys.executable, "-m", "vtimellm_hf", "ground", str(video), "a red circle appears",
-                             "--model", str(final), "--verbose", "--max-new-tokens", "8"],
+                             "--model", str(qwen_demo / "stage3"), "--verbose", "--max-new-tokens", "8"],
                             capture_output=True, text=True, env=ENVIRONMENT, timeout=600)  # fmt: skip
-    # Two steps a stage do not teach a moment: status 1 (no moment named) is the answer of an untrained model
+    # A few steps a stage need not teach a moment: status 1 (the answer names none) is an untrained model's answer
     assert result.returncode in (0, 1), result.stderr[-3000:]
     answer = result.stdout.splitlines()[0].removeprefix("answer: ")
 
     # The same greedy answer from the folder loaded as remote code and a plain `generate`
-    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(final, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(qwen_demo / "stage3", trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(qwen_demo / "stage3", trust_remote_code=True)
     features, _ = processor.encode_video(video)
-    messages = [user_turn(grounding_question("a red circle appears"))]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    prompt = processor.apply_chat_template([user_turn(grounding_question("a red circle appears"))],
+                                           add_generation_prompt=True)  # fmt: skip
     inputs = processor(text=prompt, video_features=features[None], return_tensors="pt")
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    expected = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    assert answer == expected
+    assert answer == processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_a_kernel_asked_for_and_absent_is_refused_in_one_line(tmp_path):
