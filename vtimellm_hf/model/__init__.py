@@ -15,8 +15,8 @@ model type to its classes. Why not a composite configuration holding a `text_con
   `model.language_model.*`, so every released checkpoint, its LoRA adapters and PEFT's target names would need a key
   mapping, and `VTimeLlamaForCausalLM` would change. A decoder's own checkpoint (`Qwen/Qwen3-8B`) likewise loads
   into its VTimeLLM class by name, which is what stage 1 does.
-- The splice is written once: `VTimeFeatureSpliceMixin.embed_with_features`, called by every backbone's base model
-  (`VTimeLlamaModel.forward`, `VTimeDecoderModelMixin.forward`), where TRL's fused LM head, which calls `model.model` directly, also goes.
+- The splice is written once: `VTimeFeatureSpliceMixin.forward`, every backbone's base model's (LLaMA's too),
+  where TRL's fused LM head, which calls `model.model` directly, also goes.
 - Hub files stay self-contained: a checkpoint's `config.json` holds the decoder's own fields flat (as the decoder's
   checkpoint does) plus the adapter's, under one model type (`vtime_qwen3`), and its code files are the backbone's
   pair and the family files they import relatively, nothing else. A composite would also have to resolve its
@@ -40,8 +40,6 @@ from .configuration_vtime_llama import (
     longvale_streams,
 )
 from .modeling_vtime_backbones import (
-    VTimeDecoderForCausalLMMixin,
-    VTimeDecoderModelMixin,
     VTimeMistralForCausalLM,
     VTimeMistralModel,
     VTimeQwen2ForCausalLM,
@@ -124,8 +122,6 @@ __all__ = [
     "VIDEO_BACKENDS",
     "VIDEO_TOKEN",
     "VTimeCausalLMMixin",
-    "VTimeDecoderForCausalLMMixin",
-    "VTimeDecoderModelMixin",
     "VTimeFeatureSpliceMixin",
     "VTimeFeatureStreamsConfigMixin",
     "VTimeFrameEncoder",
