@@ -253,3 +253,18 @@ def test_a_qwen3_base_becomes_its_vtimellm_class_with_its_weights(qwen_tokenizer
     assert model.config.video_token_id == tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
     for name, tensor in base.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
+
+
+def test_mistral_template_on_a_sentencepiece_tokenizer_trains_the_answer_and_its_eos(tokenizer, frame_encoder_path):
+    """Mistral's tokenizer is a SentencePiece LLaMA-style one (the tiny Vicuna tokenizer stands in): the answer after
+    `[/INST] ` is trained with its `</s>`, tokenized as it is alone."""
+    processor = VTimeProcessor(tokenizer=tokenizer, chat_template=MISTRAL_CHAT_TEMPLATE,
+                               frame_encoder_name_or_path=str(frame_encoder_path))  # fmt: skip
+    encoded = processor.apply_chat_template(
+        video_messages(ANSWER), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        processor_kwargs={"video_features": [torch.zeros(2, 32)]},
+    )  # fmt: skip
+    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    answer = tokenizer(ANSWER + "</s>", add_special_tokens=False)["input_ids"]
+    assert [token for token, marked in zip(ids, mask) if marked] == answer == ids[-len(answer) :]
+    assert ids[0] == tokenizer.bos_token_id
