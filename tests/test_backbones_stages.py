@@ -152,3 +152,36 @@ def test_gpu_benchmark_has_a_qwen3_case_with_grouped_key_value_heads(tmp_path):
     lora = layers * sum(rank * (inputs + outputs) for inputs, outputs in projections)
     per_token = entries["train_qwen3"]["flops_per_token"]
     assert 4 * frozen + 6 * lora < per_token < 4 * frozen + 6 * lora + 12 * layers * hidden * 2048
+
+
+@pytest.mark.parametrize("recipe", sorted((RECIPES / "configs").glob("qwen*/stage*.yaml")),
+                         ids=lambda path: f"{path.parent.name}/{path.stem}")  # fmt: skip
+def test_backbone_recipes_are_the_paper_settings_of_vicuna_7b_on_their_llm(recipe, tmp_path):
+    """Every argument equals vicuna-7b's recipe of the same stage but the LLM, its chat format, the attention kernel
+    and the paths; the global batch of 128 holds on one to eight GPUs."""
+    import yaml
+    from trl import TrlParser
+
+    from vtimellm_hf.training.stages import VTimeDataArguments, fit_global_batch
+    from vtimellm_hf.training.trainer import VTimeTrainingArguments
+
+    ours = yaml.safe_load(recipe.read_text())
+    vicuna = yaml.safe_load((RECIPES / "configs" / "vicuna-7b" / recipe.name).read_text())
+    backbone = recipe.parent.name
+    assert ours.pop("chat_format") == ("qwen2.5" if backbone.startswith("qwen2.5") else "qwen3")
+    assert ours.pop("attn_implementation") == "sdpa"
+    assert ours.pop("model_name_or_path").lower().startswith(f"qwen/{backbone}")
+    assert vicuna.pop("model_name_or_path") == "lmsys/vicuna-7b-v1.5"
+    assert ours.pop("output_dir") == f"runs/{backbone}/{recipe.stem}"
+    for name in ("stage1_projector", "stage2_adapter"):
+        if name in vicuna:
+            assert ours.pop(name) == vicuna.pop(name).replace("vicuna-7b", backbone)
+    vicuna.pop("output_dir")
+    assert ours == vicuna
+
+    parser = TrlParser((VTimeModelArguments, VTimeDataArguments, VTimeTrainingArguments))
+    *_, training_args = parser.parse_args_and_config(["--config", str(recipe), "--use_cpu", "true",
+                                                      "--output_dir", str(tmp_path)])  # fmt: skip
+    for world_size in (1, 2, 4, 8):
+        fit_global_batch(training_args, world_size)
+        assert training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size == 128
