@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from vtimellm_hf import BACKBONES, VIDEO_TOKEN, VTimeProcessor
 from vtimellm_hf.model.modeling_vtime_llama import GENERATING_AUTO_CLASSES
-from vtimellm_hf.model.chat_formats import (
+from vtimellm_hf.chat_formats import (
     LLAMA3_CHAT_TEMPLATE,
     MISTRAL_CHAT_TEMPLATE,
     QWEN2_5_CHAT_TEMPLATE,
@@ -213,7 +213,7 @@ def test_llama3_training_ids_mark_the_answer_and_its_end_of_turn_only(llama3_tok
     from vtimellm_hf.checkpoints import load_tokenizer
 
     llama3_tokenizer.save_pretrained(tmp_path)
-    assert load_tokenizer(str(tmp_path), chat_format="llama3").pad_token == "<|eot_id|>"
+    assert load_tokenizer(str(tmp_path), chat_template=LLAMA3_CHAT_TEMPLATE).pad_token == "<|eot_id|>"
 
 
 def test_qwen3_training_ids_mark_the_answer_and_its_end_of_turn_only(qwen_tokenizer, qwen_processor):
@@ -246,7 +246,7 @@ def test_a_qwen3_base_becomes_its_vtimellm_class_with_its_weights(qwen_tokenizer
     from vtimellm_hf.tiny_models import build_tiny_llama
 
     base = build_tiny_llama(tmp_path, qwen_tokenizer, model_type="qwen3")
-    tokenizer = load_tokenizer(str(tmp_path), chat_format="qwen3")
+    tokenizer = load_tokenizer(str(tmp_path), chat_template=QWEN3_CHAT_TEMPLATE)
     assert tokenizer.chat_template == QWEN3_CHAT_TEMPLATE and tokenizer.pad_token == "<|endoftext|>"
     model = load_model(str(tmp_path), tokenizer, mm_hidden_size=8)
     assert type(model).__name__ == "VTimeQwen3ForCausalLM"

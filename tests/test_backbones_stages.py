@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from vtimellm_hf.inference import grounding_question, user_turn
-from vtimellm_hf.model.chat_formats import QWEN3_CHAT_TEMPLATE
+from vtimellm_hf.chat_formats import QWEN3_CHAT_TEMPLATE
 from vtimellm_hf.training.stages import VTimeModelArguments, apply_liger_kernels
 
 from test_remote_code import REMOTE_SCRIPT

@@ -32,8 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from .model import BACKBONES, VIDEO_TOKEN, VTimeLlamaForCausalLM
-from .model.chat_formats import chat_template_of
+from .model import BACKBONES, VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeLlamaForCausalLM
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -363,21 +362,21 @@ def _shorten(items: list[str]) -> str:
 
 
 def load_tokenizer(
-    name_or_path: str, revision: str = "main", trust_remote_code: bool = False, chat_format: str = "vicuna_v1"
-):
+    name_or_path: str, revision: str = "main", trust_remote_code: bool = False,
+    chat_template: str = VICUNA_V1_CHAT_TEMPLATE,
+):  # fmt: skip
     """
-    The LLM's tokenizer with the `<video>` token and the chat template of `chat_format` (see
-    `vtimellm_hf.model.chat_formats`; Vicuna v1 by default). One without a pad token pads with unk, as the original
-    did with Vicuna's, or with its end-of-sequence token where it has no unk (Llama 3). Code that the checkpoint
-    carries runs only with `trust_remote_code`.
+    The LLM's tokenizer with the `<video>` token and `chat_template` (Vicuna v1 by default; the other LLMs' are in
+    `vtimellm_hf.chat_formats`). One without a pad token pads with unk, as the original did with Vicuna's, or with
+    its end-of-sequence token where it has no unk (Llama 3). Code that the checkpoint carries runs only with
+    `trust_remote_code`.
     """
-    template = chat_template_of(chat_format)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.convert_tokens_to_ids(VIDEO_TOKEN) in (None, tokenizer.unk_token_id):
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    tokenizer.chat_template = template
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 

@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from .model import BACKBONES, VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaForCausalLM
-from .model.chat_formats import LLAMA3_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
+from .chat_formats import LLAMA3_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
 from .model.beats_vtime import BeatsModel
 from .model.video_processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
 

@@ -23,7 +23,7 @@ model type to its classes. Why not a composite configuration holding a `text_con
   `text_config`'s class at load time, for every decoder, inside the remote code.
 - The cost is a configuration and two classes of a few lines per decoder, registered with the Auto classes.
 
-Chat templates of each backbone are in `chat_formats.py` (saved with the processor, so not a file that travels).
+The chat templates of each backbone are in `vtimellm_hf/chat_formats.py`: the processor saves them with a checkpoint.
 """
 
 import transformers

@@ -27,7 +27,7 @@ from ..data import loaders
 from ..data.features import open_feature_store
 from ..hub import push_folder
 from ..model import BACKBONES, VTimeProcessor
-from ..model.chat_formats import chat_template_of
+from ..chat_formats import chat_template_of
 from ..model_card import STAGES_RECORD_FILE, save_training_record
 from .collator import VTimeDataCollator, add_lengths
 from .trainer import VTimeSFTTrainer, VTimeTrainingArguments
@@ -309,7 +309,7 @@ def run_stage(stage: int, model_args: VTimeModelArguments, data_args: VTimeDataA
     tokenizer = checkpoints.load_tokenizer(
         model_args.tokenizer_name_or_path or model_args.model_name_or_path,
         revision="main" if model_args.tokenizer_name_or_path else model_args.model_revision,
-        chat_format=model_args.chat_format,
+        chat_template=chat_template_of(model_args.chat_format),
     )
     processor = build_processor(tokenizer, model_args)
     model, peft_config = setup_model(spec.number, model_args, tokenizer)

@@ -9,7 +9,7 @@ folder (`chat_template.jinja`), so a checkpoint loads with its own: this module 
 Timestamps in the answers stay two-digit frame indices ("from 05 to 23") whatever the backbone.
 """
 
-from .processing_vtime import VICUNA_V1_CHAT_TEMPLATE
+from .model import VICUNA_V1_CHAT_TEMPLATE
 
 # A message's text: a string, or blocks where each video or image is `<video>\n` and text blocks follow in order
 _MESSAGE_CONTENT = (
