@@ -52,6 +52,27 @@ def video_messages(answer: str | None = None) -> list[dict]:
     return messages + ([{"role": "assistant", "content": answer}] if answer else [])
 
 
+def run_remote_script(folder, video_features: torch.Tensor, tmp_path) -> dict:
+    """What test_remote_code's REMOTE_SCRIPT reports of `folder`, loaded in a process where vtimellm_hf is hidden."""
+    torch.save({"video_features": video_features}, tmp_path / "inputs.pt")
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
+        env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((tmp_path / "out.json").read_text())
+
+
+def training_ids(processor, rows: int) -> tuple[list[int], list[int]]:
+    """The ids of the question-and-answer dialogue as the collator makes them, and the mask of the trained ones."""
+    encoded = processor.apply_chat_template(
+        video_messages(ANSWER), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        processor_kwargs={"video_features": [torch.zeros(rows, 32)]},
+    )  # fmt: skip
+    return encoded["input_ids"][0], encoded["assistant_masks"][0]
+
+
 @pytest.mark.parametrize("model_type", OTHER_BACKBONES)
 def test_splice_equals_the_plain_decoder_fed_projected_rows(model_type, qwen_tokenizer):
     """The backbone's logits equal those of the decoder's own class, with the same weights loaded by name, fed the
@@ -105,14 +126,7 @@ def test_qwen3_folder_loads_as_remote_code_without_the_package(tmp_path, qwen_to
     assert "chat_formats.py" not in code_files
 
     features = torch.randn(1, 100, model.config.mm_hidden_size, generator=torch.Generator().manual_seed(3))
-    torch.save({"video_features": features}, tmp_path / "inputs.pt")
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
-        env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = json.loads((tmp_path / "out.json").read_text())
+    remote = run_remote_script(folder, features, tmp_path)
 
     config_module, model_class, model_module, causal_lm_class, processor_class, processor_module = remote["classes"]
     assert not remote["vtimellm_hf_loaded"]
@@ -201,11 +215,7 @@ def test_byte_level_bpe_ids_are_the_whole_prompt_tokenized_with_the_placeholder_
 def test_llama3_training_ids_mark_the_answer_and_its_end_of_turn_only(llama3_tokenizer, frame_encoder_path, tmp_path):
     processor = VTimeProcessor(tokenizer=llama3_tokenizer, chat_template=LLAMA3_CHAT_TEMPLATE,
                                frame_encoder_name_or_path=str(frame_encoder_path))  # fmt: skip
-    encoded = processor.apply_chat_template(
-        video_messages(ANSWER), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-        processor_kwargs={"video_features": [torch.zeros(3, 32)]},
-    )  # fmt: skip
-    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    ids, mask = training_ids(processor, rows=3)
     trained = [token for token, marked in zip(ids, mask) if marked]
     assert trained == llama3_tokenizer(ANSWER + "<|eot_id|>", add_special_tokens=False)["input_ids"]
     assert ids[0] == llama3_tokenizer.bos_token_id and not mask[0]
@@ -217,11 +227,7 @@ def test_llama3_training_ids_mark_the_answer_and_its_end_of_turn_only(llama3_tok
 
 
 def test_qwen3_training_ids_mark_the_answer_and_its_end_of_turn_only(qwen_tokenizer, qwen_processor):
-    encoded = qwen_processor.apply_chat_template(
-        video_messages(ANSWER), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-        processor_kwargs={"video_features": [torch.zeros(3, 32)]},
-    )  # fmt: skip
-    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    ids, mask = training_ids(qwen_processor, rows=3)
     trained = [token for token, marked in zip(ids, mask) if marked]
     assert trained == qwen_tokenizer(ANSWER + "<|im_end|>")["input_ids"]
     # Two-digit frame indices, one digit a token as Qwen's pre-tokenizer splits numbers
@@ -260,11 +266,7 @@ def test_mistral_template_on_a_sentencepiece_tokenizer_trains_the_answer_and_its
     `[/INST] ` is trained with its `</s>`, tokenized as it is alone."""
     processor = VTimeProcessor(tokenizer=tokenizer, chat_template=MISTRAL_CHAT_TEMPLATE,
                                frame_encoder_name_or_path=str(frame_encoder_path))  # fmt: skip
-    encoded = processor.apply_chat_template(
-        video_messages(ANSWER), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-        processor_kwargs={"video_features": [torch.zeros(2, 32)]},
-    )  # fmt: skip
-    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    ids, mask = training_ids(processor, rows=2)
     answer = tokenizer(ANSWER + "</s>", add_special_tokens=False)["input_ids"]
     assert [token for token, marked in zip(ids, mask) if marked] == answer == ids[-len(answer) :]
     assert ids[0] == tokenizer.bos_token_id

@@ -16,7 +16,7 @@ from vtimellm_hf.inference import grounding_question, user_turn
 from vtimellm_hf.chat_formats import QWEN3_CHAT_TEMPLATE
 from vtimellm_hf.training.stages import VTimeModelArguments, apply_liger_kernels
 
-from test_remote_code import REMOTE_SCRIPT
+from test_backbones import run_remote_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"
@@ -45,14 +45,7 @@ def test_quick_demo_on_qwen3_leaves_a_folder_that_loads_as_remote_code_without_t
     assert (final / "chat_template.jinja").read_text() == QWEN3_CHAT_TEMPLATE
 
     features = torch.from_numpy(np.load(sorted((qwen_demo / "features").glob("*.npy"))[0])).float()[None]
-    torch.save({"video_features": features}, tmp_path / "inputs.pt")
-    environment = {**ENVIRONMENT, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(final), str(tmp_path / "inputs.pt"), str(tmp_path / "out.json")],
-        env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = json.loads((tmp_path / "out.json").read_text())
+    remote = run_remote_script(final, features, tmp_path)
     assert not remote["vtimellm_hf_loaded"] and remote["classes"][1] == "VTimeQwen3ForCausalLM"
     model = AutoModelForCausalLM.from_pretrained(final).eval()
     processor = AutoProcessor.from_pretrained(final)
