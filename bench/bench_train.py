@@ -30,6 +30,9 @@ LLaMA by `--hidden-size 4096 --layers 32 --heads 32 --intermediate-size 11008 --
 by `--feature-size 768`): the model is created on the device in that dtype and trained with bf16 mixed precision,
 as the 7B recipe (`recipes/configs/vicuna-7b/stage2.yaml`) trains. `--flops` adds the model FLOP/s of each arm and,
 given the device's peak (`--peak-tflops`), the model FLOPs utilisation (MFU); see [`model_flops`].
+`--model-type qwen3` (with `--kv-heads`, `--head-dim`) trains the VTimeLLM class of another decoder of `BACKBONES`
+(`run_gpu.py`'s Qwen3-8B-shaped case); its entries are named `train_qwen3` and `padding_waste_qwen3`. The records are
+tokenized by the same tiny tokenizer and template whatever the decoder: what is measured is the decoder's shape.
 """
 
 import argparse
@@ -46,7 +49,7 @@ import numpy as np
 import torch
 from trl import SFTConfig
 
-from vtimellm_hf import VTimeProcessor
+from vtimellm_hf import BACKBONES, VTimeProcessor
 from vtimellm_hf.data.features import open_feature_store
 from vtimellm_hf.data.loaders import load_stage2
 from vtimellm_hf.tiny_models import build_tiny_tokenizer
@@ -59,6 +62,7 @@ from common import build_vtime_model, peak_gpu_mib, release_memory, synchronize
 THROUGHPUT_TARGET = 1.3
 WASTE_TARGET = 0.05
 FEATURE_SIZE = 32
+DECODER_NAMES = {"llama": "LLaMA", "qwen3": "Qwen3", "qwen2": "Qwen2", "mistral": "Mistral"}
 MODEL = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8)
 SHAPES = ["circle", "square", "triangle", "star", "ring", "cross", "heart", "diamond"]
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
@@ -123,11 +127,14 @@ class CountingCollator(VTimeDataCollator):
 
 
 def model_shape(args) -> dict:
-    """The LLaMA's shape from the command line: `build_tiny_vtime_model` keyword arguments."""
-    return dict(
+    """The decoder's shape from the command line: `build_tiny_vtime_model` keyword arguments."""
+    shape = dict(
         hidden_size=args.hidden_size, intermediate_size=args.intermediate_size, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads or args.heads,
     )  # fmt: skip
+    if args.head_dim is not None:
+        shape["head_dim"] = args.head_dim
+    return shape
 
 
 def model_flops(model, real_tokens: int, squared_lengths: int, layers: int, hidden_size: int) -> float:
@@ -169,7 +176,7 @@ def make_trainer(strategy: str, tokenizer, dataset, feature_store, args, workdir
     lengths_seconds = time.perf_counter() - started
     model = build_vtime_model(
         tokenizer, args.device, args.dtype, vocab_size=args.vocab_size, mm_hidden_size=args.feature_size,
-        seed=args.seed, **model_shape(args),
+        seed=args.seed, model_type=args.model_type, **model_shape(args),
     )  # fmt: skip
     model.config.use_cache = False
     model.requires_grad_(False)
@@ -251,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     shape.add_argument("--layers", type=int, default=MODEL["num_hidden_layers"])
     shape.add_argument("--heads", type=int, default=MODEL["num_attention_heads"])
     shape.add_argument("--intermediate-size", type=int, default=MODEL["intermediate_size"])
+    shape.add_argument("--kv-heads", type=int, default=None, help="key-value heads (default: --heads)")
+    shape.add_argument("--head-dim", type=int, default=None, help="width of a head (default: hidden / heads)")
+    shape.add_argument("--model-type", choices=list(BACKBONES), default="llama", help="the decoder (default: llama)")
     shape.add_argument("--vocab-size", type=int, default=None, help="embedding rows (default: the tokenizer's)")
     shape.add_argument("--feature-size", type=int, default=FEATURE_SIZE, help="width of the frame features")
     shape.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -297,9 +307,12 @@ def main(argv: list[str] | None = None) -> int:
                          for name, arm_runs in runs.items()}  # fmt: skip
     timed_waste = {name: round(padding_share(arm_runs[0]["padded_tokens"], arm_runs[0]["real_tokens"]), 4)
                    for name, arm_runs in runs.items()}  # fmt: skip
-    model = f"LLaMA {args.layers} layers, hidden {args.hidden_size}"
+    model = f"{DECODER_NAMES[args.model_type]} {args.layers} layers, hidden {args.hidden_size}"
     if model_shape(args) != MODEL or args.vocab_size is not None:
         model += f", {args.heads} heads, MLP {args.intermediate_size}, vocab {args.vocab_size or len(tokenizer)}"
+    if args.kv_heads or args.head_dim:
+        head_dim = args.head_dim or args.hidden_size // args.heads
+        model += f", {args.kv_heads or args.heads} key-value heads of width {head_dim}"
     common = {
         "model": f"{model}, LoRA r 64 on all linear layers, SFTTrainer",
         "records": args.records,
@@ -307,9 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
     }
+    suffix = "" if args.model_type == "llama" else f"_{args.model_type}"
     entries = [
         {
-            "name": "train",
+            "name": f"train{suffix}",
             "ours": round(tokens_per_second["ours"], 1),
             "baseline": round(tokens_per_second["baseline"], 1),
             "ratio": round(tokens_per_second["ours"] / tokens_per_second["baseline"], 2),
@@ -326,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             **device_details(args, runs),
         },
         {
-            "name": "padding_waste",
+            "name": f"padding_waste{suffix}",
             "ours": round(waste["ours"], 4),
             "baseline": round(waste["baseline"], 4),
             "ratio": round(waste["ours"] / waste["baseline"], 3),

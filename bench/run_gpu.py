@@ -16,6 +16,9 @@ child process (`run_all.run_script`, which also reads its peak resident memory):
   real token + 12 * layers * hidden * s^2 per record of s tokens: the frozen base costs 2 N forward and 2 N for the
   activations' gradients (its weights get none), the LoRA weights 6 as in full training, attention as PaLM counts
   it; the recomputation of activation checkpointing is not counted.
+* train_qwen3 (`bench_train.py --model-type qwen3`, only with `--cases train_qwen3`): the train case on a
+  Qwen3-8B-shaped decoder (hidden 4096, 36 layers, 32 query and 8 key-value heads of width 128, MLP 12288, vocab
+  151936), its entries `train_qwen3` and `padding_waste_qwen3`; about 3 minutes more (an estimate, not measured).
 * evaluate (`bench_evaluate.py`): batched `evaluate_grounding` vs one query at a time on the 7B-shaped model,
   queries/s; in bfloat16 the two sides' greedy answers may part ways, so their agreement is reported, not checked.
 
@@ -58,12 +61,19 @@ from run_all import (
 )
 
 CASES = ["extract", "train", "evaluate"]
+# Cases run only when `--cases` names them (the default cases fill the time budget), and each case's script
+OPTIONAL_CASES = ["train_qwen3"]
+SCRIPTS = {"train_qwen3": "train"}
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's data sheets. The first name found in
 # `torch.cuda.get_device_name()` wins, so the specific ones come first ("NVIDIA H100 80GB HBM3" is the SXM part).
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
 # Vicuna-7B v1.5's shape (LLaMA-2 7B); a tiny one for --smoke
 LLAMA_7B = "--hidden-size 4096 --layers 32 --heads 32 --intermediate-size 11008 --vocab-size 32000"
 TINY_LLAMA = "--hidden-size 64 --layers 2 --heads 4 --intermediate-size 128 --vocab-size 2048"
+# Qwen3-8B's shape; a tiny one for --smoke
+QWEN3_8B = ("--model-type qwen3 --hidden-size 4096 --layers 36 --heads 32 --kv-heads 8 --head-dim 128 "
+            "--intermediate-size 12288 --vocab-size 151936")
+TINY_QWEN3 = f"--model-type qwen3 {TINY_LLAMA} --kv-heads 2"
 # Per case: the arguments of both runs, then those of the GPU run, then those of the smoke run
 ARGUMENTS = {
     "extract": (
@@ -76,6 +86,12 @@ ARGUMENTS = {
         # 24 steps, at an estimated 0.2 s each on an H100: the trainer's own start-up weighs little on the tokens/s
         f"{LLAMA_7B} --records 256 --batch-size 8 --steps 24 --repeats 3",
         f"{TINY_LLAMA} --records 32 --batch-size 4 --steps 2 --repeats 1",
+    ),
+    "train_qwen3": (
+        "--dtype bfloat16 --activation-checkpointing --flops --feature-size 768",
+        # 16 steps: its steps cost about 1.3 times the 7B LLaMA's (more layers, a larger LM head)
+        f"{QWEN3_8B} --records 256 --batch-size 8 --steps 16 --repeats 3",
+        f"{TINY_QWEN3} --records 32 --batch-size 4 --steps 2 --repeats 1",
     ),
     "evaluate": (
         "--dtype bfloat16 --min-agreement 0",
@@ -90,6 +106,9 @@ DESCRIPTIONS = {
     "32000), bf16 mixed precision, activation checkpointing: length-grouped vs random batches; MFU = model FLOP/s "
     "((4 N + 6 N_lora) per real token + 12 x layers x hidden x s^2 per record of s tokens) / the dense bf16 peak",
     "padding_waste": "share of padding over an epoch, length-grouped vs random batches (the records of the CPU case)",
+    "train_qwen3": "the train case on a random Qwen3-8B-shaped decoder (hidden 4096, 36 layers, 32 query and 8 "
+    "key-value heads of width 128, MLP 12288, vocab 151936), as `VTimeQwen3ForCausalLM`",
+    "padding_waste_qwen3": "as padding_waste, the records tokenized alike",
     "evaluate": "batched `evaluate_grounding` vs one query at a time on the random 7B-shaped LLaMA, bfloat16; "
     "`identical_answers`: the share of answers both sides gave alike",
 }
@@ -102,9 +121,10 @@ def peak_tflops(device_name: str) -> float | None:
 
 def case_command(case: str, out: Path, args, peak: float | None) -> list[str]:
     common, gpu, tiny = ARGUMENTS[case]
-    command = [sys.executable, str(BENCH_DIR / f"bench_{case}.py"), "--out", str(out), *common.split()]
+    command = [sys.executable, str(BENCH_DIR / f"bench_{SCRIPTS.get(case, case)}.py"), "--out", str(out),
+               *common.split()]  # fmt: skip
     command += [*(tiny if args.smoke else gpu).split(), "--device", "cpu" if args.smoke else "cuda"]
-    if case == "train" and peak is not None:
+    if SCRIPTS.get(case, case) == "train" and peak is not None:
         command += ["--peak-tflops", str(peak)]
     if case == "extract" and args.video_dir:
         command += ["--video-dir", str(args.video_dir.resolve())]
@@ -165,7 +185,8 @@ def refresh_markdown(path: Path, section: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES, help="cases to run (default: all)")
+    parser.add_argument("--cases", nargs="+", choices=CASES + OPTIONAL_CASES, default=CASES,
+                        help=f"cases to run (default: {' '.join(CASES)})")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="the same path on the CPU at tiny sizes (a check)")
     parser.add_argument(
         "--out-dir", type=Path, default=None,

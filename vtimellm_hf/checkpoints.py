@@ -5,7 +5,8 @@
   model.
 - A stage's LoRA adapter: [`read_stage_adapter`] reads and checks it against the model, [`StageAdapter.merge_into`]
   merges it; [`merge_adapter`] is the one call to PEFT's merge.
-- The models: [`load_tokenizer`], [`load_model`] (a LLaMA becomes a VTimeLLM), [`save_model_folder`] (a folder that
+- The models: [`load_tokenizer`], [`load_model`] (a LLaMA, or another decoder of `BACKBONES`, becomes a VTimeLLM),
+  [`save_model_folder`] (a folder that
   loads anywhere) and [`load_model_and_processor`] (what inference loads, a separate stage-3 adapter merged in).
 
 Pickles are read with `torch.load(weights_only=True)` only ([`read_state_dict`]), so a checkpoint that would run code
@@ -31,7 +32,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from .model import VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeLlamaConfig, VTimeLlamaForCausalLM
+from .model import BACKBONES, VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeLlamaForCausalLM
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -52,7 +53,7 @@ ORIGINAL_GENERATION_SETTINGS = {"do_sample": True, "temperature": 0.05, "max_new
 # the checkpoint's own)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The model types loaded with this package's classes, never with the code a checkpoint folder carries
-PACKAGE_MODEL_TYPES = frozenset({VTimeLlamaConfig.model_type})
+PACKAGE_MODEL_TYPES = frozenset(config_class.model_type for config_class, _ in BACKBONES.values())
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 _SHOWN_KEYS = 8
 
@@ -360,17 +361,22 @@ def _shorten(items: list[str]) -> str:
 # Models
 
 
-def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+def load_tokenizer(
+    name_or_path: str, revision: str = "main", trust_remote_code: bool = False,
+    chat_template: str = VICUNA_V1_CHAT_TEMPLATE,
+):  # fmt: skip
     """
-    The LLM's tokenizer with the `<video>` token, padding with unk (as the original) and the Vicuna template. Code
-    that the checkpoint carries runs only with `trust_remote_code`.
+    The LLM's tokenizer with the `<video>` token and `chat_template` (Vicuna v1 by default; the other LLMs' are in
+    `vtimellm_hf.chat_formats`). One without a pad token pads with unk, as the original did with Vicuna's, or with
+    its end-of-sequence token where it has no unk (Llama 3). Code that the checkpoint carries runs only with
+    `trust_remote_code`.
     """
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.convert_tokens_to_ids(VIDEO_TOKEN) in (None, tokenizer.unk_token_id):
         tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN]})
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
-    tokenizer.chat_template = VICUNA_V1_CHAT_TEMPLATE
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -389,29 +395,35 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> VTimeLlamaForCausalLM:
     """
-    A [`VTimeLlamaForCausalLM`] from a LLaMA checkpoint (its `mm_projector`, `mm_hidden_size -> hidden_size`, and
-    the projectors of `feature_streams` in `stream_layout` (LongVALE's, AVicuna's), newly initialised; `num_frames`
-    recorded in its config) or from a VTimeLLM checkpoint (its own sizes and streams), its embeddings resized when
-    the tokenizer gained `<video>`. With `require_projector`, a checkpoint without a trained projector is refused.
-    `dtype`: float32, bfloat16, float16 or auto (the checkpoint's). A configuration class that the checkpoint carries
-    as code runs only with `trust_remote_code`; the model is always this package's.
+    A [`VTimeLlamaForCausalLM`] from a LLaMA checkpoint, or the VTimeLLM class of another decoder of `BACKBONES`
+    (Qwen3, Qwen2/2.5, Mistral) from that decoder's checkpoint (its `mm_projector`, `mm_hidden_size -> hidden_size`,
+    and the projectors of `feature_streams` in `stream_layout` (LongVALE's, AVicuna's), newly initialised;
+    `num_frames` recorded in its config), or from a VTimeLLM checkpoint of any backbone (its own sizes and streams),
+    its embeddings resized when the tokenizer gained `<video>`. With `require_projector`, a checkpoint without a
+    trained projector is refused. `dtype`: float32, bfloat16, float16 or auto (the checkpoint's). A configuration
+    class that the checkpoint carries as code runs only with `trust_remote_code`; the model is always this package's.
     """
     base_config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     no_projector = (f"{name_or_path} holds no trained projector: set stage1_projector (the output of stage 1), or "
                     "start from a VTimeLLM checkpoint that holds one.")  # fmt: skip
-    if isinstance(base_config, VTimeLlamaConfig):
-        config = base_config
+    vtime_models = dict(BACKBONES.values())
+    if type(base_config) in vtime_models:
+        config, model_class = base_config, vtime_models[type(base_config)]
     elif require_projector:
         raise ValueError(no_projector)
+    elif base_config.model_type not in BACKBONES:
+        raise ValueError(f"{name_or_path} is a {base_config.model_type!r} model; VTimeLLM is built on the decoders "
+                         f"{', '.join(BACKBONES)} (Llama 3 is 'llama', Qwen2.5 'qwen2').")  # fmt: skip
     else:
+        config_class, model_class = BACKBONES[base_config.model_type]
         settings = base_config.to_dict()
-        config = VTimeLlamaConfig(**{key: value for key, value in settings.items()
-                                     if key not in ("model_type", "architectures")})  # fmt: skip
+        config = config_class(**{key: value for key, value in settings.items()
+                                 if key not in ("model_type", "architectures")})  # fmt: skip
         config.mm_hidden_size, config.num_frames = mm_hidden_size, num_frames
         config.feature_streams, config.stream_layout = feature_streams, stream_layout
     config.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
     config.pad_token_id = tokenizer.pad_token_id
-    model, loading_info = VTimeLlamaForCausalLM.from_pretrained(
+    model, loading_info = model_class.from_pretrained(
         name_or_path, config=config, dtype=dtype if dtype == "auto" else torch_dtype(dtype), revision=revision,
         attn_implementation=attn_implementation, output_loading_info=True,
     )  # fmt: skip

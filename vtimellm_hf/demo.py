@@ -31,6 +31,8 @@ DEMO_QUESTION = GROUNDING_QUESTIONS[0].replace("{event}", "{query}")
 # Stills written (and the CLIP pre-trained on), and pre-training steps of the base LLM and of the CLIP
 FULL_SIZES = dict(num_stills=2000, llm_steps=300, encoder_steps=400)
 QUICK_SIZES = dict(num_stills=48, llm_steps=5, encoder_steps=5)
+# The demo's base LLMs (`--backbone`): the decoder's model type and the recipes' chat format
+BACKBONES = {"vicuna": ("llama", "vicuna_v1"), "qwen3": ("qwen3", "qwen3")}
 TINY_BASE = dict(
     hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4
 )
@@ -61,14 +63,16 @@ def stills(dataset) -> tuple[list, list[str]]:
 
 
 def build_inputs(
-    output: Path, num_videos: int, num_val_videos: int, seed: int, num_stills: int, llm_steps: int, encoder_steps: int
+    output: Path, num_videos: int, num_val_videos: int, seed: int, num_stills: int, llm_steps: int, encoder_steps: int,
+    backbone: str = "vicuna",
 ) -> dict:
-    """Synthetic data, the tiny tokenizer/base LLM/CLIP, and the features of every video and image."""
+    """Synthetic data, the tiny tokenizer/base LLM (of `backbone`)/CLIP, and the features of every video and image."""
     from .data.extract import extract_features
     from .data.synthetic import SyntheticMomentsConfig, generate_synthetic_moments
     from .tiny_models import (
         build_tiny_frame_encoder,
         build_tiny_llama,
+        build_tiny_qwen_tokenizer,
         build_tiny_tokenizer,
         pretrain_tiny_frame_encoder,
         pretrain_tiny_llama,
@@ -83,12 +87,14 @@ def build_inputs(
         config=SyntheticMomentsConfig(num_images=num_stills),
         overwrite=True,
     )
-    logger.info("building the tiny tokenizer, base LLaMA and CLIP encoder")
+    logger.info("building the tiny tokenizer, base LLM (%s) and CLIP encoder", backbone)
     texts = training_texts(dataset)
-    tokenizer = build_tiny_tokenizer(output / "base", texts, vocab_size=1000)
-    build_tiny_llama(output / "base", tokenizer, seed=seed, **TINY_BASE)
+    model_type = BACKBONES[backbone][0]
+    build_tokenizer = build_tiny_qwen_tokenizer if model_type == "qwen3" else build_tiny_tokenizer
+    tokenizer = build_tokenizer(output / "base", texts, vocab_size=1000)
+    build_tiny_llama(output / "base", tokenizer, seed=seed, model_type=model_type, **TINY_BASE)
     losses = pretrain_tiny_llama(output / "base", texts, steps=llm_steps, seed=seed)
-    logger.info("pre-trained the base LLaMA on the dialogue text alone: loss %.2f -> %.2f", losses[0], losses[-1])
+    logger.info("pre-trained the base LLM on the dialogue text alone: loss %.2f -> %.2f", losses[0], losses[-1])
     build_tiny_frame_encoder(output / "clip", seed=seed, initializer_factor=1.0)
     losses = pretrain_tiny_frame_encoder(output / "clip", *stills(dataset), steps=encoder_steps, seed=seed)
     logger.info(
@@ -103,8 +109,8 @@ def build_inputs(
     return {"dataset": dataset}
 
 
-def run_stage(stage: int, output: Path, extra: list[str]) -> None:
-    """One stage through its recipe, as a user runs it; the paths follow `output`."""
+def run_stage(stage: int, output: Path, extra: list[str], backbone: str = "vicuna") -> None:
+    """One stage through its recipe, as a user runs it; the paths follow `output`, the chat format `backbone`."""
     data = output / "data"
     paths = {
         "model_name_or_path": output / "base",
@@ -120,7 +126,7 @@ def run_stage(stage: int, output: Path, extra: list[str]) -> None:
     command = [sys.executable, str(RECIPES / f"stage{stage}.py"), "--config", str(recipe)]
     for key, value in paths.items():
         command += [f"--{key}", str(value)]
-    command += ["--train_files", str(data / f"stage{stage}.json"), *extra]
+    command += ["--train_files", str(data / f"stage{stage}.json"), "--chat_format", BACKBONES[backbone][1], *extra]
     logger.info("stage %d: %s ...", stage, " ".join(command[1:3]))
     started = time.time()
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
@@ -185,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-videos", type=int, default=1040)
     parser.add_argument("--num-val-videos", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone", choices=list(BACKBONES), default="vicuna",
+                        help="the tiny base LLM: LLaMA with Vicuna's template, or Qwen3 with its own")  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
         help="the same path on little data and few steps (CI): checks it runs, not that it learns",
@@ -216,10 +224,10 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(output / derived, ignore_errors=True)
     num_videos, num_val = (16, 4) if args.quick else (args.num_videos, args.num_val_videos)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    build_inputs(output, num_videos, num_val, args.seed, **sizes)
+    build_inputs(output, num_videos, num_val, args.seed, **sizes, backbone=args.backbone)
     extra = ["--max_steps", "3"] if args.quick else []
     for stage in (1, 2, 3):
-        run_stage(stage, output, extra)
+        run_stage(stage, output, extra, args.backbone)
     metrics = evaluate(output)
     logger.info("finished in %.0f s", time.time() - started)
     print(json.dumps(metrics, indent=2))

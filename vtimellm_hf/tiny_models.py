@@ -1,9 +1,10 @@
 """Tiny, randomly initialised stand-ins for Vicuna, its tokenizer, CLIP and the audio encoders (Whisper, CLAP, BEATs),
-built locally without network.
+and for the other backbones (Qwen3 and its byte-level BPE tokenizer), built locally without network.
 
 They exercise the real loading code (`from_pretrained` on a folder) in the tests and in `make demo`: the tokenizer
-is a real SentencePiece LLaMA tokenizer trained on a small corpus, the encoder a real
-`CLIPVisionModelWithProjection`, the model a real `VTimeLlamaForCausalLM`.
+is a real SentencePiece LLaMA tokenizer trained on a small corpus (or a real `Qwen2Tokenizer`, byte-level BPE trained
+with `tokenizers`), the encoder a real `CLIPVisionModelWithProjection`, the model a real `VTimeLlamaForCausalLM` (or
+the backbone's VTimeLLM class).
 """
 
 import json
@@ -15,20 +16,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
     ClapConfig,
     ClapFeatureExtractor,
     ClapModel,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
-    LlamaConfig,
-    LlamaForCausalLM,
     LlamaTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Tokenizer,
     WhisperConfig,
     WhisperFeatureExtractor,
     WhisperModel,
 )
 
-from .model import VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaConfig, VTimeLlamaForCausalLM
+from .model import BACKBONES, VIDEO_TOKEN, VICUNA_V1_CHAT_TEMPLATE, VTimeLlamaForCausalLM
+from .chat_formats import LLAMA3_CHAT_TEMPLATE, QWEN3_CHAT_TEMPLATE
 from .model.beats_vtime import BeatsModel
 from .model.video_processing_vtime import CLIP_MEAN, CLIP_STD, preprocess_frames, read_frame_preprocessing
 
@@ -83,6 +89,86 @@ def build_tiny_tokenizer(
     tokenizer.chat_template = VICUNA_V1_CHAT_TEMPLATE
     tokenizer.save_pretrained(output_dir)
     return LlamaTokenizer.from_pretrained(output_dir)
+
+
+# Qwen's special tokens, and the thinking markers, which are added tokens but not special ones
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_THINKING_TOKENS = ("<think>", "</think>")
+LLAMA3_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")
+# Llama 3's pre-tokenizer splits numbers in runs of up to three digits, Qwen's into single digits
+LLAMA3_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int, pattern: str, first_token: str):
+    """A byte-level BPE trained with `tokenizers` on the base corpus and `corpus`, its pre-tokenizer the GPT-style
+    split `pattern` then bytes mapped to characters, `first_token` its id 0."""
+    import tokenizers
+
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[first_token],
+        show_progress=False,
+    )
+    bpe.train_from_iterator([*_BASE_CORPUS, *corpus], trainer)
+    return bpe
+
+
+def build_tiny_qwen_tokenizer(output_dir: str | Path, corpus: Iterable[str] = (), vocab_size: int = 512):
+    """
+    Trains a byte-level BPE shaped like Qwen3's (its pre-tokenizer: GPT-style splits with one digit per piece, bytes
+    mapped to characters; no BOS; `<|endoftext|>` pads, `<|im_end|>` ends a turn, `<think>` and `</think>` added),
+    saves it as a `Qwen2Tokenizer` (Qwen3's tokenizer class) with the `<video>` token and Qwen3's chat template with
+    the placeholder, and returns it loaded back.
+    """
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    trained = json.loads(_train_byte_level_bpe(corpus, vocab_size, PRETOKENIZE_REGEX, QWEN_SPECIAL_TOKENS[0])
+                         .to_str())["model"]  # fmt: skip
+    tokenizer = Qwen2Tokenizer(
+        vocab=trained["vocab"],
+        merges=[tuple(merge) for merge in trained["merges"]],
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[*QWEN_SPECIAL_TOKENS[1:], VIDEO_TOKEN],
+    )
+    tokenizer.add_tokens(list(QWEN_THINKING_TOKENS))
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output_dir)
+    return AutoTokenizer.from_pretrained(output_dir)
+
+
+def build_tiny_llama3_tokenizer(output_dir: str | Path, corpus: Iterable[str] = (), vocab_size: int = 512):
+    """
+    Trains a byte-level BPE shaped like Llama 3's (digits in runs of up to three, `<|begin_of_text|>` added in front
+    of every text by the post-processor, `<|eot_id|>` ends a turn, no unk and no pad token), saves it as a fast
+    tokenizer with the `<video>` token and the Llama 3 chat template with the placeholder, and returns it loaded back.
+    """
+    import tokenizers
+
+    bpe = _train_byte_level_bpe(corpus, vocab_size, LLAMA3_PRETOKENIZE_REGEX, LLAMA3_SPECIAL_TOKENS[0])
+    bpe.add_special_tokens([*LLAMA3_SPECIAL_TOKENS[1:], VIDEO_TOKEN])
+    bos = LLAMA3_SPECIAL_TOKENS[0]
+    bpe.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bpe.token_to_id(bos))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=bos, eos_token="<|eot_id|>",
+        additional_special_tokens=[*LLAMA3_SPECIAL_TOKENS[2:], VIDEO_TOKEN],
+    )  # fmt: skip
+    tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output_dir)
+    return AutoTokenizer.from_pretrained(output_dir)
 
 
 def build_tiny_frame_encoder(
@@ -254,17 +340,25 @@ def build_tiny_beats_checkpoint(path: str | Path, seed: int = 0, predictor: bool
     return path
 
 
-def build_tiny_llama(output_dir: str | Path, tokenizer, seed: int = 0, **llama_overrides) -> LlamaForCausalLM:
-    """A random plain `LlamaForCausalLM` saved with `tokenizer`: a stand-in for Vicuna that the recipes load by path."""
+def _tiny_decoder_settings(tokenizer, overrides: dict) -> dict:
+    """The tiny decoder's settings, sized to `tokenizer`, with its head width (Qwen3's default is 128) set by the
+    width and the heads."""
+    settings = {**TINY_LLAMA, **overrides}
+    settings.setdefault("head_dim", settings["hidden_size"] // settings["num_attention_heads"])
+    return dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, **settings)  # fmt: skip
+
+
+def build_tiny_llama(
+    output_dir: str | Path, tokenizer, seed: int = 0, model_type: str = "llama", **llama_overrides
+) -> PreTrainedModel:
+    """
+    A random plain decoder (a `LlamaForCausalLM`, or of another `model_type` of [`BACKBONES`]: `qwen3`, ...) saved
+    with `tokenizer`: a stand-in for Vicuna (or the backbone's LLM) that the recipes load by path.
+    """
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_LLAMA, **llama_overrides},
-    )
-    model = LlamaForCausalLM(config)
+    config = AutoConfig.for_model(model_type, **_tiny_decoder_settings(tokenizer, llama_overrides))
+    model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return model
@@ -289,8 +383,8 @@ def pretrain_tiny_llama(
     """
     torch.manual_seed(seed)
     model_dir = Path(model_dir)
-    tokenizer = LlamaTokenizer.from_pretrained(model_dir)
-    model = LlamaForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     ids = [token for text in texts for token in tokenizer(text).input_ids + [tokenizer.eos_token_id]]
     blocks = torch.tensor(ids[: len(ids) // block_size * block_size]).view(-1, block_size)
     if len(blocks) < batch_size:
@@ -313,18 +407,17 @@ def pretrain_tiny_llama(
 
 
 def build_tiny_vtime_model(
-    tokenizer, mm_hidden_size: int = 32, num_frames: int = 100, seed: int = 0, **llama_overrides
+    tokenizer, mm_hidden_size: int = 32, num_frames: int = 100, seed: int = 0, model_type: str = "llama",
+    **llama_overrides,
 ) -> VTimeLlamaForCausalLM:
-    """A random `VTimeLlamaForCausalLM` (2 layers, hidden 64 unless overridden) sized to `tokenizer`."""
+    """A random `VTimeLlamaForCausalLM` (or the VTimeLLM class of another decoder `model_type` of [`BACKBONES`]; 2
+    layers, hidden 64 unless overridden) sized to `tokenizer`."""
     torch.manual_seed(seed)
-    config = VTimeLlamaConfig(
-        vocab_size=len(tokenizer),
+    config_class, model_class = BACKBONES[model_type]
+    config = config_class(
         mm_hidden_size=mm_hidden_size,
         num_frames=num_frames,
         video_token_id=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_LLAMA, **llama_overrides},
+        **_tiny_decoder_settings(tokenizer, llama_overrides),
     )
-    return VTimeLlamaForCausalLM(config).eval()
+    return model_class(config).eval()

@@ -33,6 +33,8 @@ THIRD_PARTY_IMPORTS = {"torch", "numpy", "transformers", "decord", "av", "soxr"}
 LAZY_IMPORTS = {"decord", "av", "soxr"}
 # The audio streams' files travel with a checkpoint whose processor reads audio (it imports them)
 AUDIO_CODE_FILES = {"audio_decoding_vtime.py", "audio_processing_vtime.py", "beats_vtime.py"}
+# The other decoders' files travel with a checkpoint of one of them (its auto_map names them), not with a LLaMA one
+BACKBONE_CODE_FILES = {"configuration_vtime_backbones.py", "modeling_vtime_backbones.py"}
 # Modules that reach the network or run code that is not in the file
 FORBIDDEN_IMPORTS = {
     "socket", "ssl", "urllib", "urllib3", "http", "requests", "httpx", "aiohttp", "huggingface_hub",
@@ -237,8 +239,9 @@ def module_imports(tree: ast.Module):
 def test_hub_code_imports_only_torch_numpy_transformers_video_decoders_and_the_standard_library(checkpoint, name):
     travelling = checkpoint / name
     reads_audio = any(".audio_processing_vtime" in path.read_text(encoding="utf-8") for path in checkpoint.glob("*.py"))
-    if name in AUDIO_CODE_FILES and not reads_audio:
-        # Not imported by this checkpoint's processor, so not saved with it: its imports are checked where it lives
+    other_decoder = "_vtime_backbones." in (checkpoint / "config.json").read_text(encoding="utf-8")
+    if (name in AUDIO_CODE_FILES and not reads_audio) or (name in BACKBONE_CODE_FILES and not other_decoder):
+        # Not imported by this checkpoint's code, so not saved with it: its imports are checked where it lives
         travelling = PACKAGE_ROOT / "model" / name
     assert travelling.read_bytes() == (PACKAGE_ROOT / "model" / name).read_bytes()
     tree = ast.parse(travelling.read_text(encoding="utf-8"))

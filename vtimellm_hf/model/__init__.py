@@ -4,11 +4,32 @@
 frame encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers. The audio
 streams of LongVALE and AVicuna (`audio_processing_vtime.py`: the Whisper, BEATs and CLAP encoders) read audio tracks
 through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
+
+On other decoder LLMs (`configuration_vtime_backbones.py`, `modeling_vtime_backbones.py`): Qwen3, Qwen2/Qwen2.5 and
+Mistral each get a small configuration, base model and causal LM built from the family's mixins, beside
+`VTimeLlamaForCausalLM` (which Llama 3 checkpoints use: they are the LLaMA architecture); `BACKBONES` maps a decoder's
+model type to its classes. Why not a composite configuration holding a `text_config`, as transformers' LLaVA does:
+
+- Conversion of Vicuna releases stays as it is. The released checkpoints name the decoder's weights `model.layers.*`
+  and the projector `model.mm_projector.*` on the same module; a composite puts the decoder under
+  `model.language_model.*`, so every released checkpoint, its LoRA adapters and PEFT's target names would need a key
+  mapping, and `VTimeLlamaForCausalLM` would change. A decoder's own checkpoint (`Qwen/Qwen3-8B`) likewise loads
+  into its VTimeLLM class by name, which is what stage 1 does.
+- The splice is written once: `VTimeFeatureSpliceMixin.forward`, every backbone's base model's (LLaMA's too),
+  where TRL's fused LM head, which calls `model.model` directly, also goes.
+- Hub files stay self-contained: a checkpoint's `config.json` holds the decoder's own fields flat (as the decoder's
+  checkpoint does) plus the adapter's, under one model type (`vtime_qwen3`), and its code files are the backbone's
+  pair and the family files they import relatively, nothing else. A composite would also have to resolve its
+  `text_config`'s class at load time, for every decoder, inside the remote code.
+- The cost is a configuration and two classes of a few lines per decoder, registered with the Auto classes.
+
+The chat templates of each backbone are in `vtimellm_hf/chat_formats.py`: the processor saves them with a checkpoint.
 """
 
 import transformers
 from transformers import AutoConfig, AutoProcessor
 
+from .configuration_vtime_backbones import VTimeMistralConfig, VTimeQwen2Config, VTimeQwen3Config
 from .configuration_vtime_llama import (
     STREAM_LAYOUTS,
     STREAM_NAMES,
@@ -17,6 +38,14 @@ from .configuration_vtime_llama import (
     VTimeLlamaConfig,
     avicuna_streams,
     longvale_streams,
+)
+from .modeling_vtime_backbones import (
+    VTimeMistralForCausalLM,
+    VTimeMistralModel,
+    VTimeQwen2ForCausalLM,
+    VTimeQwen2Model,
+    VTimeQwen3ForCausalLM,
+    VTimeQwen3Model,
 )
 from .modeling_vtime_llama import (
     GENERATING_AUTO_CLASSES,
@@ -57,17 +86,29 @@ from .video_processing_vtime import (
     read_frame_preprocessing,
 )
 
-# In this process the Auto classes resolve "vtime_llama" to these classes; a saved folder also carries the files
-# and an `auto_map`, so that `trust_remote_code=True` loads it where this package is not installed.
-AutoConfig.register(VTimeLlamaConfig.model_type, VTimeLlamaConfig, exist_ok=True)
-for _auto_class in GENERATING_AUTO_CLASSES:
-    getattr(transformers, _auto_class).register(VTimeLlamaConfig, VTimeLlamaForCausalLM, exist_ok=True)
-AutoProcessor.register(VTimeLlamaConfig, VTimeProcessor, exist_ok=True)
-VTimeLlamaConfig.register_for_auto_class("AutoConfig")
-VTimeLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+# The VTimeLLM configuration and model of each decoder LLM, by the decoder's model type: a checkpoint of that
+# decoder (Vicuna and Llama 3 are "llama"; Qwen2.5 is "qwen2") becomes one of these with the stage-1 projector
+BACKBONES = {
+    "llama": (VTimeLlamaConfig, VTimeLlamaForCausalLM),
+    "qwen3": (VTimeQwen3Config, VTimeQwen3ForCausalLM),
+    "qwen2": (VTimeQwen2Config, VTimeQwen2ForCausalLM),
+    "mistral": (VTimeMistralConfig, VTimeMistralForCausalLM),
+}
+
+# In this process the Auto classes resolve "vtime_llama" (and each backbone's type) to these classes; a saved folder
+# also carries the files and an `auto_map`, so that `trust_remote_code=True` loads it where this package is not
+# installed.
+for _config_class, _model_class in BACKBONES.values():
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    for _auto_class in GENERATING_AUTO_CLASSES:
+        getattr(transformers, _auto_class).register(_config_class, _model_class, exist_ok=True)
+    AutoProcessor.register(_config_class, VTimeProcessor, exist_ok=True)
+    _config_class.register_for_auto_class("AutoConfig")
+    _model_class.register_for_auto_class("AutoModelForCausalLM")
 VTimeProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "BACKBONES",
     "CAPTIONING",
     "CLIP_MEAN",
     "CLIP_STD",
@@ -87,7 +128,16 @@ __all__ = [
     "VTimeLlamaConfig",
     "VTimeLlamaForCausalLM",
     "VTimeLlamaModel",
+    "VTimeMistralConfig",
+    "VTimeMistralForCausalLM",
+    "VTimeMistralModel",
     "VTimeProcessor",
+    "VTimeQwen2Config",
+    "VTimeQwen2ForCausalLM",
+    "VTimeQwen2Model",
+    "VTimeQwen3Config",
+    "VTimeQwen3ForCausalLM",
+    "VTimeQwen3Model",
     "VTimeVideoProcessor",
     "avicuna_streams",
     "check_video_backend",

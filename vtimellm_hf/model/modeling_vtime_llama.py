@@ -10,7 +10,7 @@ transformers and its sibling configuration module.
 
 import torch
 from torch import nn
-from transformers import Cache, LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
+from transformers import Cache, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import is_torchdynamo_compiling
 from transformers.utils.deprecation import deprecate_kwarg
@@ -58,11 +58,59 @@ class VTimeFeatureSpliceMixin:
     composite that wraps it as LLaVA does (`model.language_model` + a projector): the released checkpoints name the
     decoder's weights `model.layers.*` and the projectors `model.mm_projector.*` on that same module, so a mixin loads
     and converts them by name, PEFT's LoRA targets keep their names, and TRL's fused LM head, which calls
-    `model.model` directly, goes through the splice. Any decoder whose base model takes `inputs_embeds` can take it.
+    `model.model` directly, goes through the splice. Any decoder whose base model takes `inputs_embeds` and shares
+    the `forward` signature of transformers' decoders (LLaMA, Qwen2, Qwen3, Mistral) can take it.
 
-    The subclass calls [`_build_projectors`] in `__init__` (before `post_init`) and [`embed_with_features`] at the
-    start of its `forward`.
+    Its `__init__` builds the decoder, then the projectors; its `forward` splices the rows into the embeddings, then
+    runs the decoder on them.
     """
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._build_projectors()
+        self.post_init()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        video_features: torch.FloatTensor | list | None = None,
+        audio_features: torch.FloatTensor | list | None = None,
+        speech_features: torch.FloatTensor | list | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`):
+                Token ids; each sample holds a run of `config.video_token_id` placeholders, one per feature row.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`, *optional*):
+                In place of `input_ids`; placeholders are the positions equal to the `<video>` embedding.
+            video_features (`torch.FloatTensor` of shape `(batch, rows, mm_hidden_size)`, or a list, *optional*):
+                One video per sample: `rows` frame embeddings (100 for a VTimeLLM video, 1 for a stage-1 image);
+                a list holds a `(rows, mm_hidden_size)` tensor or `None` per sample.
+            audio_features, speech_features (*optional*):
+                The audio (BEATs for LongVALE, CLAP for AVicuna) and speech (Whisper) rows of the checkpoints that
+                have these streams, in the same forms. Each sample's rows fill its placeholders in the order of
+                `config.stream_layout`; row `k` of that order replaces its `k`-th placeholder.
+            Other arguments are those of the decoder's base model `forward` ([`LlamaModel.forward`]), in its order.
+        """
+        inputs_embeds = self.embed_with_features(
+            input_ids, inputs_embeds, cache,
+            video_features=video_features, audio_features=audio_features, speech_features=speech_features,
+        )  # fmt: skip
+        return super().forward(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
 
     def _build_projectors(self) -> None:
         for stream in self.config.streams:
@@ -238,9 +286,26 @@ class VTimeLlamaModel(VTimeFeatureSpliceMixin, LlamaModel):
 
     config_class = VTimeLlamaConfig
 
-    def __init__(self, config: VTimeLlamaConfig):
-        super().__init__(config)
-        self._build_projectors()
+
+class VTimeCausalLMMixin:
+    """
+    What the causal LM of any decoder of the family adds to its decoder's: its base model is `base_model_class` (the
+    decoder's base model with [`VTimeFeatureSpliceMixin`]), `forward` takes the rows of each stream, the rows are
+    spliced once, at prefill, and `save_pretrained` records that every Auto class of `GENERATING_AUTO_CLASSES` builds
+    the causal LM: `class XForCausalLM(VTimeCausalLMMixin, SomeDecoderForCausalLM)`.
+    """
+
+    base_model_class: type
+
+    def __init__(self, config):
+        # The decoder's pre-trained model __init__, skipping its causal LM's, which would build a plain base model
+        # only to throw it away: the class after this mixin in the method order is the decoder's causal LM
+        method_order = type(self).__mro__
+        decoder_causal_lm = method_order[method_order.index(VTimeCausalLMMixin) + 1]
+        super(decoder_causal_lm, self).__init__(config)
+        self.model = self.base_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -251,46 +316,45 @@ class VTimeLlamaModel(VTimeFeatureSpliceMixin, LlamaModel):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         video_features: torch.FloatTensor | list | None = None,
         audio_features: torch.FloatTensor | list | None = None,
         speech_features: torch.FloatTensor | list | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> CausalLMOutputWithPast:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(batch, seq_len)`):
-                Token ids; each sample holds a run of `config.video_token_id` placeholders, one per feature row.
+                Token ids with a run of placeholders per sample when features are given.
+            attention_mask (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
+                1 for real tokens, 0 for padding (left padding for batched generation).
             inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`, *optional*):
-                In place of `input_ids`; placeholders are the positions equal to the `<video>` embedding.
-            video_features (`torch.FloatTensor` of shape `(batch, rows, mm_hidden_size)`, or a list, *optional*):
-                One video per sample: `rows` frame embeddings (100 for a VTimeLLM video, 1 for a stage-1 image);
-                a list holds a `(rows, mm_hidden_size)` tensor or `None` per sample.
-            audio_features, speech_features (*optional*):
-                The audio (BEATs for LongVALE, CLAP for AVicuna) and speech (Whisper) rows of the checkpoints that
-                have these streams, in the same forms. Each sample's rows fill its placeholders in the order of
-                `config.stream_layout`; row `k` of that order replaces its `k`-th placeholder.
-            Other arguments are those of [`LlamaModel.forward`], in its order.
+                In place of `input_ids`, the `<video>` embedding at each placeholder.
+            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
+                Target ids, -100 where no loss is taken (placeholders, prompt, padding).
+            video_features, audio_features, speech_features (*optional*):
+                Precomputed rows of each stream, one entry per sample (see [`VTimeFeatureSpliceMixin.forward`]).
+            Other arguments are those of the decoder's causal LM `forward` ([`LlamaForCausalLM.forward`]), in its
+            order. They are named here because `generate` reads the signature: it derives position ids, accepts a KV
+            cache and `inputs_embeds`, and computes prefill logits for the last position only (`logits_to_keep`),
+            only for a `forward` that names them.
         """
-        inputs_embeds = self.embed_with_features(
-            input_ids, inputs_embeds, cache,
-            video_features=video_features, audio_features=audio_features, speech_features=speech_features,
-        )  # fmt: skip
         return super().forward(
+            input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
+            labels=labels,
             use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            video_features=video_features,
+            audio_features=audio_features,
+            speech_features=speech_features,
             **kwargs,
         )
-
-
-class VTimeCausalLMMixin:
-    """
-    What the causal LM of any decoder of the family adds to its decoder's: the rows are spliced once, at prefill,
-    and `save_pretrained` records that every Auto class of `GENERATING_AUTO_CLASSES` builds the causal LM.
-    """
 
     def prepare_inputs_for_generation(
         self,
@@ -329,62 +393,7 @@ class VTimeLlamaForCausalLM(VTimeCausalLMMixin, LlamaForCausalLM):
     """
 
     config_class = VTimeLlamaConfig
-
-    def __init__(self, config: VTimeLlamaConfig):
-        # Skip LlamaForCausalLM.__init__, which would build a plain LlamaModel only to throw it away
-        LlamaPreTrainedModel.__init__(self, config)
-        self.model = VTimeLlamaModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        video_features: torch.FloatTensor | list | None = None,
-        audio_features: torch.FloatTensor | list | None = None,
-        speech_features: torch.FloatTensor | list | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        r"""
-        Args:
-            input_ids (`torch.LongTensor` of shape `(batch, seq_len)`):
-                Token ids with a run of placeholders per sample when features are given.
-            attention_mask (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
-                1 for real tokens, 0 for padding (left padding for batched generation).
-            inputs_embeds (`torch.FloatTensor` of shape `(batch, seq_len, hidden_size)`, *optional*):
-                In place of `input_ids`, the `<video>` embedding at each placeholder.
-            labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
-                Target ids, -100 where no loss is taken (placeholders, prompt, padding).
-            video_features, audio_features, speech_features (*optional*):
-                Precomputed rows of each stream, one entry per sample (see [`VTimeLlamaModel.forward`]).
-            Other arguments are those of [`LlamaForCausalLM.forward`], in its order. They are named here because
-            `generate` reads the signature: it derives position ids, accepts a KV cache and `inputs_embeds`, and
-            computes prefill logits for the last position only (`logits_to_keep`), only for a `forward` that names
-            them.
-        """
-        return super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            video_features=video_features,
-            audio_features=audio_features,
-            speech_features=speech_features,
-            **kwargs,
-        )
+    base_model_class = VTimeLlamaModel
 
 
 __all__ = [

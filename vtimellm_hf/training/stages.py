@@ -16,6 +16,7 @@ from typing import Literal
 from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_liger_kernel_available
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from .. import checkpoints
@@ -25,15 +26,23 @@ from ..conversion import build_hub_folder
 from ..data import loaders
 from ..data.features import open_feature_store
 from ..hub import push_folder
-from ..model import VTimeProcessor
+from ..model import BACKBONES, VTimeProcessor
+from ..chat_formats import chat_template_of
 from ..model_card import STAGES_RECORD_FILE, save_training_record
 from .collator import VTimeDataCollator, add_lengths
 from .trainer import VTimeSFTTrainer, VTimeTrainingArguments
 
 logger = logging.getLogger(__name__)
 
-# PEFT knows no target modules for a new model type, and "all-linear" would also wrap the projector
+# PEFT knows no target modules for a new model type, and "all-linear" would also wrap the projector. Qwen2/2.5,
+# Qwen3 and Mistral name their linear layers as LLaMA does.
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The attention kernels a recipe may ask for (`attn_implementation`; sdpa, torch's own, by default) that come from an
+# optional package: how transformers finds it, and how to install it (FlashAttention 3 has no wheel on PyPI)
+OPTIONAL_ATTENTION = {
+    "flash_attention_2": (is_flash_attn_2_available, "pip install 'vtimellm-hf[flash-attn]'"),
+    "flash_attention_3": (is_flash_attn_3_available, "build it from hopper/ of github.com/Dao-AILab/flash-attention"),
+}
 
 
 @dataclass(frozen=True)
@@ -105,9 +114,19 @@ class VTimeModelArguments(ModelConfig):
     merge_final_adapter: bool = field(
         default=True, metadata={"help": "Stage 3: save one merged model (True) or the base plus the adapter."}
     )
+    chat_format: str = field(
+        default="vicuna_v1",
+        metadata={"help": "The LLM's chat template with <video>: vicuna_v1, qwen3, qwen2.5, llama3 or mistral."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        chat_template_of(self.chat_format)
+        if self.attn_implementation in OPTIONAL_ATTENTION:
+            available, install = OPTIONAL_ATTENTION[self.attn_implementation]
+            if not available():
+                raise ValueError(f"attn_implementation={self.attn_implementation!r}, but its package is not installed "
+                                 f"({install}, on a CUDA machine); or use 'sdpa'.")  # fmt: skip
         if self.load_in_4bit or self.load_in_8bit:
             raise ValueError("load_in_4bit / load_in_8bit: the stages train and merge unquantized weights.")
         if self.lora_task_type != "CAUSAL_LM":
@@ -157,9 +176,11 @@ def check_arguments(stage: Stage, model_args: VTimeModelArguments, push: bool = 
 
 
 def build_processor(tokenizer, model_args: VTimeModelArguments) -> VTimeProcessor:
+    """The processor of the frame encoder, with the chat template of the recipe's `chat_format` as its default."""
     return VTimeProcessor.for_frame_encoder(
-        tokenizer, model_args.frame_encoder_name_or_path, num_frames=model_args.num_frames
-    )
+        tokenizer, model_args.frame_encoder_name_or_path, num_frames=model_args.num_frames,
+        chat_template=chat_template_of(model_args.chat_format),
+    )  # fmt: skip
 
 
 def lora_config(model_args: VTimeModelArguments):
@@ -195,6 +216,20 @@ def setup_model(stage: int, model_args: VTimeModelArguments, tokenizer):
         model.model.mm_projector.requires_grad_(True)
         return model, None
     return model, lora_config(model_args)
+
+
+def apply_liger_kernels(model, kernel_config: dict | None = None) -> None:
+    """
+    Liger's layer kernels (RMSNorm, SwiGLU, RoPE) on the decoder of a VTimeLLM model. Liger finds its patches by
+    model type and knows the decoders' types (`qwen3`), not the VTimeLLM ones (`vtime_qwen3`): the Trainer's own
+    call finds none, so they are applied here by the decoder's. Its fused linear cross-entropy stays off, as TRL
+    keeps it: it would replace the `forward` that splices the feature rows.
+    """
+    import liger_kernel.transformers
+
+    decoder = next(model_type for model_type, (_, model_class) in BACKBONES.items() if isinstance(model, model_class))
+    apply = getattr(liger_kernel.transformers, f"apply_liger_kernel_to_{decoder}")
+    apply(model=model, **{**(kernel_config or {}), "fused_linear_cross_entropy": False})
 
 
 def load_stage_dataset(stage: int, data_args: VTimeDataArguments, feature_store, num_rows: int, feature_dim: int):
@@ -264,6 +299,9 @@ def run_stage(stage: int, model_args: VTimeModelArguments, data_args: VTimeDataA
     if push_to is None and training_args.push_to_hub:
         raise ValueError("push_to_hub needs hub_model_id (org/name) in the recipe.")
     check_arguments(spec, model_args, push=push_to is not None)
+    if training_args.use_liger_kernel and not is_liger_kernel_available():
+        raise ValueError("use_liger_kernel: liger-kernel is not installed (pip install 'vtimellm-hf[liger]', on a CUDA "
+                         "machine).")  # fmt: skip
     training_args.push_to_hub = False
     fit_global_batch(training_args, training_args.world_size)
     resume_from = resume_checkpoint(training_args)
@@ -271,9 +309,12 @@ def run_stage(stage: int, model_args: VTimeModelArguments, data_args: VTimeDataA
     tokenizer = checkpoints.load_tokenizer(
         model_args.tokenizer_name_or_path or model_args.model_name_or_path,
         revision="main" if model_args.tokenizer_name_or_path else model_args.model_revision,
+        chat_template=chat_template_of(model_args.chat_format),
     )
     processor = build_processor(tokenizer, model_args)
     model, peft_config = setup_model(spec.number, model_args, tokenizer)
+    if training_args.use_liger_kernel:
+        apply_liger_kernels(model, training_args.liger_kernel_config)
 
     num_rows = spec.feature_rows or model_args.num_frames
     feature_store = open_feature_store(data_args.feature_dir)

@@ -1,0 +1,139 @@
+"""The chat template of each backbone, with the `<video>` placeholder, as the processor's default template.
+
+Each is its LLM's own chat format (special tokens, roles, default system message), rendering a video block as
+`<video>\\n` before the text as VTimeLLM's Vicuna template does, and marking each answer with its end-of-turn token
+as `{% generation %}`, the tokens the loss is taken on. Stage 1 keeps the processor's `"plain"` template on every
+backbone (`<video>` and the caption, as the original's LLaVA pre-training). A processor saves its templates in its
+folder (`chat_template.jinja`), so a checkpoint loads with its own: this module does not travel to the Hub.
+
+Timestamps in the answers stay two-digit frame indices ("from 05 to 23") whatever the backbone.
+"""
+
+from .model import VICUNA_V1_CHAT_TEMPLATE
+
+# A message's text: a string, or blocks where each video or image is `<video>\n` and text blocks follow in order
+_MESSAGE_CONTENT = (
+    "{%- if message['content'] is string -%}"
+    "{%- set content = message['content'] -%}"
+    "{%- else -%}"
+    "{%- set parts = namespace(text='') -%}"
+    "{%- for block in message['content'] -%}"
+    "{%- if block['type'] in ['video', 'image'] -%}{%- set parts.text = parts.text + '<video>\\n' -%}"
+    "{%- elif block['type'] == 'text' -%}{%- set parts.text = parts.text + block['text'] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set content = parts.text -%}"
+    "{%- endif -%}"
+)
+_SYSTEM_TEXT = (
+    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
+    "else messages[0]['content'][0]['text'] -%}"
+)
+_UNKNOWN_ROLE = (
+    "{{- raise_exception('VTimeLLM conversations hold user and assistant turns after an optional system message, "
+    "got role ' + message['role']) -}}"
+)
+
+
+def _chatml_template(default_system: str, answer_prefix: str) -> str:
+    """ChatML (`<|im_start|>role\\n...<|im_end|>\\n`), as Qwen2, Qwen2.5 and Qwen3 write it."""
+    system = f"{{{{- '<|im_start|>system\\n{default_system}<|im_end|>\\n' -}}}}" if default_system else ""
+    return (
+        "{%- set loop_messages = messages -%}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        f"{_SYSTEM_TEXT}"
+        "{{- '<|im_start|>system\\n' + system_message + '<|im_end|>\\n' -}}"
+        "{%- set loop_messages = messages[1:] -%}"
+        f"{'{%- else -%}' + system if system else ''}"
+        "{%- endif -%}"
+        "{%- for message in loop_messages -%}"
+        f"{_MESSAGE_CONTENT}"
+        "{%- if message['role'] == 'user' -%}"
+        "{{- '<|im_start|>user\\n' + content + '<|im_end|>\\n' -}}"
+        "{%- elif message['role'] == 'assistant' -%}"
+        f"{{{{- '<|im_start|>assistant\\n{answer_prefix}' -}}}}"
+        "{%- generation -%}{{- content + '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
+        "{%- else -%}"
+        f"{_UNKNOWN_ROLE}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{{{{- '<|im_start|>assistant\\n{answer_prefix}' -}}}}{{%- endif -%}}"
+    )
+
+
+# Qwen3's template with thinking off (`enable_thinking=False`): every answer follows an empty thinking block, in every
+# turn, so that a trained turn reads as the prompt that generates it; no default system message
+QWEN3_CHAT_TEMPLATE = _chatml_template("", "<think>\\n\\n</think>\\n\\n")
+# Qwen2.5's template: its default system message
+QWEN2_5_CHAT_TEMPLATE = _chatml_template("You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "")
+
+# Llama 3's template (Meta-Llama-3-8B-Instruct): header tokens, `<|eot_id|>` ends each turn, contents trimmed. The
+# BOS token is the tokenizer's (the processor adds it), not the template's.
+LLAMA3_CHAT_TEMPLATE = (
+    "{%- set loop_messages = messages -%}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    f"{_SYSTEM_TEXT}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + system_message | trim + '<|eot_id|>' -}}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    f"{_MESSAGE_CONTENT}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- '<|start_header_id|>user<|end_header_id|>\\n\\n' + content | trim + '<|eot_id|>' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
+    "{%- generation -%}{{- content | trim + '<|eot_id|>' -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    f"{_UNKNOWN_ROLE}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+# Mistral's instruct template (Mistral-7B-Instruct-v0.3): `[INST] question[/INST] answer</s>`; a system message is
+# written before the first question, as its v0.1 template did. The BOS token is the tokenizer's.
+MISTRAL_CHAT_TEMPLATE = (
+    "{%- set loop_messages = messages -%}"
+    "{%- set system_message = '' -%}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    f"{_SYSTEM_TEXT}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    f"{_MESSAGE_CONTENT}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.first and system_message -%}{%- set content = system_message + '\\n\\n' + content -%}{%- endif -%}"
+    "{{- '[INST] ' + content + '[/INST]' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- ' ' -}}{%- generation -%}{{- content | trim + eos_token -}}{%- endgeneration -%}"
+    "{%- else -%}"
+    f"{_UNKNOWN_ROLE}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# The chat format a recipe names (`chat_format`) -> the processor's default chat template
+CHAT_FORMATS = {
+    "vicuna_v1": VICUNA_V1_CHAT_TEMPLATE,
+    "qwen3": QWEN3_CHAT_TEMPLATE,
+    "qwen2.5": QWEN2_5_CHAT_TEMPLATE,
+    "llama3": LLAMA3_CHAT_TEMPLATE,
+    "mistral": MISTRAL_CHAT_TEMPLATE,
+}
+
+
+def chat_template_of(chat_format: str) -> str:
+    """The default chat template of a chat format of [`CHAT_FORMATS`]; a `ValueError` naming them otherwise."""
+    if chat_format not in CHAT_FORMATS:
+        raise ValueError(f"Unknown chat_format {chat_format!r}; choose one of {', '.join(CHAT_FORMATS)}.")
+    return CHAT_FORMATS[chat_format]
+
+
+__all__ = [
+    "CHAT_FORMATS",
+    "LLAMA3_CHAT_TEMPLATE",
+    "MISTRAL_CHAT_TEMPLATE",
+    "QWEN2_5_CHAT_TEMPLATE",
+    "QWEN3_CHAT_TEMPLATE",
+    "chat_template_of",
+]
