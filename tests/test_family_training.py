@@ -155,3 +155,11 @@ def test_recipes_name_a_stage_and_keep_the_global_batch_of_the_papers(recipe, tm
     for world_size in (1, 2, 4, 8):
         fit_global_batch(args, world_size)
         assert args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size == 128
+
+
+def test_a_family_stage_on_another_chat_format_is_refused():
+    from vtimellm_hf.training.family_stages import FamilyModelArguments, check_family_arguments, family_stage
+
+    model_args = FamilyModelArguments(model_name_or_path="base", family="longvale", stage=2, chat_format="qwen3")
+    with pytest.raises(ValueError, match=r"chat_format: 'qwen3': LongVALE and AVicuna are Vicuna v1.5 models"):
+        check_family_arguments(family_stage(model_args), model_args)

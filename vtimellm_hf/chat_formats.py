@@ -10,30 +10,7 @@ Timestamps in the answers stay two-digit frame indices ("from 05 to 23") whateve
 """
 
 from .model import VICUNA_V1_CHAT_TEMPLATE
-
-# A message's text: a string, or blocks where each video or image is `<video>\n` and text blocks follow in order
-_MESSAGE_CONTENT = (
-    "{%- if message['content'] is string -%}"
-    "{%- set content = message['content'] -%}"
-    "{%- else -%}"
-    "{%- set parts = namespace(text='') -%}"
-    "{%- for block in message['content'] -%}"
-    "{%- if block['type'] in ['video', 'image'] -%}{%- set parts.text = parts.text + '<video>\\n' -%}"
-    "{%- elif block['type'] == 'text' -%}{%- set parts.text = parts.text + block['text'] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set content = parts.text -%}"
-    "{%- endif -%}"
-)
-_SYSTEM_TEXT = (
-    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
-    "else messages[0]['content'][0]['text'] -%}"
-)
-_UNKNOWN_ROLE = (
-    "{{- raise_exception('VTimeLLM conversations hold user and assistant turns after an optional system message, "
-    "got role ' + message['role']) -}}"
-)
-
+from .model.processing_vtime import MESSAGE_CONTENT_JINJA, SYSTEM_MESSAGE_JINJA, UNKNOWN_ROLE_JINJA
 
 def _chatml_template(default_system: str, answer_prefix: str) -> str:
     """ChatML (`<|im_start|>role\\n...<|im_end|>\\n`), as Qwen2, Qwen2.5 and Qwen3 write it."""
@@ -41,20 +18,20 @@ def _chatml_template(default_system: str, answer_prefix: str) -> str:
     return (
         "{%- set loop_messages = messages -%}"
         "{%- if messages[0]['role'] == 'system' -%}"
-        f"{_SYSTEM_TEXT}"
+        f"{SYSTEM_MESSAGE_JINJA}"
         "{{- '<|im_start|>system\\n' + system_message + '<|im_end|>\\n' -}}"
         "{%- set loop_messages = messages[1:] -%}"
         f"{'{%- else -%}' + system if system else ''}"
         "{%- endif -%}"
         "{%- for message in loop_messages -%}"
-        f"{_MESSAGE_CONTENT}"
+        f"{MESSAGE_CONTENT_JINJA}"
         "{%- if message['role'] == 'user' -%}"
         "{{- '<|im_start|>user\\n' + content + '<|im_end|>\\n' -}}"
         "{%- elif message['role'] == 'assistant' -%}"
         f"{{{{- '<|im_start|>assistant\\n{answer_prefix}' -}}}}"
         "{%- generation -%}{{- content + '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
         "{%- else -%}"
-        f"{_UNKNOWN_ROLE}"
+        f"{UNKNOWN_ROLE_JINJA}"
         "{%- endif -%}"
         "{%- endfor -%}"
         f"{{%- if add_generation_prompt -%}}{{{{- '<|im_start|>assistant\\n{answer_prefix}' -}}}}{{%- endif -%}}"
@@ -72,19 +49,19 @@ QWEN2_5_CHAT_TEMPLATE = _chatml_template("You are Qwen, created by Alibaba Cloud
 LLAMA3_CHAT_TEMPLATE = (
     "{%- set loop_messages = messages -%}"
     "{%- if messages[0]['role'] == 'system' -%}"
-    f"{_SYSTEM_TEXT}"
+    f"{SYSTEM_MESSAGE_JINJA}"
     "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + system_message | trim + '<|eot_id|>' -}}"
     "{%- set loop_messages = messages[1:] -%}"
     "{%- endif -%}"
     "{%- for message in loop_messages -%}"
-    f"{_MESSAGE_CONTENT}"
+    f"{MESSAGE_CONTENT_JINJA}"
     "{%- if message['role'] == 'user' -%}"
     "{{- '<|start_header_id|>user<|end_header_id|>\\n\\n' + content | trim + '<|eot_id|>' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}"
     "{%- generation -%}{{- content | trim + '<|eot_id|>' -}}{%- endgeneration -%}"
     "{%- else -%}"
-    f"{_UNKNOWN_ROLE}"
+    f"{UNKNOWN_ROLE_JINJA}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
@@ -96,18 +73,18 @@ MISTRAL_CHAT_TEMPLATE = (
     "{%- set loop_messages = messages -%}"
     "{%- set system_message = '' -%}"
     "{%- if messages[0]['role'] == 'system' -%}"
-    f"{_SYSTEM_TEXT}"
+    f"{SYSTEM_MESSAGE_JINJA}"
     "{%- set loop_messages = messages[1:] -%}"
     "{%- endif -%}"
     "{%- for message in loop_messages -%}"
-    f"{_MESSAGE_CONTENT}"
+    f"{MESSAGE_CONTENT_JINJA}"
     "{%- if message['role'] == 'user' -%}"
     "{%- if loop.first and system_message -%}{%- set content = system_message + '\\n\\n' + content -%}{%- endif -%}"
     "{{- '[INST] ' + content + '[/INST]' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{- ' ' -}}{%- generation -%}{{- content | trim + eos_token -}}{%- endgeneration -%}"
     "{%- else -%}"
-    f"{_UNKNOWN_ROLE}"
+    f"{UNKNOWN_ROLE_JINJA}"
     "{%- endif -%}"
     "{%- endfor -%}"
 )

@@ -49,20 +49,9 @@ logger = logging.get_logger(__name__)
 VIDEO_TOKEN = "<video>"
 
 
-# The Vicuna v1 prompt of the original, byte for byte: "SYSTEM USER: <video>\n... ASSISTANT: answer</s>USER: ...".
-# The `generation` markers let `apply_chat_template(return_assistant_tokens_mask=True)` find the trained tokens.
-VICUNA_V1_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
-    "else messages[0]['content'][0]['text'] -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system_message = 'A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{{- system_message + ' ' -}}"
-    "{%- for message in loop_messages -%}"
+# Pieces of the chat templates, shared by every backbone's (`vtimellm_hf.chat_formats`). A message's text: a string,
+# or blocks where each video or image is `<video>\n` and text blocks follow in order
+MESSAGE_CONTENT_JINJA = (
     "{%- if message['content'] is string -%}"
     "{%- set content = message['content'] -%}"
     "{%- else -%}"
@@ -74,14 +63,37 @@ VICUNA_V1_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- set content = parts.text -%}"
     "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}"
+)
+SYSTEM_MESSAGE_JINJA = (
+    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
+    "else messages[0]['content'][0]['text'] -%}"
+)
+UNKNOWN_ROLE_JINJA = (
+    "{{- raise_exception('VTimeLLM conversations hold user and assistant turns after an optional system message, "
+    "got role ' + message['role']) -}}"
+)
+
+# The Vicuna v1 prompt of the original, byte for byte: "SYSTEM USER: <video>\n... ASSISTANT: answer</s>USER: ...".
+# The `generation` markers let `apply_chat_template(return_assistant_tokens_mask=True)` find the trained tokens.
+VICUNA_V1_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    + SYSTEM_MESSAGE_JINJA
+    + "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_message = 'A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{{- system_message + ' ' -}}"
+    "{%- for message in loop_messages -%}"
+    + MESSAGE_CONTENT_JINJA
+    + "{%- if message['role'] == 'user' -%}"
     "{{- 'USER: ' + content + ' ' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- content + eos_token -}}{%- endgeneration -%}"
     "{%- else -%}"
-    "{{- raise_exception('VTimeLLM conversations hold user and assistant turns after an optional system message, "
-    "got role ' + message['role']) -}}"
-    "{%- endif -%}"
+    + UNKNOWN_ROLE_JINJA
+    + "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
@@ -747,7 +759,10 @@ def __getattr__(name: str):
 __all__ = [
     "CAPTIONING",
     "GROUNDING",
+    "MESSAGE_CONTENT_JINJA",
     "PLAIN_CHAT_TEMPLATE",
+    "SYSTEM_MESSAGE_JINJA",
+    "UNKNOWN_ROLE_JINJA",
     "VICUNA_V1_CHAT_TEMPLATE",
     "VIDEO_TOKEN",
     "VTimeProcessor",

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import TrlParser
 
@@ -42,9 +41,8 @@ from .stages import (
     VTimeDataArguments,
     VTimeModelArguments,
     _verbosity,
-    fit_global_batch,
     lora_config,
-    resume_checkpoint,
+    start_run,
 )
 from .trainer import VTimeSFTTrainer, VTimeTrainingArguments
 
@@ -169,6 +167,10 @@ def check_family_arguments(spec: FamilyStage, model_args: FamilyModelArguments) 
     """Refuses arguments that do not give the stage the files it starts from."""
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is not set: the base LLM (Vicuna v1.5).")
+    if model_args.chat_format != "vicuna_v1":
+        raise ValueError(
+            f"chat_format: {model_args.chat_format!r}: LongVALE and AVicuna are Vicuna v1.5 models (vicuna_v1)."
+        )
     if not model_args.merge_final_adapter:
         raise ValueError("merge_final_adapter: false is VTimeLLM's; the family's final stages save one merged folder.")
     needed = [argument for _, argument in spec.loads] + ([spec.merges] if spec.merges else [])
@@ -249,13 +251,7 @@ def run_family_stage(
     check_family_arguments(spec, model_args)
     if training_args.push_to_hub:
         raise ValueError("push_to_hub: push the final folder with `vtimellm-hf push`, which checks it first.")
-    fit_global_batch(training_args, training_args.world_size)
-    resume_from = resume_checkpoint(training_args)
-    set_seed(training_args.seed)
-    tokenizer = checkpoints.load_tokenizer(
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        revision="main" if model_args.tokenizer_name_or_path else model_args.model_revision,
-    )
+    resume_from, tokenizer = start_run(model_args, training_args)
     processor = build_family_processor(tokenizer, model_args)
     model, peft_config = setup_family_model(spec, model_args, tokenizer)
     dataset, stores, sub_stores = load_family_dataset(spec, model_args, data_args)

@@ -287,6 +287,23 @@ def resume_checkpoint(training_args) -> str | None:
     return asked
 
 
+def start_run(model_args, training_args):
+    """
+    What every stage does first: the accumulation that keeps the recipe's global batch on this many processes, the
+    checkpoint to resume from, the seed, and the tokenizer with the chat template of `model_args.chat_format`.
+    Returns `(resume_from, tokenizer)`.
+    """
+    fit_global_batch(training_args, training_args.world_size)
+    resume_from = resume_checkpoint(training_args)
+    set_seed(training_args.seed)
+    tokenizer = checkpoints.load_tokenizer(
+        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        revision="main" if model_args.tokenizer_name_or_path else model_args.model_revision,
+        chat_template=chat_template_of(model_args.chat_format),
+    )
+    return resume_from, tokenizer
+
+
 def run_stage(stage: int, model_args: VTimeModelArguments, data_args: VTimeDataArguments, training_args) -> Path:
     """
     Runs one stage end to end with TRL's SFTTrainer (`training_args`: [`VTimeTrainingArguments`]); returns the folder
@@ -303,14 +320,7 @@ def run_stage(stage: int, model_args: VTimeModelArguments, data_args: VTimeDataA
         raise ValueError("use_liger_kernel: liger-kernel is not installed (pip install 'vtimellm-hf[liger]', on a CUDA "
                          "machine).")  # fmt: skip
     training_args.push_to_hub = False
-    fit_global_batch(training_args, training_args.world_size)
-    resume_from = resume_checkpoint(training_args)
-    set_seed(training_args.seed)
-    tokenizer = checkpoints.load_tokenizer(
-        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-        revision="main" if model_args.tokenizer_name_or_path else model_args.model_revision,
-        chat_template=chat_template_of(model_args.chat_format),
-    )
+    resume_from, tokenizer = start_run(model_args, training_args)
     processor = build_processor(tokenizer, model_args)
     model, peft_config = setup_model(spec.number, model_args, tokenizer)
     if training_args.use_liger_kernel:
