@@ -10,6 +10,7 @@ import pytest
 from vtimellm_hf.data.raw_annotations import GroundingQuery
 from vtimellm_hf.metrics import grounding_ious, temporal_iou
 from vtimellm_hf.metrics.grounding_report import (
+    MULTI_EVENT_KEYS,
     best_fixed_span,
     bootstrap_interval,
     first_event_predictions,
@@ -159,7 +160,9 @@ def test_report_of_a_model_that_reads_the_query_fails_the_swap():
     assert report["multi_event_miou_ci"] == [1.0, 1.0]
 
 
-def test_report_needs_a_video_with_several_queries():
+def test_report_without_a_video_of_several_queries_leaves_their_figures_out():
     single = [REFERENCES[-1]]
-    with pytest.raises(ValueError, match="several queries"):
-        grounding_report(single, [], [], [])
+    report = grounding_report(single, answers([("c", "solo", [1.0, 2.0])]), [], [])
+    # [1, 2] vs [1, 3]: 0.5; no control answer: 0
+    assert (report["miou"], report["r1@0.5"], report["control_miou"], report["n_multi_event"]) == (0.5, 1.0, 0.0, 0)
+    assert all(report[key] is None for key in MULTI_EVENT_KEYS)

@@ -25,6 +25,7 @@ from ..data.raw_annotations import GroundingQuery
 from .grounding import GROUNDING_THRESHOLDS, grounding_ious
 
 __all__ = [
+    "MULTI_EVENT_KEYS",
     "best_fixed_span",
     "bootstrap_interval",
     "first_event_predictions",
@@ -34,6 +35,19 @@ __all__ = [
     "swapped_queries",
 ]
 
+# The figures about the queries of videos with several queries, and their intervals
+MULTI_EVENT_KEYS = tuple(
+    name
+    for key in (
+        "multi_event_miou",
+        *(f"multi_event_r1@{threshold}" for threshold in GROUNDING_THRESHOLDS),
+        "first_event_miou",
+        "fixed_span_miou",
+        "query_blind_miou",
+        "query_swap_miou",
+    )
+    for name in (key, f"{key}_ci")
+) + ("fixed_span",)
 # Step of the grid of shares of the duration the best fixed span is searched on: VTimeLLM's 100 frame indices.
 _FIXED_SPAN_STEP = 0.01
 
@@ -144,41 +158,44 @@ def grounding_report(
         Scores in [0, 1]: `miou`, `r1@t` (t in 0.3, 0.5, 0.7), `multi_event_miou`, `multi_event_r1@t`,
         `first_event_miou`, `fixed_span_miou`, `query_blind_miou`, `query_swap_miou`, `control_miou`; and `n`,
         `n_multi_event`, `fixed_span` (the best fixed span, as shares of the duration), `unparsed` and
-        `control_unparsed` (answers that name no moment).
+        `control_unparsed` (answers that name no moment). Without a video of several queries, the figures about
+        them (`MULTI_EVENT_KEYS`) are None.
     """
     predictions, control_predictions = list(predictions), list(control_predictions)
     multi = multi_event_queries(references)
-    if not multi:
-        raise ValueError("no video has several queries: the query-blind and query-swap figures need some")
     ious = grounding_ious(predictions, references)
-    multi_ious = grounding_ious(_answers_to(predictions, multi), multi)
-    fixed_span = best_fixed_span(multi)
-    first_event_ious = grounding_ious(first_event_predictions(multi), multi)
-    fixed_span_ious = grounding_ious(fixed_span_predictions(multi, fixed_span), multi)
-    query_blind_ious = max(first_event_ious, fixed_span_ious, key=sum)
-    swapped = swapped_queries(references)
-    # The swapped queries' answers, scored against the moments they did not ask about
-    swap_ious = grounding_ious(swap_predictions, swapped)
-    per_query = {"miou": (ious, references), "multi_event_miou": (multi_ious, multi)}
+    per_query = {"miou": (ious, references)}
     for threshold in GROUNDING_THRESHOLDS:
         per_query[f"r1@{threshold}"] = ([float(iou >= threshold) for iou in ious], references)
-        per_query[f"multi_event_r1@{threshold}"] = ([float(iou >= threshold) for iou in multi_ious], multi)
-    per_query.update(
-        first_event_miou=(first_event_ious, multi),
-        fixed_span_miou=(fixed_span_ious, multi),
-        query_blind_miou=(query_blind_ious, multi),
-        query_swap_miou=(swap_ious, swapped),
-        control_miou=(grounding_ious(control_predictions, references), references),
-    )
+    per_query["control_miou"] = (grounding_ious(control_predictions, references), references)
+    fixed_span = None
+    if multi:
+        multi_ious = grounding_ious(_answers_to(predictions, multi), multi)
+        fixed_span = best_fixed_span(multi)
+        first_event_ious = grounding_ious(first_event_predictions(multi), multi)
+        fixed_span_ious = grounding_ious(fixed_span_predictions(multi, fixed_span), multi)
+        swapped = swapped_queries(references)
+        per_query["multi_event_miou"] = (multi_ious, multi)
+        for threshold in GROUNDING_THRESHOLDS:
+            per_query[f"multi_event_r1@{threshold}"] = ([float(iou >= threshold) for iou in multi_ious], multi)
+        per_query.update(
+            first_event_miou=(first_event_ious, multi),
+            fixed_span_miou=(fixed_span_ious, multi),
+            query_blind_miou=(max(first_event_ious, fixed_span_ious, key=sum), multi),
+            # The swapped queries' answers, scored against the moments they did not ask about
+            query_swap_miou=(grounding_ious(swap_predictions, swapped), swapped),
+        )
     report: dict[str, Any] = {}
     for key, (values, queries) in per_query.items():
         report[key] = sum(values) / len(values)
         groups = [query.video_id for query in queries]
         report[f"{key}_ci"] = list(bootstrap_interval(values, groups, seed=seed, resamples=resamples))
+    for key in MULTI_EVENT_KEYS:
+        report.setdefault(key, None)
     report.update(
+        fixed_span=list(fixed_span) if fixed_span else None,
         n=len(references),
         n_multi_event=len(multi),
-        fixed_span=list(fixed_span),
         unparsed=sum(prediction["timestamp"] is None for prediction in predictions),
         control_unparsed=sum(prediction["timestamp"] is None for prediction in control_predictions),
     )
