@@ -18,8 +18,14 @@ def test_quick_demo_writes_metrics_and_timeline(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert set(metrics) >= {"miou", "r1@0.3", "r1@0.5", "r1@0.7", "control_miou"}
-    assert all(0.0 <= metrics[key] <= 1.0 for key in ("miou", "r1@0.3", "r1@0.5", "r1@0.7", "control_miou"))
+    scores = ["miou", "r1@0.3", "r1@0.5", "r1@0.7", "control_miou", "multi_event_miou", "query_blind_miou"]
+    scores += ["query_swap_miou", "multi_event_r1@0.3", "multi_event_r1@0.5", "multi_event_r1@0.7"]
+    for key in scores:
+        low, high = metrics[f"{key}_ci"]
+        assert 0.0 <= low <= metrics[key] <= high <= 1.0, key
+    assert 0 < metrics["n_multi_event"] <= metrics["n"]
+    swapped = (tmp_path / "demo" / "query_swap_predictions.jsonl").read_text().splitlines()
+    assert len(swapped) == metrics["n_multi_event"]
     assert (tmp_path / "demo" / "timeline.png").stat().st_size > 1000
     predictions = (tmp_path / "demo" / "grounding_predictions.jsonl").read_text().splitlines()
     assert len(predictions) == metrics["n"]

@@ -48,7 +48,13 @@ from .captioning import (
     soda_c,
     tiou_averaged_score,
 )
-from .grounding import GROUNDING_THRESHOLDS, read_grounding_predictions, score_grounding, temporal_iou
+from .grounding import (
+    GROUNDING_THRESHOLDS,
+    grounding_ious,
+    read_grounding_predictions,
+    score_grounding,
+    temporal_iou,
+)
 
 __all__ = [
     "DENSEVID_TIOUS",
@@ -57,6 +63,7 @@ __all__ = [
     "CocoCider",
     "CocoMeteor",
     "Tokenizer",
+    "grounding_ious",
     "parse_captioning_predictions",
     "ptb_tokenize",
     "read_captioning_predictions",

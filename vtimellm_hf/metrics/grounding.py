@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from ..data.raw_annotations import GroundingQuery
 from ..files import read_json_records
 
-__all__ = ["GROUNDING_THRESHOLDS", "read_grounding_predictions", "score_grounding", "temporal_iou"]
+__all__ = ["GROUNDING_THRESHOLDS", "grounding_ious", "read_grounding_predictions", "score_grounding", "temporal_iou"]
 
 GROUNDING_THRESHOLDS = (0.3, 0.5, 0.7)
 
@@ -83,6 +83,36 @@ def score_grounding(
         ValueError: on no references, a malformed prediction (naming its position), or predictions that match no
             reference (naming how many and the first of them).
     """
+    matched = _match_predictions(predictions, references)
+    ious = _ious(matched, references, iou_decimals)
+    n = len(references)
+    scores = {
+        f"r1@{threshold}": 100.0 * sum(iou >= threshold for iou in ious) / n for threshold in GROUNDING_THRESHOLDS
+    }
+    scores["miou"] = 100.0 * sum(ious) / n
+    scores["n"] = n
+    scores["unparsed"] = sum(prediction.timestamp is None for prediction in matched.values())
+    scores["missing"] = n - len(matched)
+    return scores
+
+
+def grounding_ious(
+    predictions: Iterable[Mapping[str, Any]], references: Sequence[GroundingQuery], iou_decimals: int | None = 2
+) -> list[float]:
+    """The IoU of each reference's prediction, in the order of `references`, as [`score_grounding`] scores it
+    (matched, clipped and rounded the same way; 0 for an unparsed or missing prediction): what per-query statistics,
+    such as bootstrap intervals, are computed from.
+
+    Raises:
+        ValueError: as [`score_grounding`].
+    """
+    return _ious(_match_predictions(predictions, references), references, iou_decimals)
+
+
+def _match_predictions(
+    predictions: Iterable[Mapping[str, Any]], references: Sequence[GroundingQuery]
+) -> dict[int, _Prediction]:
+    """`{reference index: its prediction}`, matched by `(video_id, query)` as the module docstring says."""
     if not references:
         raise ValueError("no references to score against")
     pending = defaultdict(deque)
@@ -108,7 +138,12 @@ def score_grounding(
             f"than the references do); the first is prediction #{position}: video_id={prediction.video_id!r}, "
             f"query={prediction.query!r}"
         )
+    return matched
 
+
+def _ious(
+    matched: Mapping[int, _Prediction], references: Sequence[GroundingQuery], iou_decimals: int | None
+) -> list[float]:
     ious = []
     for index, reference in enumerate(references):
         prediction = matched.get(index)
@@ -118,16 +153,7 @@ def score_grounding(
             predicted = _clip(prediction.timestamp, reference.duration)
             iou = temporal_iou(predicted, (reference.start, reference.end))
             ious.append(iou if iou_decimals is None else round(iou, iou_decimals))
-
-    n = len(references)
-    scores = {
-        f"r1@{threshold}": 100.0 * sum(iou >= threshold for iou in ious) / n for threshold in GROUNDING_THRESHOLDS
-    }
-    scores["miou"] = 100.0 * sum(ious) / n
-    scores["n"] = n
-    scores["unparsed"] = sum(prediction.timestamp is None for prediction in matched.values())
-    scores["missing"] = n - len(matched)
-    return scores
+    return ious
 
 
 def read_grounding_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
