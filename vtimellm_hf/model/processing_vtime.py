@@ -759,10 +759,7 @@ def __getattr__(name: str):
 __all__ = [
     "CAPTIONING",
     "GROUNDING",
-    "MESSAGE_CONTENT_JINJA",
     "PLAIN_CHAT_TEMPLATE",
-    "SYSTEM_MESSAGE_JINJA",
-    "UNKNOWN_ROLE_JINJA",
     "VICUNA_V1_CHAT_TEMPLATE",
     "VIDEO_TOKEN",
     "VTimeProcessor",
