@@ -1,8 +1,9 @@
 """VTimeProcessor: the text of VTimeLLM (chat templates, token ids, the `<video>` expansion) and its visual inputs.
 
 Videos and images go through [`VTimeVideoProcessor`] and [`VTimeFrameEncoder`] (`video_processing_vtime.py`); the
-audio and speech streams of LongVALE and AVicuna through the stream encoders of `audio_processing_vtime.py`; the
-timestamp helpers that read answers live in `timestamps_vtime.py` and are re-exported here.
+audio and speech streams of LongVALE and AVicuna through the stream encoders of `audio_processing_vtime.py`. The chat
+templates live in `chat_templates_vtime.py`, the timestamp helpers that read answers in `timestamps_vtime.py`; both
+are re-exported here.
 
 This file travels to the Hub with every checkpoint (`trust_remote_code=True`): it imports only torch, numpy,
 transformers and its siblings.
@@ -20,6 +21,11 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
 from .audio_processing_vtime import build_stream_encoder, fit_rows
+from .chat_templates_vtime import (
+    PLAIN_CHAT_TEMPLATE,
+    VICUNA_V1_CHAT_TEMPLATE,
+    named_chat_templates,
+)
 from .configuration_vtime_llama import STREAM_NAMES
 from .timestamps_vtime import (
     CAPTIONING,
@@ -47,67 +53,6 @@ from .video_processing_vtime import (
 logger = logging.get_logger(__name__)
 
 VIDEO_TOKEN = "<video>"
-
-
-# Pieces of the chat templates, shared by every backbone's (`vtimellm_hf.chat_formats`). A message's text: a string,
-# or blocks where each video or image is `<video>\n` and text blocks follow in order
-MESSAGE_CONTENT_JINJA = (
-    "{%- if message['content'] is string -%}"
-    "{%- set content = message['content'] -%}"
-    "{%- else -%}"
-    "{%- set parts = namespace(text='') -%}"
-    "{%- for block in message['content'] -%}"
-    "{%- if block['type'] in ['video', 'image'] -%}{%- set parts.text = parts.text + '<video>\\n' -%}"
-    "{%- elif block['type'] == 'text' -%}{%- set parts.text = parts.text + block['text'] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set content = parts.text -%}"
-    "{%- endif -%}"
-)
-SYSTEM_MESSAGE_JINJA = (
-    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
-    "else messages[0]['content'][0]['text'] -%}"
-)
-UNKNOWN_ROLE_JINJA = (
-    "{{- raise_exception('VTimeLLM conversations hold user and assistant turns after an optional system message, "
-    "got role ' + message['role']) -}}"
-)
-
-# The Vicuna v1 prompt of the original, byte for byte: "SYSTEM USER: <video>\n... ASSISTANT: answer</s>USER: ...".
-# The `generation` markers let `apply_chat_template(return_assistant_tokens_mask=True)` find the trained tokens.
-VICUNA_V1_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    + SYSTEM_MESSAGE_JINJA
-    + "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system_message = 'A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{{- system_message + ' ' -}}"
-    "{%- for message in loop_messages -%}"
-    + MESSAGE_CONTENT_JINJA
-    + "{%- if message['role'] == 'user' -%}"
-    "{{- 'USER: ' + content + ' ' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- content + eos_token -}}{%- endgeneration -%}"
-    "{%- else -%}"
-    + UNKNOWN_ROLE_JINJA
-    + "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
-
-# Stage 1 of the original ("plain" template): the input is the visual placeholder alone, the question is dropped,
-# and the target is the caption followed by a newline. The processor holds it as its chat template named "plain".
-PLAIN_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- '<video>' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] + '\\n' -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
 
 # `ProcessorMixin.apply_chat_template` passes these to every processor; they concern audio and text-level
 # placeholder expansion, and this processor expands ids, so their values change nothing here.
@@ -213,10 +158,7 @@ class VTimeProcessor(ProcessorMixin):
         self.frame_encoder = VTimeFrameEncoder(
             frame_encoder_name_or_path, encoder_batch_size, video_processor=self.video_processor, model=frame_encoder
         )
-        templates = dict(chat_template) if isinstance(chat_template, dict) else {"default": chat_template}
-        templates["default"] = templates.get("default") or VICUNA_V1_CHAT_TEMPLATE
-        templates.setdefault("plain", PLAIN_CHAT_TEMPLATE)
-        super().__init__(tokenizer, chat_template=templates, **kwargs)
+        super().__init__(tokenizer, chat_template=named_chat_templates(chat_template), **kwargs)
 
     num_frames = _forwarded("video_processor", "num_frames", "Frames sampled per video.")
     frame_size = _forwarded("video_processor", "frame_size", "Side of the square crop fed to the encoder.")
