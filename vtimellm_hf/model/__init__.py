@@ -1,8 +1,8 @@
 """The VTimeLLM model: configuration, modeling and processing, the files that travel to the Hub.
 
-`processing_vtime.py` (text, the `<video>` expansion) holds the chat templates of `chat_templates_vtime.py` and uses
-`video_processing_vtime.py` (pixels and the frame encoder), which reads frames through `video_decoding_vtime.py`;
-`timestamps_vtime.py` reads answers. The audio
+`processing_vtime.py` (text, the `<video>` expansion) holds the chat templates of `chat_templates_vtime.py`, checks
+precomputed features with `feature_inputs_vtime.py` and uses `video_processing_vtime.py` (pixels and the frame
+encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers. The audio
 streams of LongVALE and AVicuna (`audio_processing_vtime.py`: the Whisper, BEATs and CLAP encoders) read audio tracks
 through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
 
