@@ -244,6 +244,7 @@ def test_config_checks_its_fields_as_llama_does(tmp_path, field, value, message)
 def test_all_lists_every_documented_name():
     import vtimellm_hf
     from vtimellm_hf.model import (
+        chat_templates_vtime,
         configuration_vtime_llama,
         modeling_vtime_llama,
         processing_vtime,
@@ -254,8 +255,8 @@ def test_all_lists_every_documented_name():
 
     exported = set(vtimellm_hf.__all__)
     assert exported == set(vtimellm_hf.model.__all__)
-    for module in (configuration_vtime_llama, modeling_vtime_llama, processing_vtime, timestamps_vtime,
-                   video_decoding_vtime, video_processing_vtime):  # fmt: skip
+    for module in (chat_templates_vtime, configuration_vtime_llama, modeling_vtime_llama, processing_vtime,
+                   timestamps_vtime, video_decoding_vtime, video_processing_vtime):  # fmt: skip
         assert set(module.__all__) <= exported, module.__name__
         assert all(hasattr(module, name) for name in module.__all__), module.__name__
     # The names of the package that the README imports from it or writes in backticks (`name(...)` or `name`)

@@ -179,8 +179,11 @@ def test_audio_is_refused_with_what_to_pass_instead(processor, name):
 
 def test_another_frame_count_is_sampled_with_a_warning(processor, synthetic_video):
     prompt = "USER: <video>\nWhen? ASSISTANT:"
-    with pytest.warns(UserWarning, match="num_frames=50, but this checkpoint was trained on 100 frames a video"):
+    expected = "num_frames=50, but this checkpoint was trained on 100 frames a video"
+    with pytest.warns(UserWarning, match=expected) as record:
         inputs = processor(text=prompt, videos=str(synthetic_video), num_frames=50, return_tensors="pt")
+    # The warning names the line that called the processor
+    assert [warning.filename for warning in record] == [__file__]
     assert inputs["video_features"].shape[1] == 50
     assert (inputs["input_ids"] == processor.video_token_id).sum() == 50
     with warnings.catch_warnings():

@@ -68,9 +68,10 @@ def test_saved_folder_loads_as_remote_code_without_the_package(tmp_path, tokeniz
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_vtime.VTimeProcessor"}
     # The files `auto_map` names, and the siblings they import relatively, which transformers copies with them
     # (the processor makes LongVALE's and AVicuna's audio and speech rows: the audio files travel too)
-    code_files = ["audio_decoding_vtime.py", "audio_processing_vtime.py", "beats_vtime.py",
-                  "configuration_vtime_llama.py", "modeling_vtime_llama.py", "processing_vtime.py",
-                  "timestamps_vtime.py", "video_decoding_vtime.py", "video_processing_vtime.py"]  # fmt: skip
+    code_files = ["audio_decoding_vtime.py", "audio_processing_vtime.py", "beats_vtime.py", "chat_templates_vtime.py",
+                  "configuration_vtime_llama.py", "feature_inputs_vtime.py", "modeling_vtime_llama.py",
+                  "processing_vtime.py", "timestamps_vtime.py", "video_decoding_vtime.py",
+                  "video_processing_vtime.py"]  # fmt: skip
     assert sorted(path.name for path in folder.glob("*.py")) == code_files
 
     features = torch.randn(1, 100, model.config.mm_hidden_size, generator=torch.Generator().manual_seed(3))

@@ -9,8 +9,13 @@ folder (`chat_template.jinja`), so a checkpoint loads with its own: this module 
 Timestamps in the answers stay two-digit frame indices ("from 05 to 23") whatever the backbone.
 """
 
-from .model import VICUNA_V1_CHAT_TEMPLATE
-from .model.processing_vtime import MESSAGE_CONTENT_JINJA, SYSTEM_MESSAGE_JINJA, UNKNOWN_ROLE_JINJA
+from .model.chat_templates_vtime import (
+    MESSAGE_CONTENT_JINJA,
+    SYSTEM_MESSAGE_JINJA,
+    UNKNOWN_ROLE_JINJA,
+    VICUNA_V1_CHAT_TEMPLATE,
+)
+
 
 def _chatml_template(default_system: str, answer_prefix: str) -> str:
     """ChatML (`<|im_start|>role\\n...<|im_end|>\\n`), as Qwen2, Qwen2.5 and Qwen3 write it."""

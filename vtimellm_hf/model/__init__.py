@@ -1,7 +1,8 @@
 """The VTimeLLM model: configuration, modeling and processing, the files that travel to the Hub.
 
-`processing_vtime.py` (text, chat templates, the `<video>` expansion) uses `video_processing_vtime.py` (pixels and the
-frame encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers. The audio
+`processing_vtime.py` (text, the `<video>` expansion) holds the chat templates of `chat_templates_vtime.py`, checks
+precomputed features with `feature_inputs_vtime.py` and uses `video_processing_vtime.py` (pixels and the frame
+encoder), which reads frames through `video_decoding_vtime.py`; `timestamps_vtime.py` reads answers. The audio
 streams of LongVALE and AVicuna (`audio_processing_vtime.py`: the Whisper, BEATs and CLAP encoders) read audio tracks
 through `audio_decoding_vtime.py` and BEATs from `beats_vtime.py`.
 
@@ -29,6 +30,7 @@ The chat templates of each backbone are in `vtimellm_hf/chat_formats.py`: the pr
 import transformers
 from transformers import AutoConfig, AutoProcessor
 
+from .chat_templates_vtime import PLAIN_CHAT_TEMPLATE, VICUNA_V1_CHAT_TEMPLATE
 from .configuration_vtime_backbones import VTimeMistralConfig, VTimeQwen2Config, VTimeQwen3Config
 from .configuration_vtime_llama import (
     STREAM_LAYOUTS,
@@ -55,7 +57,7 @@ from .modeling_vtime_llama import (
     VTimeLlamaModel,
     interleave_audio_slots,
 )
-from .processing_vtime import PLAIN_CHAT_TEMPLATE, VICUNA_V1_CHAT_TEMPLATE, VIDEO_TOKEN, VTimeProcessor
+from .processing_vtime import VIDEO_TOKEN, VTimeProcessor
 from .timestamps_vtime import (
     CAPTIONING,
     GROUNDING,

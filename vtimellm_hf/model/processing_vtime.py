@@ -1,8 +1,9 @@
 """VTimeProcessor: the text of VTimeLLM (chat templates, token ids, the `<video>` expansion) and its visual inputs.
 
 Videos and images go through [`VTimeVideoProcessor`] and [`VTimeFrameEncoder`] (`video_processing_vtime.py`); the
-audio and speech streams of LongVALE and AVicuna through the stream encoders of `audio_processing_vtime.py`; the
-timestamp helpers that read answers live in `timestamps_vtime.py` and are re-exported here.
+audio and speech streams of LongVALE and AVicuna through the stream encoders of `audio_processing_vtime.py`;
+precomputed features are checked by `feature_inputs_vtime.py`. The chat templates live in `chat_templates_vtime.py`,
+the timestamp helpers that read answers in `timestamps_vtime.py`; both are re-exported here.
 
 This file travels to the Hub with every checkpoint (`trust_remote_code=True`): it imports only torch, numpy,
 transformers and its siblings.
@@ -20,7 +21,13 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
 from .audio_processing_vtime import build_stream_encoder, fit_rows
+from .chat_templates_vtime import (
+    PLAIN_CHAT_TEMPLATE,
+    VICUNA_V1_CHAT_TEMPLATE,
+    named_chat_templates,
+)
 from .configuration_vtime_llama import STREAM_NAMES
+from .feature_inputs_vtime import _describe_rows, _feature_list, _flatten, _none_if_empty
 from .timestamps_vtime import (
     CAPTIONING,
     GROUNDING,
@@ -47,67 +54,6 @@ from .video_processing_vtime import (
 logger = logging.get_logger(__name__)
 
 VIDEO_TOKEN = "<video>"
-
-
-# Pieces of the chat templates, shared by every backbone's (`vtimellm_hf.chat_formats`). A message's text: a string,
-# or blocks where each video or image is `<video>\n` and text blocks follow in order
-MESSAGE_CONTENT_JINJA = (
-    "{%- if message['content'] is string -%}"
-    "{%- set content = message['content'] -%}"
-    "{%- else -%}"
-    "{%- set parts = namespace(text='') -%}"
-    "{%- for block in message['content'] -%}"
-    "{%- if block['type'] in ['video', 'image'] -%}{%- set parts.text = parts.text + '<video>\\n' -%}"
-    "{%- elif block['type'] == 'text' -%}{%- set parts.text = parts.text + block['text'] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set content = parts.text -%}"
-    "{%- endif -%}"
-)
-SYSTEM_MESSAGE_JINJA = (
-    "{%- set system_message = messages[0]['content'] if messages[0]['content'] is string "
-    "else messages[0]['content'][0]['text'] -%}"
-)
-UNKNOWN_ROLE_JINJA = (
-    "{{- raise_exception('VTimeLLM conversations hold user and assistant turns after an optional system message, "
-    "got role ' + message['role']) -}}"
-)
-
-# The Vicuna v1 prompt of the original, byte for byte: "SYSTEM USER: <video>\n... ASSISTANT: answer</s>USER: ...".
-# The `generation` markers let `apply_chat_template(return_assistant_tokens_mask=True)` find the trained tokens.
-VICUNA_V1_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' -%}"
-    + SYSTEM_MESSAGE_JINJA
-    + "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system_message = 'A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions.' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{{- system_message + ' ' -}}"
-    "{%- for message in loop_messages -%}"
-    + MESSAGE_CONTENT_JINJA
-    + "{%- if message['role'] == 'user' -%}"
-    "{{- 'USER: ' + content + ' ' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT: ' -}}{%- generation -%}{{- content + eos_token -}}{%- endgeneration -%}"
-    "{%- else -%}"
-    + UNKNOWN_ROLE_JINJA
-    + "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
-
-# Stage 1 of the original ("plain" template): the input is the visual placeholder alone, the question is dropped,
-# and the target is the caption followed by a newline. The processor holds it as its chat template named "plain".
-PLAIN_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- '<video>' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] + '\\n' -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
 
 # `ProcessorMixin.apply_chat_template` passes these to every processor; they concern audio and text-level
 # placeholder expansion, and this processor expands ids, so their values change nothing here.
@@ -213,10 +159,7 @@ class VTimeProcessor(ProcessorMixin):
         self.frame_encoder = VTimeFrameEncoder(
             frame_encoder_name_or_path, encoder_batch_size, video_processor=self.video_processor, model=frame_encoder
         )
-        templates = dict(chat_template) if isinstance(chat_template, dict) else {"default": chat_template}
-        templates["default"] = templates.get("default") or VICUNA_V1_CHAT_TEMPLATE
-        templates.setdefault("plain", PLAIN_CHAT_TEMPLATE)
-        super().__init__(tokenizer, chat_template=templates, **kwargs)
+        super().__init__(tokenizer, chat_template=named_chat_templates(chat_template), **kwargs)
 
     num_frames = _forwarded("video_processor", "num_frames", "Frames sampled per video.")
     frame_size = _forwarded("video_processor", "frame_size", "Side of the square crop fed to the encoder.")
@@ -409,7 +352,6 @@ class VTimeProcessor(ProcessorMixin):
             char_start = char_end
         return {"input_ids": input_ids, "offset_mapping": offsets}
 
-
     def __call__(
         self,
         text: str | list[str] | None = None,
@@ -469,9 +411,28 @@ class VTimeProcessor(ProcessorMixin):
             has that stream with as many rows, else a list of `(rows, width)` tensors or `None`; without it, a list of
             float32 `(rows, width)` features, each a numpy array where it was given as one, else a tensor.
         """
-        # Inputs as other processors are called: empty lists for absent inputs, `audios` the older name of `audio`
         videos, images = _none_if_empty(videos), _none_if_empty(images)
-        for name, value in (("audio", audio), ("audios", kwargs.pop("audios", None))):
+        texts = self._check_arguments(text, videos, audio, num_frames, kwargs)
+        streams = self._feature_streams(
+            videos, images, video_features, video_windows, num_frames, do_sample_frames, audio_features, speech_features
+        )
+        self._check_placeholders(texts, streams, sanitize_control_tokens)
+        sample_rows = self._sample_rows(texts, streams)
+        encoded = self._expand_prompts(
+            texts, sample_rows, add_special_tokens, return_offsets_mapping, sanitize_control_tokens
+        )
+        encoded = self._truncate_prompts(encoded, sample_rows, truncation, max_length, padding)
+        self._check_positions(encoded, sample_rows)
+        data = self._pad(encoded, padding, max_length, pad_to_multiple_of, padding_side, return_offsets_mapping)
+        return self._batch_features(data, streams, return_tensors)
+
+    def _check_arguments(self, text, videos, audio, num_frames: int | None, kwargs: dict) -> list[str]:
+        """
+        The `batch` prompts, as a list. Refuses audio (taken from the video files or as `audio_features`), arguments
+        this processor does not take and a call without text; warns where `num_frames` is not the checkpoint's.
+        """
+        # Inputs as other processors are called: empty lists for absent inputs, `audios` the older name of `audio`
+        for name, value in (("audio", audio), ("audios", kwargs.get("audios"))):
             if _none_if_empty(value) is not None:
                 raise ValueError(
                     f"VTimeProcessor takes no `{name}`: pass the video in `videos` (a path or decoded frames), or its "
@@ -484,15 +445,34 @@ class VTimeProcessor(ProcessorMixin):
                 "accurate. parse_moments and post_process_video_grounding still read the answers' indices as "
                 f"positions among {self.num_frames} frames.",
                 UserWarning,
-                stacklevel=2,
+                # The caller of `__call__`
+                stacklevel=3,
             )
-        unexpected = {key for key, value in kwargs.items() if value is not None} - _CHAT_TEMPLATE_CALL_KWARGS
+        passed = {key for key, value in kwargs.items() if value is not None}
+        unexpected = passed - _CHAT_TEMPLATE_CALL_KWARGS - {"audios"}
         if unexpected:
             raise TypeError(f"VTimeProcessor got unexpected arguments: {', '.join(sorted(unexpected))}.")
         if text is None:
             raise ValueError("VTimeProcessor needs text with a <video> placeholder for each visual input.")
-        texts = [text] if isinstance(text, str) else list(text)
+        return [text] if isinstance(text, str) else list(text)
 
+    def _feature_streams(
+        self,
+        videos,
+        images,
+        video_features,
+        video_windows,
+        num_frames: int | None,
+        do_sample_frames: bool | None,
+        audio_features,
+        speech_features,
+    ) -> dict[str, tuple[list[torch.Tensor | None], list[bool]]]:
+        """
+        `{stream: (features, as_arrays)}`: per `<video>`, in order, one float32 `(rows, D)` tensor, or `None` for a
+        sample without that stream, and whether it was given as a numpy array. The video stream from `videos`,
+        `images` or `video_features` (see [`_visual_features`]); audio and speech as given, else made from the video
+        files by `stream_encoders` (see [`_media_streams`]). A stream without any input is left out.
+        """
         streams = {"video": self._visual_features(
             videos, images, video_features, video_windows, num_frames, do_sample_frames
         )}  # fmt: skip
@@ -500,7 +480,14 @@ class VTimeProcessor(ProcessorMixin):
         streams.update({name: _feature_list(f"{name}_features", value) for name, value in given.items()
                         if value is not None})  # fmt: skip
         streams.update(self._media_streams(videos, video_windows, given))
-        streams = {name: value for name, value in streams.items() if value[0]}
+        return {name: value for name, value in streams.items() if value[0]}
+
+    def _check_placeholders(self, texts: list[str], streams: dict, sanitize_control_tokens: bool) -> None:
+        """
+        Refuses texts whose `<video>` placeholders do not match the inputs: more than one in a text, a number other
+        than each stream's number of features (placeholders without any input among them), a text without one in a
+        batch with inputs, or features of one stream of different widths `D`.
+        """
         video_pattern = _special_token_pattern({VIDEO_TOKEN}, sanitize_control_tokens)
         placeholders = [len(video_pattern.findall(sample)) for sample in texts]
         for index, count in enumerate(placeholders):
@@ -526,42 +513,92 @@ class VTimeProcessor(ProcessorMixin):
             if len(widths) > 1:
                 raise ValueError(f"The {name} features of a batch need one width, got {widths}.")
 
-        # The rows of each sample's <video>, per stream: they count against max_length and the model's positions
+    def _sample_rows(self, texts: list[str], streams: dict) -> list[dict[str, int]]:
+        """
+        `{stream: rows}` per sample: the feature rows its `<video>` expands to, which count against `max_length` and
+        the model's positions (`{}` in a batch without inputs). Refuses a sample without rows in any stream.
+        """
+        if not streams:
+            return [{} for _ in texts]
         sample_rows = [
             {name: len(features[index]) for name, (features, _) in streams.items() if features[index] is not None}
-            for index in range(len(texts) if streams else 0)
+            for index in range(len(texts))
         ]
         for index, rows in enumerate(sample_rows):
             if not rows:
                 raise ValueError(f"Sample {index} has no feature rows in any stream for its {VIDEO_TOKEN}.")
-        encoded = [
+        return sample_rows
+
+    def _expand_prompts(
+        self,
+        texts: list[str],
+        sample_rows: list[dict[str, int]],
+        add_special_tokens: bool,
+        return_offsets_mapping: bool,
+        sanitize_control_tokens: bool,
+    ) -> list[dict]:
+        """
+        Per text, `{"input_ids": [seq_len], "offset_mapping": [seq_len]}` (offsets empty unless asked for), its
+        `<video>` expanded to the sample's rows of every stream: [`encode_prompt`].
+        """
+        return [
             self.encode_prompt(
-                sample, sum(sample_rows[index].values()) if sample_rows else 0, add_special_tokens,
-                return_offsets_mapping, sanitize_control_tokens,
+                text, sum(rows.values()), add_special_tokens, return_offsets_mapping, sanitize_control_tokens
             )
-            for index, sample in enumerate(texts)
-        ]  # fmt: skip
-        # As tokenizers do: a max_length alone truncates
+            for text, rows in zip(texts, sample_rows)
+        ]
+
+    def _truncate_prompts(
+        self,
+        encoded: list[dict],
+        sample_rows: list[dict[str, int]],
+        truncation: bool | str | None,
+        max_length: int | None,
+        padding: bool | str,
+    ) -> list[dict]:
+        """
+        `encoded` with each prompt cut to `max_length` tokens (the tokenizer's `model_max_length` without one) where
+        truncation is asked for, as tokenizers do: a `max_length` alone, without padding, truncates. See
+        [`_truncate`].
+        """
         if truncation is None and max_length is not None and padding is False:
             truncation = True
-        if truncation not in (None, False, "do_not_truncate"):
-            if truncation not in (True, "longest_first", "only_first"):
+        if truncation in (None, False, "do_not_truncate"):
+            return encoded
+        if truncation not in (True, "longest_first", "only_first"):
+            raise ValueError(
+                f"truncation={truncation!r} does not apply: VTimeProcessor truncates single prompts, with "
+                "truncation=True, 'longest_first' or 'only_first'."
+            )
+        limit = self.tokenizer.model_max_length if max_length is None else max_length
+        return [self._truncate(sample, limit, index, rows)
+                for index, (sample, rows) in enumerate(zip(encoded, sample_rows))]  # fmt: skip
+
+    def _check_positions(self, encoded: list[dict], sample_rows: list[dict[str, int]]) -> None:
+        """Refuses a prompt of more tokens than the model reads positions (`max_positions`, where set)."""
+        if self.max_positions is None:
+            return
+        for index, (sample, rows) in enumerate(zip(encoded, sample_rows)):
+            if len(sample["input_ids"]) > self.max_positions:
                 raise ValueError(
-                    f"truncation={truncation!r} does not apply: VTimeProcessor truncates single prompts, with "
-                    "truncation=True, 'longest_first' or 'only_first'."
+                    f"Text {index} is {len(sample['input_ids'])} tokens ({_describe_rows(rows)}) but the model reads "
+                    f"at most {self.max_positions} positions: shorten the text, give fewer rows, or truncate "
+                    f"(max_length <= {self.max_positions})."
                 )
-            limit = self.tokenizer.model_max_length if max_length is None else max_length
-            encoded = [self._truncate(sample, limit, index, sample_rows[index] if sample_rows else {})
-                       for index, sample in enumerate(encoded)]  # fmt: skip
-        if self.max_positions is not None:
-            for index, sample in enumerate(encoded):
-                if len(sample["input_ids"]) > self.max_positions:
-                    rows = _describe_rows(sample_rows[index] if sample_rows else {})
-                    raise ValueError(
-                        f"Text {index} is {len(sample['input_ids'])} tokens ({rows}) but the model reads at most "
-                        f"{self.max_positions} positions: shorten the text, give fewer rows, or truncate "
-                        f"(max_length <= {self.max_positions})."
-                    )
+
+    def _pad(
+        self,
+        encoded: list[dict],
+        padding: bool | str,
+        max_length: int | None,
+        pad_to_multiple_of: int | None,
+        padding_side: str | None,
+        return_offsets_mapping: bool,
+    ) -> dict:
+        """
+        `input_ids` and `attention_mask`, `batch` lists of `seq_len` ids padded as the tokenizer pads, and on request
+        `offset_mapping`, padded with empty spans. Prompts of one length are not padded unless asked to a length.
+        """
         batch = {"input_ids": [sample["input_ids"] for sample in encoded]}
         if return_offsets_mapping:
             batch["offset_mapping"] = [sample["offset_mapping"] for sample in encoded]
@@ -585,6 +622,14 @@ class VTimeProcessor(ProcessorMixin):
                 _pad_offsets(offsets, len(ids), padding_side)
                 for offsets, ids in zip(data["offset_mapping"], data["input_ids"])
             ]
+        return data
+
+    def _batch_features(self, data: dict, streams: dict, return_tensors: str | None) -> BatchFeature:
+        """
+        `data` and each stream's `{stream}_features`: with `return_tensors="pt"`, float32 `(batch, rows, D)` where
+        every sample has that stream with as many rows, else the list of `(rows, D)` tensors or `None`; without it, a
+        list of features, each a numpy array where it was given as one.
+        """
         tensors = {}
         for name, (features, as_arrays) in streams.items():
             shapes = {None if feature is None else tuple(feature.shape) for feature in features}
@@ -662,63 +707,6 @@ class VTimeProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", *(f"{name}_features" for name in STREAM_NAMES)]
-
-
-def _describe_rows(rows: dict[str, int]) -> str:
-    """`video 100, audio 117, speech 117 feature rows`, or `no feature rows`."""
-    if not rows:
-        return "no feature rows"
-    return ", ".join(f"{name} {count}" for name, count in rows.items()) + " feature rows"
-
-
-def _feature_list(name: str, values) -> tuple[list[torch.Tensor | None], list[bool]]:
-    """
-    Precomputed features as one float32 `(rows, D)` tensor (a `(D,)` vector is one row), or `None`, per `<video>`,
-    and whether each was a numpy array. Refused: no rows, values that are not finite.
-    """
-    if isinstance(values, (np.ndarray, torch.Tensor)) and values.ndim == 3:
-        values = list(values)
-    features, as_arrays = [], []
-    for index, feature in enumerate(_flatten(values)):
-        as_arrays.append(isinstance(feature, np.ndarray))
-        if feature is None:
-            features.append(None)
-            continue
-        feature = torch.as_tensor(feature)
-        if feature.ndim == 1:
-            feature = feature.unsqueeze(0)
-        if feature.ndim != 2:
-            raise ValueError(
-                f"{name}[{index}] must have shape (rows, hidden) or (hidden,), got {tuple(feature.shape)}."
-            )
-        if feature.shape[0] == 0:
-            raise ValueError(f"{name}[{index}] has shape {tuple(feature.shape)}: no rows; pass None for a sample "
-                             "without this stream.")  # fmt: skip
-        feature = feature.float()
-        if not torch.isfinite(feature).all():
-            raise ValueError(f"{name}[{index}] holds NaN or infinite values: they would make every logit NaN.")
-        features.append(feature)
-    return features, as_arrays
-
-
-def _flatten(items) -> list:
-    """Visual inputs as a flat list: one item, a list, or a list per sample (as `apply_chat_template` gives)."""
-    if isinstance(items, (str, Path, np.ndarray, torch.Tensor)) or not isinstance(items, Sequence):
-        return [items]
-    flat = []
-    for item in items:
-        if isinstance(item, (list, tuple)):
-            flat.extend(item)
-        else:
-            flat.append(item)
-    return flat
-
-
-def _none_if_empty(items):
-    """`None` for an absent input: `None`, or an empty list (or list of empty lists, one per sample)."""
-    if isinstance(items, (list, tuple)) and not _flatten(items):
-        return None
-    return items
 
 
 def _control_token_markers() -> tuple[str, str]:
