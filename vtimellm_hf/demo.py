@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     loudness.add_argument(
         "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="errors only, the demo's progress too"
     )
+    if parser.parse_known_args(argv)[0].family is not None:
+        from .family_demo import FAMILY_DEFAULTS
+
+        parser.set_defaults(**FAMILY_DEFAULTS)
     args = parser.parse_args(argv)
     earlier_level = logger.level
     with configure_logging(args.verbosity):

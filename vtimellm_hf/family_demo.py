@@ -6,7 +6,7 @@ hum or a hiss that starts and stops at known times, marked by no shape) -> the t
 through `extract-features --streams audio,speech` -> VTimeLLM's stage 1 (its projector, reused frozen), LongVALE's
 boundary perception (stage 2) and instruction tuning (stage 3) through `recipes/family_stage.py` with
 `recipes/configs/tiny-longvale-demo/` -> grounding of every held-out event, sounds and shapes, and of the sounds again
-with the audio and speech streams removed (a model that hears must fail that control) -> `metrics.json`.
+with the audio and speech streams removed (a model that finds them by ear must fail that control) -> `metrics.json`.
 
     python -m vtimellm_hf.demo --family longvale --output runs/family-demo
 
@@ -27,11 +27,14 @@ logger = logging.getLogger("vtimellm_hf.demo")
 
 # Seconds of every video (see the module's docstring): 20 BEATs rows of 5.12 s, each 5 hundredths of the video
 DURATION = 100
-# The videos: one or two sounds each; one length; the smallest frames and rate of `make demo` (100 s of them)
+# The videos: one or two shapes and one sound each; one length; the smallest frames and rate of `make demo`
 SYNTHETIC = dict(
-    sounds_per_video=(1, 2), duration_range=(DURATION, DURATION), fps_choices=(5,), frame_sizes=((64, 64),)
-)
+    events_per_video=(1, 2), sounds_per_video=(1, 1), sound_span_range=(0.2, 0.45),
+    duration_range=(DURATION, DURATION), fps_choices=(5,), frame_sizes=((64, 64),),
+)  # fmt: skip
 RECIPE_DIR = RECIPES / "configs" / "tiny-longvale-demo"
+# The command line's defaults with --family (the videos are five times as long as `make demo`'s: fewer of them)
+FAMILY_DEFAULTS = {"num_videos": 600, "num_val_videos": 60, "output": Path("runs/family-demo")}
 
 
 def build_audio_features(output: Path, video_dir: Path, seed: int) -> dict[str, Path]:
