@@ -69,3 +69,12 @@ def test_family_demo_scores_answers_by_the_grounding_convention():
     # On 100 s, 20 to 50 is 20 s to 50 s: IoU 30 / 40; the second answer names no moment (IoU 0)
     answers = {("v", "A beep sounds."): "From 20 to 50.", ("v", "A red circle appears."): "I cannot tell."}
     assert scores(references, answers) == {"miou": 0.375, "r1@0.3": 0.5, "r1@0.5": 0.5, "r1@0.7": 0.5}
+
+
+def test_family_demo_refuses_another_backbone(capsys):
+    from vtimellm_hf.demo import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--family", "longvale", "--backbone", "qwen3"])
+    assert exit_info.value.code == 2
+    assert "--family longvale trains a Vicuna v1.5 model: --backbone qwen3 does not apply" in capsys.readouterr().err

@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
         parser.set_defaults(**FAMILY_DEFAULTS)
     args = parser.parse_args(argv)
+    if args.family is not None and args.backbone != "vicuna":
+        parser.error(f"--family {args.family} trains a Vicuna v1.5 model: --backbone {args.backbone} does not apply")
     earlier_level = logger.level
     with configure_logging(args.verbosity):
         logger.setLevel(logging.INFO if args.verbosity >= 0 else logging.ERROR)
