@@ -505,8 +505,99 @@ def test_needs_a_training_video(tmp_path):
         ({"shapes_per_image": (0.5, 0.5, 0.5)}, "shapes_per_image"),
         ({"stage3_grounding_shares": (0.6, 0.5)}, "stage3_grounding_shares"),
         ({"stage3_grounding_shares": (-0.1, 0.5)}, "stage3_grounding_shares"),
+        ({"sounds_per_video": (0, 4)}, "sounds_per_video"),
+        ({"sounds_per_video": (2, 1)}, "sounds_per_video"),
+        ({"sound_span_range": (0.5, 0.2)}, "sound_span_range"),
     ],
 )
 def test_config_rejects_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         SyntheticMomentsConfig(**settings)
+
+
+# The audio track (the family demo's data)
+
+SOUND_SENTENCES = {"A beep sounds.": "beep", "A low hum starts.": "hum", "A hiss starts.": "hiss"}
+
+
+@pytest.fixture(scope="module")
+def sounding(tmp_path_factory):
+    config = SyntheticMomentsConfig(num_images=2, sounds_per_video=(1, 2), duration_range=(8, 20))
+    return generate_synthetic_moments(tmp_path_factory.mktemp("sounding") / "data", num_videos=10, num_val_videos=2,
+                                      config=config)  # fmt: skip
+
+
+def decoded_audio(path, rate: int = 16000) -> np.ndarray:
+    """The mono samples of the file's audio track, decoded and resampled by PyAV alone."""
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks = [resampled.to_ndarray().reshape(-1) for frame in container.decode(audio=0)
+                  for resampled in resampler.resample(frame)]  # fmt: skip
+    return np.concatenate(chunks)
+
+
+def test_silent_by_default(dataset):
+    """VTimeLLM's data: no audio track, and only shapes in the annotations."""
+    with av.open(str(dataset.video_path(dataset.videos[0].video_id))) as container:
+        assert not container.streams.audio
+    sentences = [s for annotation in read_json(dataset.annotations_file).values() for s in annotation["sentences"]]
+    assert not set(sentences) & set(SOUND_SENTENCES)
+
+
+def test_sounds_are_heard_exactly_when_annotated(sounding):
+    """Loud on every hundredth of the video inside an annotated sound, silent on every one outside (the hundredths
+    at a boundary left out), and each kind where its spectrum says: a 1 kHz tone, a 120 Hz hum, broadband noise."""
+    annotations = read_json(sounding.annotations_file)
+    kinds_heard = set()
+    for video_id, annotation in annotations.items():
+        samples = decoded_audio(sounding.video_path(video_id))
+        duration = annotation["duration"]
+        assert abs(len(samples) / 16000 - duration) < 0.1, video_id
+        bins = [samples[index * len(samples) // 100 : (index + 1) * len(samples) // 100] for index in range(100)]
+        loudness = np.array([np.sqrt(np.mean(part**2)) for part in bins])
+        sounds = [(start, end, SOUND_SENTENCES[sentence]) for (start, end), sentence
+                  in zip(annotation["timestamps"], annotation["sentences"]) if sentence in SOUND_SENTENCES]  # fmt: skip
+        assert 1 <= len(sounds) <= 2
+        heard = np.zeros(100, dtype=bool)
+        near_boundary = np.zeros(100, dtype=bool)
+        for start, end, kind in sounds:
+            first, last = start / duration * 100, end / duration * 100
+            heard[int(np.ceil(first)) + 1 : int(np.floor(last)) - 1] = True
+            for boundary in (first, last):
+                near_boundary[max(int(boundary) - 2, 0) : int(boundary) + 3] = True
+            middle = samples[int((start + end) / 2 * 16000) :][:8000]
+            spectrum = np.abs(np.fft.rfft(middle))
+            peak = np.argmax(spectrum) * 16000 / len(middle)
+            flatness = np.exp(np.mean(np.log(spectrum + 1e-9))) / np.mean(spectrum)
+            if kind == "beep":
+                assert abs(peak - 1000) < 10, (video_id, peak)
+            elif kind == "hum":
+                assert abs(peak - 120) < 10, (video_id, peak)
+            else:
+                assert flatness > 0.5, (video_id, flatness)
+            kinds_heard.add(kind)
+        assert (loudness[heard] > 0.1).all(), video_id
+        assert (loudness[~heard & ~near_boundary] < 0.01).all(), video_id
+        # Never two at once, of distinct kinds
+        spans = sorted((start, end) for start, end, _ in sounds)
+        assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:]))
+        assert len({kind for _, _, kind in sounds}) == len(sounds)
+    assert kinds_heard == set(SOUND_SENTENCES.values())
+
+
+def test_sounds_are_grounded_in_the_training_records(sounding):
+    """Stage 2 (the converters) and stage 3 ask about the sounds with the times of the annotation."""
+    annotations = read_json(sounding.annotations_file)
+    for stage_file in (sounding.stage2_file, sounding.stage3_file):
+        grounded = 0
+        for record in read_json(stage_file):
+            annotation = annotations[record["id"]]
+            times = {tuple(span): sentence for span, sentence in zip(annotation["timestamps"], annotation["sentences"])}
+            for question, answer in zip(record["conversations"][::2], record["conversations"][1::2]):
+                asked = [sentence for sentence in SOUND_SENTENCES if sentence.lower().rstrip(".") in question["value"]]
+                placeholders = PLACEHOLDER.findall(answer["value"])
+                if asked and len(placeholders) == 2:
+                    span = tuple(record["meta"]["token"][token] for token in placeholders)
+                    assert times[span] == asked[0], (record["id"], question, answer)
+                    grounded += 1
+        assert grounded >= len(sounding.train_video_ids), stage_file

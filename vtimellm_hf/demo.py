@@ -65,9 +65,10 @@ def stills(dataset) -> tuple[list, list[str]]:
 
 def build_inputs(
     output: Path, num_videos: int, num_val_videos: int, seed: int, num_stills: int, llm_steps: int, encoder_steps: int,
-    backbone: str = "vicuna",
+    backbone: str = "vicuna", synthetic: dict | None = None,
 ) -> dict:
-    """Synthetic data, the tiny tokenizer/base LLM (of `backbone`)/CLIP, and the features of every video and image."""
+    """Synthetic data (`SyntheticMomentsConfig` settings `synthetic` beside the stills'), the tiny tokenizer/base LLM
+    (of `backbone`)/CLIP, and the features of every video and image."""
     from .data.extract import extract_features
     from .data.synthetic import SyntheticMomentsConfig, generate_synthetic_moments
     from .tiny_models import (
@@ -85,7 +86,7 @@ def build_inputs(
         num_videos=num_videos,
         num_val_videos=num_val_videos,
         seed=seed,
-        config=SyntheticMomentsConfig(num_images=num_stills),
+        config=SyntheticMomentsConfig(num_images=num_stills, **(synthetic or {})),
         overwrite=True,
     )
     logger.info("building the tiny tokenizer, base LLM (%s) and CLIP encoder", backbone)
@@ -123,15 +124,22 @@ def run_stage(stage: int, output: Path, extra: list[str], backbone: str = "vicun
         paths["stage1_projector"] = output / "stage1"
     if stage == 3:
         paths["stage2_adapter"] = output / "stage2"
+    paths["train_files"] = data / f"stage{stage}.json"
     recipe = RECIPES / "configs" / "tiny" / f"stage{stage}.yaml"
-    command = [sys.executable, str(RECIPES / f"stage{stage}.py"), "--config", str(recipe)]
-    for key, value in paths.items():
+    run_recipe(f"stage {stage}", RECIPES / f"stage{stage}.py", recipe, paths,
+               ["--chat_format", BACKBONES[backbone][1], *extra])  # fmt: skip
+
+
+def run_recipe(name: str, script: Path, recipe: Path, arguments: dict, extra: list[str]) -> None:
+    """A recipe script run as a user runs it, offline: `script --config recipe --key value ... extra`."""
+    command = [sys.executable, str(script), "--config", str(recipe)]
+    for key, value in arguments.items():
         command += [f"--{key}", str(value)]
-    command += ["--train_files", str(data / f"stage{stage}.json"), "--chat_format", BACKBONES[backbone][1], *extra]
-    logger.info("stage %d: %s ...", stage, " ".join(command[1:3]))
+    command += extra
+    logger.info("%s: %s ...", name, " ".join(command[1:3]))
     started = time.time()
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    logger.info("stage %d done in %.0f s", stage, time.time() - started)
+    logger.info("%s done in %.0f s", name, time.time() - started)
 
 
 def evaluate(output: Path, seed: int = 0, num_plotted: int = 6) -> dict:
@@ -201,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backbone", choices=list(BACKBONES), default="vicuna",
                         help="the tiny base LLM: LLaMA with Vicuna's template, or Qwen3 with its own")  # fmt: skip
+    # The family's demo (vtimellm_hf/family_demo.py) shares the command line
+    parser.add_argument("--family", choices=["longvale"], default=None,
+                        help="the LongVALE demo instead (vtimellm_hf/family_demo.py): videos that sound")  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
         help="the same path on little data and few steps (CI): checks it runs, not that it learns",
@@ -214,11 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     loudness.add_argument(
         "-q", "--quiet", dest="verbosity", action="store_const", const=-1, help="errors only, the demo's progress too"
     )
+    if parser.parse_known_args(argv)[0].family is not None:
+        from .family_demo import FAMILY_DEFAULTS
+
+        parser.set_defaults(**FAMILY_DEFAULTS)
     args = parser.parse_args(argv)
+    if args.family is not None and args.backbone != "vicuna":
+        parser.error(f"--family {args.family} trains a Vicuna v1.5 model: --backbone {args.backbone} does not apply")
     earlier_level = logger.level
     with configure_logging(args.verbosity):
         logger.setLevel(logging.INFO if args.verbosity >= 0 else logging.ERROR)
         try:
+            if args.family is not None:
+                from .family_demo import run_family_demo
+
+                return run_family_demo(args)
             return run_demo(args)
         finally:
             logger.setLevel(earlier_level)

@@ -21,7 +21,7 @@ speech file is that stream absent. One process answers: the multi-process runs o
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,25 +80,28 @@ def longvale_stream_loader(video_store, audio_store=None, speech_store=None) -> 
     return load_streams
 
 
-def longvale_queries(videos: Sequence[Video], tasks: Sequence[str] = LONGVALE_TASKS) -> list[dict]:
+def longvale_queries(
+    videos: Sequence[Video], tasks: Sequence[str] = LONGVALE_TASKS, questions: Mapping[str, str] = LONGVALE_QUESTIONS
+) -> list[dict]:
     """The questions of `tasks` about `videos`, in the original's order (per video: captioning, grounding, segment
-    captioning): `{"task", "video_id", "sentence_id", "question"}`."""
+    captioning): `{"task", "video_id", "sentence_id", "question"}`, each from its template in `questions`
+    (LongVALE's; the demo asks its training data's grounding question)."""
     unknown = sorted(set(tasks) - set(LONGVALE_TASKS))
     if unknown:
         raise ValueError(f"LongVALE's tasks are {', '.join(LONGVALE_TASKS)}, not {', '.join(unknown)}.")
     queries = []
     for video in videos:
         if "captioning" in tasks:
-            queries.append(_query("captioning", video, None, LONGVALE_QUESTIONS["captioning"]))
+            queries.append(_query("captioning", video, None, questions["captioning"]))
         if "grounding" in tasks:
             for index, event in enumerate(video.events):
                 sentence = event.sentence.strip().lower().removesuffix(".")
-                question = LONGVALE_QUESTIONS["grounding"].format(query=sentence)
+                question = questions["grounding"].format(query=sentence)
                 queries.append(_query("grounding", video, index, question))
         if "seg_captioning" in tasks:
             for index, event in enumerate(video.events):
                 start, end = (format_index(seconds_to_index(t, video.duration)) for t in (event.start, event.end))
-                question = LONGVALE_QUESTIONS["seg_captioning"].format(start=start, end=end)
+                question = questions["seg_captioning"].format(start=start, end=end)
                 queries.append(_query("seg_captioning", video, index, question))
     return queries
 
@@ -120,17 +123,19 @@ def evaluate_longvale(
     tasks: Sequence[str] = LONGVALE_TASKS,
     batch_size: int = 8,
     progress: bool = False,
+    questions: Mapping[str, str] = LONGVALE_QUESTIONS,
     **generation_kwargs,
 ) -> Path:
     """
-    Answers LongVALE's questions ([`longvale_queries`]) about `videos` and appends one JSON line per answer to
-    `output_file`; questions already answered there are skipped (a cut last line is dropped). Generation is greedy
-    unless `generation_kwargs` say otherwise (the original sampled at temperature 0.05), 1,024 new tokens at most.
+    Answers LongVALE's questions ([`longvale_queries`], `questions` their templates) about `videos` and appends one
+    JSON line per answer to `output_file`; questions already answered there are skipped (a cut last line is dropped).
+    Generation is greedy unless `generation_kwargs` say otherwise (the original sampled at temperature 0.05), 1,024
+    new tokens at most.
     """
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     done = {_key(record) for record in read_jsonl_records(output_file, _FIELDS)}
-    pending = [query for query in longvale_queries(videos, tasks) if _key(query) not in done]
+    pending = [query for query in longvale_queries(videos, tasks, questions) if _key(query) not in done]
     if done:
         logger.info("%s: %d questions already answered, %d to go", output_file, len(done), len(pending))
     generation_kwargs = {"max_new_tokens": 1024, "do_sample": False, **generation_kwargs}

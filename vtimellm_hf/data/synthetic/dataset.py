@@ -192,7 +192,8 @@ def generate_synthetic_moments(
 
     with ThreadPoolExecutor(max_workers=config.num_workers) as pool:
         # list() re-raises the first encoding error here.
-        list(pool.map(lambda video, path: write_video(output_dir / path, video), videos, video_paths))
+        list(pool.map(lambda video, path: write_video(output_dir / path, video, config.audio_sampling_rate), videos,
+                      video_paths))  # fmt: skip
     for still, path in zip(stills, image_paths):
         write_still(output_dir / path, still)
 

@@ -86,8 +86,11 @@ _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 
 
 def raw_annotation(video: SyntheticVideo) -> Video:
-    """The video as its ActivityNet Captions annotation has it: duration, and each event's times and sentence."""
-    events = tuple(Event(event.start, event.end, event.sentence) for event in video.events)
+    """
+    The video as its ActivityNet Captions annotation has it: duration, and each event's times and sentence, the
+    shapes' then the sounds' (so that a shape's index is the same with or without a sound track).
+    """
+    events = tuple(Event(event.start, event.end, event.sentence) for event in (*video.events, *(video.sounds or ())))
     return Video(video.video_id, video.duration, events)
 
 
@@ -120,9 +123,11 @@ def stage3_records(videos: Sequence[SyntheticVideo], config: SyntheticMomentsCon
     """
     VTimeLLM stage-3 style dialogues, `config.stage3_dialogues_per_video` per video: an optional count of the
     shapes, then grounding (asked as stage 2 asks it, or as a dialogue does; `config.stage3_grounding_shares`) or
-    captioning of each event, then order and overlap questions when the video has several events.
+    captioning of each event, then order and overlap questions when the video has several events; each sound
+    grounded as stage 2 asks it, among them.
     """
-    turns = DialogueTurns((event.sentence for video in videos for event in video.events), seed)
+    sentences = (event.sentence for video in videos for event in (*video.events, *(video.sounds or ())))
+    turns = DialogueTurns(sentences, seed)
     records = []
     for video in videos:
         for _ in range(config.stage3_dialogues_per_video):
@@ -131,6 +136,9 @@ def stage3_records(videos: Sequence[SyntheticVideo], config: SyntheticMomentsCon
             if turns.random() < 0.5:
                 dialogue.append((turns.pick(COUNTING_TEMPLATES), _count_answer(events)))
             body = [_event_turn(index, event, config, turns) for index, event in enumerate(events)]
+            # Sounds follow the shapes in the annotation
+            sounds = video.sounds or ()
+            body += [turns.grounding(len(events) + index, sound.sentence) for index, sound in enumerate(sounds)]
             if len(events) > 1:
                 if turns.random() < 0.5:
                     body.append((turns.pick(FIRST_EVENT_TEMPLATES), _order_answer(events, 0, "first")))

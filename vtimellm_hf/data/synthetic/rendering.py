@@ -1,13 +1,19 @@
-"""Pixels of the synthetic scenes ([`scenes`]): video frames encoded to H.264 mp4, stills to PNG. No random draw
-happens here: the same scene gives the same pixels."""
+"""Pixels and sounds of the synthetic scenes ([`scenes`]): video frames encoded to H.264 mp4 (with an AAC audio track
+for a scene with sounds), stills to PNG. No random draw happens here: the same scene gives the same pixels and
+samples."""
 
 import subprocess
+import tempfile
+import wave
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .scenes import COLOURS, Background, SyntheticStill, SyntheticVideo, shape_mask
+from .scenes import COLOURS, NUM_TIME_BINS, Background, SyntheticSound, SyntheticStill, SyntheticVideo, shape_mask
+
+# Peak of a sound's samples (full scale 1): loud, and far from clipping once encoded
+SOUND_AMPLITUDE = 0.3
 
 
 def background_image(background: Background, width: int, height: int) -> np.ndarray:
@@ -51,18 +57,51 @@ def render_still(still: SyntheticStill) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def write_video(path: Path, video: SyntheticVideo) -> None:
-    encode_mp4(path, render_video_frames(video), video.fps)
+def sound_waveform(sound: SyntheticSound, num_samples: int, sampling_rate: int) -> np.ndarray:
+    """The float32 samples of `sound`'s kind, `num_samples` of them, at `sampling_rate`."""
+    times = np.arange(num_samples) / sampling_rate
+    if sound.kind == "beep":
+        samples = np.sin(2 * np.pi * 1000 * times)
+    elif sound.kind == "hum":
+        samples = 0.7 * np.sin(2 * np.pi * 120 * times) + 0.3 * np.sin(2 * np.pi * 240 * times)
+    elif sound.kind == "hiss":
+        samples = np.clip(np.random.default_rng(sound.seed).normal(0.0, 0.35, num_samples), -1, 1)
+    else:
+        raise ValueError(f"Unknown sound {sound.kind!r}.")
+    return (SOUND_AMPLITUDE * samples).astype(np.float32)
+
+
+def render_audio(video: SyntheticVideo, sampling_rate: int) -> np.ndarray:
+    """
+    The float32 mono samples of `video`'s audio track: `duration * sampling_rate` of them, silent but where a sound
+    plays, on samples `i` with `start <= i / sampling_rate < end` (exact integer arithmetic, as the frames).
+    """
+    num_samples = round(video.duration * sampling_rate)
+    samples = np.zeros(num_samples, dtype=np.float32)
+    for sound in video.sounds or ():
+        first = -(-sound.start_bin * num_samples // NUM_TIME_BINS)
+        stop = -(-sound.end_bin * num_samples // NUM_TIME_BINS)
+        samples[first:stop] = sound_waveform(sound, stop - first, sampling_rate)
+    return samples
+
+
+def write_video(path: Path, video: SyntheticVideo, sampling_rate: int = 16000) -> None:
+    """The video's mp4: its frames, and its audio track at `sampling_rate` where it has one."""
+    audio = None if video.sounds is None else render_audio(video, sampling_rate)
+    encode_mp4(path, render_video_frames(video), video.fps, audio=audio, sampling_rate=sampling_rate)
 
 
 def write_still(path: Path, still: SyntheticStill) -> None:
     Image.fromarray(render_still(still)).save(path)
 
 
-def encode_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
+def encode_mp4(
+    path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray | None = None, sampling_rate: int = 16000
+) -> None:
     """
     Encodes uint8 RGB `frames` `(num_frames, height, width, 3)` to an H.264 mp4 with the ffmpeg binary of
-    `imageio-ffmpeg`, piping raw frames to it.
+    `imageio-ffmpeg`, piping raw frames to it; with `audio` (mono samples in [-1, 1] at `sampling_rate`), an AAC
+    audio track too, read from a 16-bit WAV file written beside `path` and deleted.
 
     One encoder thread and bit-exact flags keep the file identical from run to run.
     """
@@ -86,6 +125,8 @@ def encode_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
         "-s", f"{width}x{height}",
         "-framerate", str(fps),
         "-i", "pipe:0",
+    ]  # fmt: skip
+    encoding = [
         "-c:v", "libx264",
         "-preset", "veryfast",
         "-crf", "18",
@@ -96,6 +137,22 @@ def encode_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
         "-flags", "+bitexact",
         str(path),
     ]  # fmt: skip
-    result = subprocess.run(command, input=frames.tobytes(), capture_output=True)
+    if audio is None:
+        result = subprocess.run(command + encoding, input=frames.tobytes(), capture_output=True)
+    else:
+        with tempfile.TemporaryDirectory(dir=Path(path).parent) as folder:
+            wav = Path(folder) / "audio.wav"
+            _write_wav(wav, audio, sampling_rate)
+            command += ["-i", str(wav), "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k"]
+            result = subprocess.run(command + encoding, input=frames.tobytes(), capture_output=True)
     if result.returncode != 0:
         raise RuntimeError(f"ffmpeg failed to write {path}: {result.stderr.decode(errors='replace').strip()}")
+
+
+def _write_wav(path: Path, samples: np.ndarray, sampling_rate: int) -> None:
+    pcm = np.rint(np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(sampling_rate)
+        file.writeframes(pcm.tobytes())

@@ -7,6 +7,11 @@ A video shows a dark, muted, low-contrast background on which one to three large
 answer "when" by looking at the frames. Every boundary is a whole number of hundredths of the duration, the grid
 VTimeLLM writes times on, so `min(round(seconds / duration * 100), 99)` gives back the intended index without
 rounding ties.
+
+With `sounds_per_video` above zero (the family demo's data; off by default, when the videos are silent and the data
+those of VTimeLLM), a video also has an audio track: tones or a noise ("a beep sounds", "a low hum starts") that
+start and stop on the same grid, drawn after (and independently of) the shapes, so that no shape marks when they
+sound: a model can only answer "when" about them by listening.
 """
 
 import colorsys
@@ -32,6 +37,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "bar")
 # Shapes drawn in a square box, so that a circle stays round and a square stays square.
 _SQUARE_SHAPES = frozenset({"circle", "square", "diamond"})
+# The sounds of the audio track: each kind's sentence as a clause, and its waveform (`rendering.sound_waveform`): a
+# 1 kHz tone, a 120 Hz hum with its first overtone, and white noise, distinct to any spectral front end.
+SOUNDS: dict[str, str] = {"beep": "a beep sounds", "hum": "a low hum starts", "hiss": "a hiss starts"}
 # The caption of a still without a shape.
 EMPTY_STILL_CAPTION = "an empty background"
 
@@ -86,6 +94,15 @@ class SyntheticMomentsConfig:
         dense_captioning_share (`float`, defaults to 0.2):
             Share of each round of stage-2 records that is single-turn dense captioning (the rest are multi-turn
             event captioning and grounding), as in VTimeLLM.
+        sounds_per_video (`tuple[int, int]`, defaults to `(0, 0)`):
+            Smallest and largest number of sounds on a video's audio track, of distinct kinds (`SOUNDS`), never two
+            at once. `(0, 0)`, the default, writes silent videos without an audio track; otherwise every video has
+            one (silent where no sound plays).
+        sound_span_range (`tuple[float, float]`, defaults to `(0.2, 0.5)`):
+            Smallest and largest sound length, as a share of the video; boundaries of two sounds are at least
+            `min_boundary_gap` apart.
+        audio_sampling_rate (`int`, defaults to 16000):
+            Samples per second of the audio track (that of LongVALE's encoders).
         num_workers (`int`, defaults to 2):
             Videos encoded at the same time; each ffmpeg process uses one thread, so the output does not depend
             on this number.
@@ -105,7 +122,15 @@ class SyntheticMomentsConfig:
     stage3_dialogues_per_video: int = 4
     stage3_grounding_shares: tuple[float, float] = (0.5, 0.2)
     dense_captioning_share: float = 0.2
+    sounds_per_video: tuple[int, int] = (0, 0)
+    sound_span_range: tuple[float, float] = (0.2, 0.5)
+    audio_sampling_rate: int = 16000
     num_workers: int = 2
+
+    @property
+    def has_sound(self) -> bool:
+        """Whether the videos have an audio track."""
+        return self.sounds_per_video[1] > 0
 
     def __post_init__(self):
         shortest, longest = self.duration_range
@@ -126,7 +151,14 @@ class SyntheticMomentsConfig:
             raise ValueError(f"event_span_range must satisfy 0 < min <= max <= 1, got {self.event_span_range}.")
         if not 0 <= self.min_boundary_gap < 1:
             raise ValueError(f"min_boundary_gap must lie in [0, 1), got {self.min_boundary_gap}.")
-        for name in ("shape_extent_range", "shared_width_range"):
+        fewest_sounds, most_sounds = self.sounds_per_video
+        if not 0 <= fewest_sounds <= most_sounds <= len(SOUNDS):
+            raise ValueError(
+                f"sounds_per_video must satisfy 0 <= min <= max <= {len(SOUNDS)}, got {self.sounds_per_video}."
+            )
+        if self.audio_sampling_rate < 1000:
+            raise ValueError(f"audio_sampling_rate must be at least 1000, got {self.audio_sampling_rate}.")
+        for name in ("shape_extent_range", "shared_width_range", "sound_span_range"):
             smallest, largest = getattr(self, name)
             if not 0 < smallest <= largest <= 1:
                 raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {(smallest, largest)}.")
@@ -211,8 +243,41 @@ class SyntheticEvent:
 
 
 @dataclass(frozen=True)
+class SyntheticSound:
+    """
+    One sound of a video's audio track, heard on samples `i` with `start <= i / rate < end`; no shape marks it.
+
+    Args:
+        kind: a key of `SOUNDS`.
+        start_bin, end_bin: boundaries in hundredths of the video's duration (`end_bin` may be 100).
+        start, end: the same boundaries in seconds.
+        seed: seed of the noise of a "hiss" (the waveform is a function of the sound).
+    """
+
+    kind: str
+    start_bin: int
+    end_bin: int
+    start: float
+    end: float
+    seed: int
+
+    @property
+    def caption(self) -> str:
+        """`"a beep sounds"`: the sound's sentence as a clause."""
+        return SOUNDS[self.kind]
+
+    @property
+    def sentence(self) -> str:
+        """`"A beep sounds."`: the sound's ActivityNet Captions sentence."""
+        return capitalize(self.caption) + "."
+
+
+@dataclass(frozen=True)
 class SyntheticVideo:
-    """One video: `num_frames = duration * fps` frames of `width` x `height`, events by start time."""
+    """
+    One video: `num_frames = duration * fps` frames of `width` x `height`, events by start time; `sounds` by start
+    time, or `None` for a video without an audio track.
+    """
 
     video_id: str
     split: str
@@ -222,6 +287,7 @@ class SyntheticVideo:
     height: int
     events: tuple[SyntheticEvent, ...]
     background: Background
+    sounds: tuple[SyntheticSound, ...] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -257,7 +323,7 @@ def plan_video(video_id: str, split: str, config: SyntheticMomentsConfig, rng: n
     fps = int(rng.choice(config.fps_choices))
     width, height = config.frame_sizes[int(rng.integers(len(config.frame_sizes)))]
     num_events = int(rng.integers(config.events_per_video[0], config.events_per_video[1] + 1))
-    spans = sorted(_draw_event_bins(num_events, config, rng, video_id))
+    spans = sorted(_draw_spans(num_events, config.event_span_range, config.min_boundary_gap, 2, rng, video_id))
     sides = _assign_sides(spans, rng)
     colours = rng.choice(list(COLOURS), size=num_events, replace=False)
     shapes = rng.choice(SHAPES, size=num_events, replace=False)
@@ -275,7 +341,23 @@ def plan_video(video_id: str, split: str, config: SyntheticMomentsConfig, rng: n
         )
         for (start_bin, end_bin), side, colour, shape in zip(spans, sides, colours, shapes)
     )
-    return SyntheticVideo(video_id, split, float(duration), fps, width, height, events, _draw_background(rng))
+    background = _draw_background(rng)
+    # Drawn last, and only with a sound track: the silent videos' draws are those of VTimeLLM's data
+    sounds = _draw_sounds(duration, config, rng, video_id) if config.has_sound else None
+    return SyntheticVideo(video_id, split, float(duration), fps, width, height, events, background, sounds)
+
+
+def _draw_sounds(
+    duration: int, config: SyntheticMomentsConfig, rng: np.random.Generator, video_id: str
+) -> tuple[SyntheticSound, ...]:
+    num_sounds = int(rng.integers(config.sounds_per_video[0], config.sounds_per_video[1] + 1))
+    spans = sorted(_draw_spans(num_sounds, config.sound_span_range, config.min_boundary_gap, 1, rng, video_id))
+    kinds = rng.choice(list(SOUNDS), size=num_sounds, replace=False)
+    return tuple(
+        SyntheticSound(str(kind), start_bin, end_bin, start_bin * duration / NUM_TIME_BINS,
+                       end_bin * duration / NUM_TIME_BINS, int(rng.integers(2**31)))
+        for (start_bin, end_bin), kind in zip(spans, kinds)
+    )  # fmt: skip
 
 
 def plan_stills(config: SyntheticMomentsConfig, rng: np.random.Generator) -> Iterator[SyntheticStill]:
@@ -306,19 +388,26 @@ def plan_stills(config: SyntheticMomentsConfig, rng: np.random.Generator) -> Ite
         yield SyntheticStill(f"synthetic_image_{index:04d}", width, height, tuple(shapes), background)
 
 
-def _draw_event_bins(
-    num_events: int, config: SyntheticMomentsConfig, rng: np.random.Generator, video_id: str
+def _draw_spans(
+    count: int,
+    span_range: tuple[float, float],
+    min_gap: float,
+    most_at_once: int,
+    rng: np.random.Generator,
+    video_id: str,
 ) -> list[tuple[int, int]]:
     """
-    Event spans on the 100-bin grid, each boundary at least `min_boundary_gap` away from the others', and never
-    more than two events at the same time.
+    `count` spans on the 100-bin grid, lengths in `span_range` (shares of the video), each boundary at least
+    `min_gap` away from the others', and never more than `most_at_once` at the same time.
     """
-    shortest = max(1, round(config.event_span_range[0] * NUM_TIME_BINS))
-    longest = max(shortest, round(config.event_span_range[1] * NUM_TIME_BINS))
-    gap = round(config.min_boundary_gap * NUM_TIME_BINS)
+    if count == 0:
+        return []
+    shortest = max(1, round(span_range[0] * NUM_TIME_BINS))
+    longest = max(shortest, round(span_range[1] * NUM_TIME_BINS))
+    gap = round(min_gap * NUM_TIME_BINS)
     # Rejection sampling: with the default settings about one draw in eight is accepted for three events.
     for _ in range(10_000):
-        lengths = rng.integers(shortest, longest + 1, size=num_events)
+        lengths = rng.integers(shortest, longest + 1, size=count)
         starts = [int(rng.integers(0, NUM_TIME_BINS - length + 1)) for length in lengths]
         spans = [(start, start + int(length)) for start, length in zip(starts, lengths)]
         boundaries_apart = all(
@@ -328,14 +417,13 @@ def _draw_event_bins(
             for boundary in span
             for other_boundary in other
         )
-        # The busiest moment starts with some event: count the events running then.
-        most_at_once = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
-        if boundaries_apart and most_at_once <= 2:
+        # The busiest moment starts with some span: count the spans running then.
+        busiest = max(sum(start <= moment < end for start, end in spans) for moment, _ in spans)
+        if boundaries_apart and busiest <= most_at_once:
             return spans
     raise ValueError(
-        f"Cannot place {num_events} events in {video_id} with lengths {config.event_span_range} of the video and "
-        f"boundaries {config.min_boundary_gap} apart, at most two at once: lower min_boundary_gap or "
-        "events_per_video."
+        f"Cannot place {count} spans in {video_id} with lengths {span_range} of the video and boundaries {min_gap} "
+        f"apart, at most {most_at_once} at once: lower min_boundary_gap, events_per_video or sounds_per_video."
     )
 
 
