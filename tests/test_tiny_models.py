@@ -6,7 +6,7 @@ import torch
 from transformers import CLIPVisionModelWithProjection
 
 from vtimellm_hf.data.synthetic import COLOURS, EMPTY_STILL_CAPTION, SyntheticMomentsConfig, generate_synthetic_moments
-from vtimellm_hf.demo import stills
+from vtimellm_hf.demo_steps import stills
 from vtimellm_hf.model import preprocess_frames
 from vtimellm_hf.tiny_models import build_tiny_frame_encoder, pretrain_tiny_frame_encoder
 

@@ -34,7 +34,7 @@ RECIPES = REPO_ROOT / "recipes"
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Synthetic data, a tiny pre-trained base, a tiny CLIP and features, as the demo builds them (small)."""
-    from vtimellm_hf.demo import build_inputs
+    from vtimellm_hf.demo_steps import build_inputs
 
     root = tmp_path_factory.mktemp("training")
     build_inputs(root, num_videos=12, num_val_videos=2, seed=0, num_stills=12, llm_steps=5, encoder_steps=5)

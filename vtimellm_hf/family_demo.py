@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .demo import DEMO_QUESTION, FULL_SIZES, QUICK_SIZES, RECIPES, build_inputs, run_recipe, run_stage
+from .demo_steps import DEMO_QUESTION, FULL_SIZES, QUICK_SIZES, RECIPES, build_inputs, run_recipe, run_stage
 
 logger = logging.getLogger("vtimellm_hf.demo")
 
