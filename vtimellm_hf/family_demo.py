@@ -113,8 +113,8 @@ def evaluate_family(output: Path, audio: dict, sound_sentences: set[str]) -> dic
     from .data.features import open_feature_store
     from .data.raw_annotations import GroundingQuery, Video, read_activitynet_captions
     from .family_evaluation import longvale_stream_loader
-    from .metrics.grounding_report import best_fixed_span, fixed_span_predictions
     from .metrics import score_grounding
+    from .metrics.grounding_report import best_fixed_span, fixed_span_predictions
 
     model, processor = load_model_and_processor(str(output / "longvale-stage3"), device="cpu", dtype="float32")
     videos = read_activitynet_captions(output / "data" / "dense_captioning_val.json")
