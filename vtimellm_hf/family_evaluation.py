@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .data.raw_annotations import GroundingQuery, Video
 from .evaluation_runs import read_jsonl_records
-from .inference import caption_events, user_turn
+from .inference import caption_events, grounding_question, user_turn
 from .metrics.captioning import score_captioning
 from .metrics.grounding import score_grounding
 from .metrics.segment_captioning import score_segment_captioning
@@ -95,8 +95,7 @@ def longvale_queries(
             queries.append(_query("captioning", video, None, questions["captioning"]))
         if "grounding" in tasks:
             for index, event in enumerate(video.events):
-                sentence = event.sentence.strip().lower().removesuffix(".")
-                question = questions["grounding"].format(query=sentence)
+                question = grounding_question(event.sentence, questions["grounding"])
                 queries.append(_query("grounding", video, index, question))
         if "seg_captioning" in tasks:
             for index, event in enumerate(video.events):
