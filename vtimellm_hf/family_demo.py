@@ -111,7 +111,7 @@ def evaluate_family(output: Path, audio: dict, sound_sentences: set[str]) -> dic
     """Grounds every held-out event with every stream, then the sounds without the audio and speech streams."""
     from .checkpoints import load_model_and_processor
     from .data.features import open_feature_store
-    from .data.raw_annotations import GroundingQuery, Video, read_activitynet_captions
+    from .data.raw_annotations import Video, grounding_queries, read_activitynet_captions
     from .family_evaluation import longvale_stream_loader
     from .metrics import score_grounding
     from .metrics.grounding_report import best_fixed_span, fixed_span_predictions
@@ -129,8 +129,7 @@ def evaluate_family(output: Path, audio: dict, sound_sentences: set[str]) -> dic
     deaf = longvale_stream_loader(video_store)
     deaf_answers = ground(model, processor, sound_videos, output / "no_audio_control_answers.jsonl", deaf)
 
-    references = [GroundingQuery(video.video_id, event.sentence, event.start, event.end, video.duration)
-                  for video in videos for event in video.events]  # fmt: skip
+    references = grounding_queries(videos)
     sounds = [reference for reference in references if reference.query in sound_sentences]
     shapes = [reference for reference in references if reference.query not in sound_sentences]
     fixed_span = fixed_span_predictions(sounds, best_fixed_span(sounds))
