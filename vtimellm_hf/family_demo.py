@@ -21,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .demo_steps import DEMO_QUESTION, FULL_SIZES, QUICK_SIZES, RECIPES, build_inputs, run_recipe, run_stage
 
 logger = logging.getLogger("vtimellm_hf.demo")
@@ -32,22 +34,51 @@ SYNTHETIC = dict(
     events_per_video=(1, 2), sounds_per_video=(1, 1), sound_span_range=(0.2, 0.45),
     duration_range=(DURATION, DURATION), fps_choices=(5,), frame_sizes=((64, 64),),
 )  # fmt: skip
+# The tiny BEATs' pre-training (`pretrain_tiny_beats`): clips of one window (5.12 s at 16 kHz), of each label, and steps
+BEATS_SAMPLING_RATE, BEATS_CLIP_SAMPLES = 16000, 81920
+BEATS_CLIPS_PER_LABEL = 64
+BEATS_STEPS = 100
 RECIPE_DIR = RECIPES / "configs" / "tiny-longvale-demo"
 # The command line's defaults with --family (the videos are five times as long as `make demo`'s: fewer of them)
 FAMILY_DEFAULTS = {"num_videos": 600, "num_val_videos": 60, "output": Path("runs/family-demo")}
 
 
-def build_audio_features(output: Path, video_dir: Path, seed: int) -> dict[str, Path]:
-    """A tiny random BEATs and Whisper, and the audio and speech features of every video through the package's
-    extraction; `{"audio": folder, "speech": folder}`. The track is read by ffmpeg: LongVALE's moviepy reading
-    ("moviepy", the extraction's default for these streams) fills about a quarter of every 3.1 s with the audio
-    of 4.5 s later (see `audio_decoding_vtime`), so sounds would be heard where none plays."""
+def sound_clips(clips_per_label: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """Clips of one BEATs window (5.12 s at 16 kHz) of silence and of each sound of the synthetic videos, with their
+    labels; a third of the sounds start partway through, as in a window where a sound starts."""
+    from .data.synthetic.rendering import sound_waveform
+    from .data.synthetic.scenes import SOUNDS, SyntheticSound
+
+    rng = np.random.default_rng(seed)
+    length = BEATS_CLIP_SAMPLES
+    clips, labels = [], []
+    for label in ("silence", *SOUNDS):
+        for _ in range(clips_per_label):
+            clip = np.zeros(length, np.float32)
+            if label != "silence":
+                onset = int(rng.integers(length // 2)) if rng.random() < 1 / 3 else 0
+                sound = SyntheticSound(label, 0, 100, 0.0, length / BEATS_SAMPLING_RATE, seed=int(rng.integers(2**31)))
+                clip[onset:] = sound_waveform(sound, length - onset, BEATS_SAMPLING_RATE)
+            clips.append(clip)
+            labels.append(label)
+    return clips, labels
+
+
+def build_audio_features(output: Path, video_dir: Path, seed: int, beats_steps: int) -> dict[str, Path]:
+    """A tiny BEATs briefly pre-trained to tell the synthetic sounds from silence, a tiny random Whisper, and the
+    audio and speech features of every video through the package's extraction; `{"audio": folder, "speech":
+    folder}`. The track is read by ffmpeg: LongVALE's moviepy reading ("moviepy", the extraction's default for these
+    streams) fills about a quarter of every 3.1 s with the audio of 4.5 s later (see `audio_decoding_vtime`), so
+    sounds would be heard where none plays."""
     from .data.audio_extract import stream_folder
     from .data.extract import extract_features
-    from .tiny_models import build_tiny_beats_checkpoint, build_tiny_whisper
+    from .tiny_models import build_tiny_beats_checkpoint, build_tiny_whisper, pretrain_tiny_beats
 
     encoders = {"audio": output / "beats" / "beats.pt", "speech": output / "whisper"}
     build_tiny_beats_checkpoint(encoders["audio"], seed=seed)
+    losses = pretrain_tiny_beats(encoders["audio"], *sound_clips(BEATS_CLIPS_PER_LABEL, seed), steps=beats_steps,
+                                 seed=seed)  # fmt: skip
+    logger.info("tiny BEATs pre-trained for %d steps: loss %.3f -> %.3f", len(losses), losses[0], losses[-1])
     build_tiny_whisper(encoders["speech"], seed=seed)
     report = extract_features(video_dir, output / "streams", streams=("audio", "speech"),
                               audio_encoders={name: str(path) for name, path in encoders.items()},
@@ -159,7 +190,7 @@ def run_family_demo(args: argparse.Namespace) -> int:
     num_videos, num_val = (16, 4) if args.quick else (args.num_videos, args.num_val_videos)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     dataset = build_inputs(output, num_videos, num_val, args.seed, **sizes, synthetic=SYNTHETIC)["dataset"]
-    audio = build_audio_features(output, dataset.video_dir, args.seed)
+    audio = build_audio_features(output, dataset.video_dir, args.seed, 3 if args.quick else BEATS_STEPS)
     extra = ["--max_steps", "3"] if args.quick else []
     run_stage(1, output, extra)
     for stage in (2, 3):
