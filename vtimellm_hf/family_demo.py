@@ -4,10 +4,10 @@ The synthetic videos of `make demo` with an audio track (`SyntheticMomentsConfig
 hum or a hiss that starts and stops at known times, marked by no shape) -> the tiny tokenizer, LLaMA and CLIP of
 `make demo`, a tiny BEATs briefly pre-trained to tell the sounds from silence, and a tiny random Whisper ->
 features: the frames as VTimeLLM's, the audio and speech streams through `extract-features --streams audio,speech`
--> VTimeLLM's stage 1 (its projector, reused frozen), LongVALE's
-boundary perception (stage 2) and instruction tuning (stage 3) through `recipes/family_stage.py` with
-`recipes/configs/tiny-longvale-demo/` -> grounding of every held-out event, sounds and shapes, and of the sounds again
-with the audio and speech streams removed (a model that finds them by ear must fail that control) -> `metrics.json`.
+-> VTimeLLM's stage 1 (its projector, reused frozen), LongVALE's boundary perception (stage 2) and instruction
+tuning (stage 3) through `recipes/family_stage.py` with `recipes/configs/tiny-longvale-demo/` -> grounding of
+every held-out event, sounds and shapes, and of the sounds again with the audio and speech streams removed (a model
+that finds them by ear must fail that control) -> `metrics.json`.
 
     python -m vtimellm_hf.demo --family longvale --output runs/family-demo
 
