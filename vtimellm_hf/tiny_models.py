@@ -251,19 +251,28 @@ def pretrain_tiny_frame_encoder(
     for row, words in enumerate(caption_words):
         targets[row, [vocabulary.index(word) for word in words]] = 1.0
     head = torch.nn.Linear(encoder.config.projection_dim, len(vocabulary))
+    losses = _train_with_head(
+        encoder, head, lambda batch: encoder(pixel_values=batch).image_embeds, pixels, targets,
+        torch.nn.functional.binary_cross_entropy_with_logits, steps, batch_size, learning_rate, seed,
+    )  # fmt: skip
+    encoder.eval().save_pretrained(encoder_dir)
+    return losses
+
+
+def _train_with_head(encoder, head, embed, inputs, targets, loss_function, steps, batch_size, learning_rate, seed):
+    """Trains `encoder` and a linear `head` on random batches: `loss_function(head(embed(inputs)), targets)`;
+    returns the losses."""
     optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     encoder.train()
     losses = []
     for _ in range(steps):
-        batch = torch.randint(len(pixels), (batch_size,), generator=generator)
-        logits = head(encoder(pixel_values=pixels[batch]).image_embeds)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[batch])
+        batch = torch.randint(len(inputs), (batch_size,), generator=generator)
+        loss = loss_function(head(embed(inputs[batch])), targets[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    encoder.eval().save_pretrained(encoder_dir)
     return losses
 
 
@@ -387,17 +396,8 @@ def pretrain_tiny_beats(
     classes = sorted(set(labels))
     targets = torch.tensor([classes.index(label) for label in labels])
     head = torch.nn.Linear(model.config["encoder_embed_dim"], len(classes))
-    optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=learning_rate, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        batch = torch.randint(len(windows), (batch_size,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(head(model(windows[batch]).mean(dim=1)), targets[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _train_with_head(model, head, lambda batch: model(batch).mean(dim=1), windows, targets,
+                              torch.nn.functional.cross_entropy, steps, batch_size, learning_rate, seed)  # fmt: skip
     _save_beats_checkpoint(path, checkpoint["cfg"], model.state_dict())
     return losses
 
