@@ -141,3 +141,19 @@ def write_media(path: Path, seconds: float, rate: int = 48000, layout: str = "st
 def write_media_fixture():
     """[`write_media`]: a video or audio file written with PyAV."""
     return write_media
+
+
+@pytest.fixture
+def track_reads(monkeypatch) -> list[tuple[str, int, str]]:
+    """`(path, sampling_rate, reader)` of every audio track the stream encoders decode while the test runs."""
+    from vtimellm_hf.model import audio_processing_vtime
+
+    reads = []
+    load_audio = audio_processing_vtime.load_audio
+
+    def counted(path, sampling_rate, window=None, reader="ffmpeg"):
+        reads.append((str(path), sampling_rate, reader))
+        return load_audio(path, sampling_rate, window, reader=reader)
+
+    monkeypatch.setattr(audio_processing_vtime, "load_audio", counted)
+    return reads

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vtimellm_hf.data.extract import FAILURES_FILE, SETTINGS_FILE, add_subcommand, extract_features
-from vtimellm_hf.model.audio_processing_vtime import build_stream_encoder
+from vtimellm_hf.model.audio_processing_vtime import AudioTrack, build_stream_encoder
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,19 @@ def records(folder) -> dict[str, dict]:
     return {record["id"]: record for record in map(json.loads, (folder / SETTINGS_FILE).read_text().splitlines())}
 
 
-def test_longvale_streams_in_three_folders(videos, frame_encoder_path, beats_checkpoint, whisper_path, tmp_path):
+def test_longvale_streams_in_three_folders(
+    videos, frame_encoder_path, beats_checkpoint, whisper_path, tmp_path, track_reads
+):
     output = tmp_path / "features"
     report = extract_features(
         videos, output, clip=frame_encoder_path, workers=0, device="cpu", streams="video,audio,speech",
         audio_encoders={"audio": str(beats_checkpoint), "speech": str(whisper_path)},
     )  # fmt: skip
+    # BEATs and Whisper read the track alike (moviepy's reading at 16 kHz): each file is decoded once, the
+    # broken one too (its failure is recorded in both streams below)
+    names = sorted(Path(path).name for path, _, _ in track_reads)
+    assert names == ["broken.mp4", "music.mp4", "silent.mp4", "talk.mp4"]
+    assert {(rate, reader) for _, rate, reader in track_reads} == {(16000, "moviepy")}
     assert set(report.streams) == {"video", "audio", "speech"} and not report.ok
     assert sorted(path.stem for path in (output / "video_features").glob("*.npy")) == ["music", "silent", "talk"]
     for stream, kind, path in (("audio", "beats", beats_checkpoint), ("speech", "whisper", whisper_path)):
@@ -72,7 +79,13 @@ def test_longvale_streams_in_three_folders(videos, frame_encoder_path, beats_che
     )  # fmt: skip
     assert again.extracted == 0 and [report.skipped for report in again.streams.values()] == [3, 3, 3]
     assert all(len(report.failures) == 1 for report in again.streams.values())
-    # Another reading remakes the audio streams' features
+    # Another reading remakes the audio streams' features; streams that read differently decode the track each
+    track = AudioTrack(videos / "talk.mp4")
+    beats = build_stream_encoder("beats", str(beats_checkpoint), reader="ffmpeg")
+    np.testing.assert_array_equal(track.encode(beats), beats.encode_file(videos / "talk.mp4"))
+    track.encode(build_stream_encoder("whisper", str(whisper_path)))
+    assert [(rate, reader) for path, rate, reader in track_reads if path == str(videos / "talk.mp4")][-3:] == [
+        (16000, "ffmpeg"), (16000, "ffmpeg"), (16000, "moviepy")]  # fmt: skip
     changed = extract_features(
         videos, output, clip=frame_encoder_path, workers=0, device="cpu", streams="audio", audio_reader="ffmpeg",
         audio_encoders={"audio": str(beats_checkpoint)},

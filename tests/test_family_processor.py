@@ -104,7 +104,9 @@ def media(tmp_path_factory, write_media):
     return write_media(folder / "talk.mp4", 12.5), write_media(folder / "silent.mp4", 4.0, audio=False)
 
 
-def test_longvale_streams_from_video_files(tokenizer, frame_encoder_path, beats_checkpoint, whisper_path, media):
+def test_longvale_streams_from_video_files(
+    tokenizer, frame_encoder_path, beats_checkpoint, whisper_path, media, track_reads
+):
     talk, silent = media
     processor = VTimeProcessor(
         tokenizer=tokenizer, frame_encoder_name_or_path=str(frame_encoder_path), frame_size=32,
@@ -112,6 +114,8 @@ def test_longvale_streams_from_video_files(tokenizer, frame_encoder_path, beats_
                          "speech": {"kind": "whisper", "name_or_path": str(whisper_path)}},
     )  # fmt: skip
     batch = processor(text=[PROMPT, PROMPT], videos=[str(talk), str(silent)])
+    # Both streams read the track as LongVALE did (moviepy's reading at 16 kHz): each file is decoded once
+    assert track_reads == [(str(talk), 16000, "moviepy"), (str(silent), 16000, "moviepy")]
     audio = build_stream_encoder("beats", str(beats_checkpoint)).encode_file(talk)
     speech = build_stream_encoder("whisper", str(whisper_path)).encode_file(talk)
     torch.testing.assert_close(batch["audio_features"][0], audio)

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..distributed import Processes, current_processes
-from ..model.audio_processing_vtime import build_stream_encoder
+from ..model.audio_processing_vtime import AudioTrack, build_stream_encoder
 from .extraction_records import (
     FAILURES_FILE,
     SETTINGS_FILE,
@@ -120,13 +120,14 @@ def extract_audio_share(plan: AudioStreamPlan, encoders: dict, processes: Proces
     show = progress if processes.is_main else False
     try:
         for item in tqdm(items, unit="video", desc="audio streams", disable=None if show is None else not show):
+            track = AudioTrack(item.path, item.window)
             for stream, encoder in encoders.items():
                 if item.feature_id not in todo[stream]:
                     continue
                 failures, settings_log = logs[stream]
                 folder = stream_folder(plan.output_dir, stream)
                 try:
-                    features = encoder.encode_file(item.path, item.window)
+                    features = track.encode(encoder)
                     array = None if features is None else features.numpy().astype(FEATURE_DTYPE)
                     if array is not None:
                         check_feature(array, None, encoder.feature_size, item.feature_id)

@@ -94,7 +94,11 @@ class _StreamEncoder:
         this encoder's original read it (`reader`); `None` (and a log line) where the file has no audio track, or
         too little audio for the original to make a row of it.
         """
-        waveform = load_audio(path, self.sampling_rate, window, reader=self.reader)
+        return AudioTrack(path, window).encode(self)
+
+    def encode_track(self, path: str | Path, waveform: np.ndarray | None) -> torch.FloatTensor | None:
+        """`encode_file` of the track `waveform` that `path` holds, read at `sampling_rate` as `reader` reads it
+        (`None`: the file has no audio track)."""
         if waveform is None:
             return None
         features = self.encode_waveform(waveform)
@@ -113,6 +117,35 @@ class _StreamEncoder:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_dict()})"
+
+
+class AudioTrack:
+    """
+    The audio track of one file (or of its `window`, in seconds), read once for all the stream encoders that read it
+    alike (the same `reader` and `sampling_rate`: LongVALE's BEATs and Whisper both read it at 16 kHz). A read
+    that failed fails again for every encoder that asks for it.
+    """
+
+    def __init__(self, path: str | Path, window: Sequence[float] | None = None):
+        self.path, self.window = path, window
+        self._reads: dict[tuple[str, int], np.ndarray | None | Exception] = {}
+
+    def waveform(self, encoder: _StreamEncoder) -> np.ndarray | None:
+        """The samples as `encoder` reads them (`None`: no audio track)."""
+        key = (encoder.reader, encoder.sampling_rate)
+        if key not in self._reads:
+            try:
+                self._reads[key] = load_audio(self.path, encoder.sampling_rate, self.window, reader=encoder.reader)
+            except (OSError, ValueError) as error:
+                self._reads[key] = error
+        read = self._reads[key]
+        if isinstance(read, Exception):
+            raise read
+        return read
+
+    def encode(self, encoder: _StreamEncoder) -> torch.FloatTensor | None:
+        """`encoder.encode_file(path, window)`, from the samples read once."""
+        return encoder.encode_track(self.path, self.waveform(encoder))
 
 
 def _as_waveform(waveform: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -426,6 +459,7 @@ __all__ = [
     "DEFAULT_CLAP_ENCODER",
     "DEFAULT_SPEECH_ENCODER",
     "STREAM_ENCODERS",
+    "AudioTrack",
     "BeatsAudioEncoder",
     "ClapAudioEncoder",
     "WhisperSpeechEncoder",

@@ -20,7 +20,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
-from .audio_processing_vtime import build_stream_encoder, fit_rows
+from .audio_processing_vtime import AudioTrack, build_stream_encoder, fit_rows
 from .chat_templates_vtime import (
     PLAIN_CHAT_TEMPLATE,
     VICUNA_V1_CHAT_TEMPLATE,
@@ -284,22 +284,21 @@ class VTimeProcessor(ProcessorMixin):
             return {}
         videos = _batched_videos(videos)
         windows = list(video_windows) if video_windows is not None else [None] * len(videos)
-        streams = {}
-        for name in needed:
-            encoder = self.stream_encoder(name)
-            rows = []
-            for index, (video, window) in enumerate(zip(videos, windows)):
-                if isinstance(video, (str, Path)):
-                    features = encoder.encode_file(video, window)
-                else:
-                    logger.warning("videos[%d] is decoded frames, without an audio track: no %s rows from it; pass "
-                                   "its file, or %s_features.", index, name, name)  # fmt: skip
-                    features = None
+        rows = {name: [] for name in needed}
+        # Video by video, each track read once for the streams that read it alike
+        for index, (video, window) in enumerate(zip(videos, windows)):
+            track = AudioTrack(video, window) if isinstance(video, (str, Path)) else None
+            if track is None:
+                logger.warning("videos[%d] is decoded frames, without an audio track: no %s rows from it; pass its "
+                               "file, or %s.", index, " or ".join(needed),
+                               " and ".join(f"{name}_features" for name in needed))  # fmt: skip
+            for name in needed:
+                encoder = self.stream_encoder(name)
+                features = None if track is None else track.encode(encoder)
                 if self.audio_rows is not None and name == "audio":
                     features = fit_rows(features, self.audio_rows, encoder.feature_size)
-                rows.append(features)
-            streams[name] = (rows, [False] * len(rows))
-        return streams
+                rows[name].append(features)
+        return {name: (stream_rows, [False] * len(stream_rows)) for name, stream_rows in rows.items()}
 
     def encode_prompt(
         self,
