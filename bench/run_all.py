@@ -28,7 +28,7 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-CASES = ["preprocess", "extract", "train", "evaluate", "feature_store", "decode"]
+CASES = ["preprocess", "extract", "audio_streams", "train", "evaluate", "feature_store", "decode"]
 CASE_TIMEOUT_S = 420
 GPU_SECTION_START = "<!-- gpu-variants: written by bench/run_gpu.py -->"
 GPU_SECTION_END = "<!-- /gpu-variants -->"
@@ -48,6 +48,8 @@ DESCRIPTIONS = {
     "100 frames of 480x270 to 224x224",
     "extract": "`extract_features` (2 decoding workers, frames batched across videos) vs a sequential "
     "decode-preprocess-encode-save loop, 32 short videos, tiny 64 px CLIP",
+    "audio_streams": "LongVALE's audio (BEATs) and speech (Whisper) streams by `extract_features`, each track read "
+    "once for both, vs one stream after the other, each reading the track (`bench_audio_streams.py`)",
     "train": "stage-2 SFTTrainer + LoRA r 64, 4-layer hidden-512 LLaMA: length-grouped batches vs random batches",
     "padding_waste": "share of padding over an epoch, length-grouped vs random batches (target on ours: <= 5%)",
     "evaluate": "batched `evaluate_grounding` vs one query at a time (`bench_evaluate.py`)",
