@@ -63,8 +63,8 @@ def differing_features(ours: Path, baseline: Path) -> list[str]:
     for stream in STREAMS:
         names = sorted(path.name for path in (baseline / f"{stream}_features").glob("*.npy"))
         for name in names:
-            stored = ours / f"{stream}_features" / name
-            if not stored.is_file() or not np.array_equal(np.load(stored), np.load(baseline / f"{stream}_features" / name)):
+            stored, expected = ours / f"{stream}_features" / name, baseline / f"{stream}_features" / name
+            if not stored.is_file() or not np.array_equal(np.load(stored), np.load(expected)):
                 differing.append(f"{stream}/{name}")
     return differing
 
@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        config = SyntheticMomentsConfig(num_images=1, sounds_per_video=(1, 1), fps_choices=(1,),
-                                        duration_range=(args.seconds, args.seconds), frame_sizes=((64, 64),))  # fmt: skip
+        config = SyntheticMomentsConfig(
+            num_images=1, sounds_per_video=(1, 1), fps_choices=(1,), duration_range=(args.seconds, args.seconds),
+            frame_sizes=((64, 64),),
+        )  # fmt: skip
         dataset = generate_synthetic_moments(scratch / "data", num_videos=args.videos, num_val_videos=0,
                                              seed=args.seed, config=config)  # fmt: skip
         videos = sorted(dataset.video_dir.glob("*.mp4"))

@@ -18,7 +18,10 @@ windows and Whisper pooling), so on videos of one length a row's place gives its
 import argparse
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,12 +72,11 @@ def sound_clips(clips_per_label: int, seed: int) -> tuple[list[np.ndarray], list
 
 def build_audio_features(output: Path, video_dir: Path, seed: int, beats_steps: int) -> dict[str, Path]:
     """A tiny BEATs briefly pre-trained to tell the synthetic sounds from silence, a tiny random Whisper, and the
-    audio and speech features of every video through the package's extraction; `{"audio": folder, "speech":
-    folder}`. The track is read by ffmpeg: LongVALE's moviepy reading ("moviepy", the extraction's default for these
-    streams) fills about a quarter of every 3.1 s with the audio of 4.5 s later (see `audio_decoding_vtime`), so
-    sounds would be heard where none plays."""
+    audio and speech features of every video through `extract-features`, one process a core (up to 8);
+    `{"encoders": {stream: path}, "audio": folder, "speech": folder}`. The track is read by ffmpeg: LongVALE's
+    moviepy reading ("moviepy", the extraction's default for these streams) fills about a quarter of every 3.1 s
+    with the audio of 4.5 s later (see `audio_decoding_vtime`), so sounds would be heard where none plays."""
     from .data.audio_extract import stream_folder
-    from .data.extract import extract_features
     from .tiny_models import build_tiny_beats_checkpoint, build_tiny_whisper, pretrain_tiny_beats
 
     encoders = {"audio": output / "beats" / "beats.pt", "speech": output / "whisper"}
@@ -83,12 +85,20 @@ def build_audio_features(output: Path, video_dir: Path, seed: int, beats_steps: 
                                  seed=seed)  # fmt: skip
     logger.info("tiny BEATs pre-trained for %d steps: loss %.3f -> %.3f", len(losses), losses[0], losses[-1])
     build_tiny_whisper(encoders["speech"], seed=seed)
-    report = extract_features(video_dir, output / "streams", streams=("audio", "speech"),
-                              audio_encoders={name: str(path) for name, path in encoders.items()},
-                              audio_reader="ffmpeg", workers=0)  # fmt: skip
-    logger.info(report.summary())
-    if not report.ok:
-        raise RuntimeError(f"Audio feature extraction failed; see {output / 'streams'}")
+    # As a user shares the extraction among processes (`torchrun`, one a core): each reads and encodes its share
+    processes = min(8, os.cpu_count() or 1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "vtimellm_hf", "extract-features", str(video_dir), str(output / "streams"),
+               "--streams", "audio,speech", "--beats", str(encoders["audio"]), "--whisper", str(encoders["speech"]),
+               "--audio-reader", "ffmpeg", "--device", "cpu"]  # fmt: skip
+    logger.info("audio and speech features: %d processes", processes)
+    started = time.time()
+    result = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"Audio feature extraction failed (exit status {result.returncode}); see {output / 'streams'}"
+        )
+    logger.info("audio and speech features done in %.0f s", time.time() - started)
     return {"encoders": encoders, **{name: stream_folder(output / "streams", name) for name in encoders}}
 
 
