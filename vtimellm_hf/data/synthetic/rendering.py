@@ -143,9 +143,7 @@ def encode_mp4(
         with tempfile.TemporaryDirectory(dir=Path(path).parent) as folder:
             wav = Path(folder) / "audio.wav"
             _write_wav(wav, audio, sampling_rate)
-            # The fast coder: the twoloop default costs a 100 s track twice the CPU time, for nothing a model hears
-            command += ["-i", str(wav), "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-aac_coder", "fast",
-                        "-b:a", "96k"]  # fmt: skip
+            command += ["-i", str(wav), "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k"]
             result = subprocess.run(command + encoding, input=frames.tobytes(), capture_output=True)
     if result.returncode != 0:
         raise RuntimeError(f"ffmpeg failed to write {path}: {result.stderr.decode(errors='replace').strip()}")
