@@ -522,7 +522,8 @@ SOUND_SENTENCES = {"A beep sounds.": "beep", "A low hum starts.": "hum", "A hiss
 
 @pytest.fixture(scope="module")
 def sounding(tmp_path_factory):
-    config = SyntheticMomentsConfig(num_images=2, sounds_per_video=(1, 2), duration_range=(8, 20))
+    config = SyntheticMomentsConfig(num_images=2, sounds_per_video=(1, 2), duration_range=(8, 20),
+                                    stage2_grounding_per_video=6)  # fmt: skip
     return generate_synthetic_moments(tmp_path_factory.mktemp("sounding") / "data", num_videos=10, num_val_videos=2,
                                       config=config)  # fmt: skip
 
@@ -601,3 +602,37 @@ def test_sounds_are_grounded_in_the_training_records(sounding):
                     assert times[span] == asked[0], (record["id"], question, answer)
                     grounded += 1
         assert grounded >= len(sounding.train_video_ids), stage_file
+
+
+def test_stage2_grounding_records_ask_about_sounds_as_often_as_shapes(sounding):
+    """After the converter's dialogues (the seeds recorded, as without them), `stage2_grounding_per_video` one-turn
+    records per training video, each grounding one event with the converter's templates and the annotated times."""
+    annotations = read_json(sounding.annotations_file)
+    train = [video for video in read_activitynet_captions(sounding.annotations_file)
+             if video.video_id in sounding.train_video_ids]  # fmt: skip
+    seeds = read_json(sounding.config_file)["record_seeds"]["stage2"]
+    share = sounding.config.dense_captioning_share
+    rounds = [videos_to_dialogues(train, "synthetic", dense_share=share, seed=seed) for seed in seeds]
+    dialogues = [record for records in rounds for record in records]
+    stage2 = read_json(sounding.stage2_file)
+    assert stage2[: len(dialogues)] == dialogues
+    grounding = stage2[len(dialogues) :]
+    assert [record["id"] for record in grounding] == [video_id for video_id in sounding.train_video_ids
+                                                      for _ in range(6)]  # fmt: skip
+    questions, answers = patterns(GROUNDING_QUESTIONS), patterns(GROUNDING_ANSWERS)
+    sound_clauses = {sentence.lower().rstrip("."): sentence for sentence in SOUND_SENTENCES}
+    asked = {"sound": 0, "shape": 0}
+    for record in grounding:
+        question, answer = (turn["value"] for turn in record["conversations"])
+        clause = next((clause for clause in sound_clauses if clause in question), None)
+        if clause is None:
+            assert any(pattern.fullmatch(question.removeprefix("<video>\n")) for pattern in questions), question
+            clause = re.search(r"an? \w+ \w+ appears", question).group()
+        assert question.startswith("<video>\n") and any(pattern.fullmatch(answer) for pattern in answers), answer
+        annotation = annotations[record["id"]]
+        sentence = sound_clauses.get(clause, clause[:1].upper() + clause[1:] + ".")
+        span = [record["meta"]["token"][token] for token in PLACEHOLDER.findall(answer)]
+        assert span == annotation["timestamps"][annotation["sentences"].index(sentence)], (record["id"], question)
+        asked["sound" if clause in sound_clauses else "shape"] += 1
+    # 48 records: a sound asked 24 times on average (binomial, standard deviation 3.5)
+    assert 14 <= asked["sound"] <= 34, asked

@@ -124,8 +124,16 @@ def run_recipe(name: str, script: Path, recipe: Path, arguments: dict, extra: li
     command = [sys.executable, str(script), "--config", str(recipe)]
     for key, value in arguments.items():
         command += [f"--{key}", str(value)]
-    command += extra
+    run_command(name, command + extra)
+
+
+def run_command(name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+    """One of the demo's steps run as a user runs it, in its own process and offline, with `env` added to the
+    environment; its time is logged, and a failure raises naming the step, its exit status and its command."""
     logger.info("%s: %s ...", name, " ".join(command[1:3]))
     started = time.time()
-    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    result = subprocess.run(command, env=environment)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit status {result.returncode}): {' '.join(command)}")
     logger.info("%s done in %.0f s", name, time.time() - started)

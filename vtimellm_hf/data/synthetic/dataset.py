@@ -19,7 +19,7 @@ from ...cli import USAGE_ERRORS, non_negative_int, positive_int, reports_errors
 from ...files import atomic_write, read_json
 from ..converters import write_captioning_references, write_dialogues, write_grounding_queries
 from ..raw_annotations import grounding_queries, read_activitynet_captions
-from .records import raw_annotation, stage1_records, stage2_records, stage3_records
+from .records import raw_annotation, stage1_records, stage2_grounding_records, stage2_records, stage3_records
 from .rendering import write_still, write_video
 from .scenes import SyntheticMomentsConfig, SyntheticVideo, plan_stills, plan_video
 
@@ -132,7 +132,8 @@ def generate_synthetic_moments(
     - `stage1.json`: LCS-558K style records on the stills `images/{id}.png` (none, one or two shapes), captioned.
     - `stage2.json`: VTimeLLM stage-2 dialogues on the training videos, as `vtimellm-hf convert activitynet`
       builds them from their annotations: `config.stage2_dialogues_per_video` rounds, with the seeds
-      `synthetic_config.json` lists.
+      `synthetic_config.json` lists; then `config.stage2_grounding_per_video` single-turn grounding records per
+      video.
     - `stage3.json`: VTimeLLM stage-3 dialogues on training videos (grounding, captioning, counting, order and
       overlap questions).
     - `grounding_val.jsonl`: the held-out videos' grounding queries, as `convert --task grounding` writes them.
@@ -178,8 +179,9 @@ def generate_synthetic_moments(
         for index, video_seed in enumerate(video_seeds.spawn(num_videos))
     )  # fmt: skip
     stills = list(plan_stills(config, np.random.default_rng(still_seed)))
-    record_seeds = record_seed.generate_state(2 + config.stage2_dialogues_per_video)
-    stage1_seed, stage3_seed, *stage2_seeds = (int(value) for value in record_seeds)
+    # The grounding records' seed last: the others are those drawn before it was added
+    record_seeds = [int(value) for value in record_seed.generate_state(3 + config.stage2_dialogues_per_video)]
+    stage1_seed, stage3_seed, *stage2_seeds, grounding_seed = record_seeds
     video_paths = [f"{VIDEO_DIR}/{video.video_id}.mp4" for video in videos]
     image_paths = [f"{IMAGE_DIR}/{still.image_id}.png" for still in stills]
     planned = [*_FILES, *video_paths, *image_paths]
@@ -205,6 +207,8 @@ def generate_synthetic_moments(
     val = [video for video in annotated if video.video_id not in train_ids]
     stage1 = stage1_records(stills, image_paths, stage1_seed)
     stage2 = stage2_records(train, config.dense_captioning_share, stage2_seeds)
+    stage2 += stage2_grounding_records([video for video in videos if video.split == "train"],
+                                       config.stage2_grounding_per_video, grounding_seed)  # fmt: skip
     stage3 = stage3_records([video for video in videos if video.split == "train"], config, stage3_seed)
     write_dialogues(stage1, output_dir / STAGE1_FILE)
     write_dialogues(stage2, output_dir / STAGE2_FILE)
@@ -218,7 +222,8 @@ def generate_synthetic_moments(
         "num_videos": num_videos,
         "num_val_videos": num_val_videos,
         "config": asdict(config),
-        "record_seeds": {"stage1": stage1_seed, "stage2": stage2_seeds, "stage3": stage3_seed},
+        "record_seeds": {"stage1": stage1_seed, "stage2": stage2_seeds, "stage2_grounding": grounding_seed,
+                         "stage3": stage3_seed},
     }
     _write_json(output_dir / CONFIG_FILE, settings)
     _write_manifest(output_dir, {path: _sha256(output_dir / path) for path in planned}, complete=True)

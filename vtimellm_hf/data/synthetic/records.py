@@ -119,6 +119,25 @@ def stage2_records(videos: Sequence[Video], dense_share: float, seeds: Sequence[
     ]
 
 
+def stage2_grounding_records(videos: Sequence[SyntheticVideo], per_video: int, seed: int) -> list[dict]:
+    """
+    `per_video` single-turn grounding records per video, asked as the stage-2 dialogues ask (`DialogueTurns.grounding`),
+    each about one event drawn at random: a sound as often as a shape where the video has both.
+    """
+    annotations = [raw_annotation(video) for video in videos]
+    turns = DialogueTurns((event.sentence for video in annotations for event in video.events), seed)
+    records = []
+    for video, annotation in zip(videos, annotations):
+        shapes = range(len(video.events))
+        sounds = range(len(video.events), len(annotation.events))
+        for _ in range(per_video):
+            events = sounds if sounds and (not shapes or turns.random() < 0.5) else shapes
+            number = events[int(turns.random() * len(events))]
+            turn = turns.grounding(number, annotation.events[number].sentence)
+            records.append(dialogue_record(annotation, SOURCE_NAME, [turn]))
+    return records
+
+
 def stage3_records(videos: Sequence[SyntheticVideo], config: SyntheticMomentsConfig, seed: int) -> list[dict]:
     """
     VTimeLLM stage-3 style dialogues, `config.stage3_dialogues_per_video` per video: an optional count of the
