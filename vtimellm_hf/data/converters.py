@@ -300,8 +300,9 @@ def videos_to_dialogues(
         dense_share: share of the records that are single-turn dense captioning, in [0, 1]: exactly
             `round(dense_share * n)` of the `n` records, drawn at random; the rest are multi-turn.
         seed: seed of every random choice (which records are dense, templates, turn order and kinds).
-        max_window_seconds: longest window to cut from a video. A video longer than this is cut to the window holding the
-            most events; `None` keeps videos whole (or, with `window_every_video`, does not bound the window).
+        max_window_seconds: longest window to cut from a video. A video longer than this is cut to the window
+            holding the most events; `None` keeps videos whole (or, with `window_every_video`, does not bound the
+            window).
         window_every_video: cut every video to a window spanning its events, long or not, so that every record says
             with `meta.split` which part of its video it covers (needed where video lengths are unknown, as for
             InternVid).

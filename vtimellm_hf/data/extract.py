@@ -449,8 +449,9 @@ def extract_features(
     streams = parse_streams(streams)
     if streams != ("video",):
         video = dict(clip=clip, num_frames=num_frames, batch_size=batch_size, workers=workers, device=device,
-                     dtype=None if dtype is None else torch_dtype(dtype), video_root=video_root, consolidate=consolidate,
-                     progress=progress, max_shard_size=max_shard_size, video_backend=video_backend)  # fmt: skip
+                     dtype=None if dtype is None else torch_dtype(dtype), video_root=video_root,
+                     consolidate=consolidate, progress=progress, max_shard_size=max_shard_size,
+                     video_backend=video_backend)  # fmt: skip
         return extract_streams(inputs, Path(output_dir), streams, extract_features, video, audio_encoders, audio_reader)
     processes = current_processes()
     if workers is None:

@@ -230,11 +230,11 @@ def save_sharded_features(
     Packs a folder of `{id}.npy` features into a sharded `datasets` store that [`ShardedFeatureStore`] reads.
 
     Every feature is validated first from its header (float16 as the original layout, complete, one feature size D)
-    and then as it is packed ([`~vtimellm_hf.data.features.check_feature`]: finite values), so a damaged one fails here, by its file, not
-    mid-training. The store is built in a hidden folder beside `output_dir` (it needs about twice the features'
-    size there while it is built: `datasets` writes them once and then shards them) and renamed into place; an
-    earlier store at `output_dir` is replaced. A killed run leaves the earlier store, or none, never part of one,
-    and its leftovers are removed by the next run.
+    and then as it is packed ([`~vtimellm_hf.data.features.check_feature`]: finite values), so a damaged one fails
+    here, by its file, not mid-training. The store is built in a hidden folder beside `output_dir` (it needs about
+    twice the features' size there while it is built: `datasets` writes them once and then shards them) and
+    renamed into place; an earlier store at `output_dir` is replaced. A killed run leaves the earlier store, or
+    none, never part of one, and its leftovers are removed by the next run.
 
     Args:
         npy_dir: the folder of `{id}.npy` files.
