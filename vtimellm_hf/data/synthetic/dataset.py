@@ -205,11 +205,11 @@ def generate_synthetic_moments(
     train_ids = {video.video_id for video in videos if video.split == "train"}
     train = [video for video in annotated if video.video_id in train_ids]
     val = [video for video in annotated if video.video_id not in train_ids]
+    train_videos = [video for video in videos if video.split == "train"]
     stage1 = stage1_records(stills, image_paths, stage1_seed)
     stage2 = stage2_records(train, config.dense_captioning_share, stage2_seeds)
-    stage2 += stage2_grounding_records([video for video in videos if video.split == "train"],
-                                       config.stage2_grounding_per_video, grounding_seed)  # fmt: skip
-    stage3 = stage3_records([video for video in videos if video.split == "train"], config, stage3_seed)
+    stage2 += stage2_grounding_records(train_videos, config.stage2_grounding_per_video, grounding_seed)
+    stage3 = stage3_records(train_videos, config, stage3_seed)
     write_dialogues(stage1, output_dir / STAGE1_FILE)
     write_dialogues(stage2, output_dir / STAGE2_FILE)
     write_dialogues(stage3, output_dir / STAGE3_FILE)
